@@ -1,0 +1,19 @@
+//! Code shared by Sagaflow's binaries and tests.
+//!
+//! Layout:
+//! - [`config`]: environment variables, with defaults, read in one place.
+//! - [`db`]: Postgres pools, database creation, the migration runner.
+//! - [`outbox`]: the outbox table every participant shares, and its insert.
+//! - [`pubsub`]: Google Pub/Sub clients (emulator or production), topic and
+//!   subscription set-up, a bounded publisher and a subscriber stream.
+//! - [`telemetry`]: one `init` for logs and traces (OTLP when configured).
+//! - [`trace`]: W3C `traceparent` in and out of gRPC metadata and strings.
+//! - [`shutdown`]: SIGTERM / SIGINT as a cancellation token.
+
+pub mod config;
+pub mod db;
+pub mod outbox;
+pub mod pubsub;
+pub mod shutdown;
+pub mod telemetry;
+pub mod trace;

@@ -1,0 +1,166 @@
+//! [`EventPublisher`]: the crate's `Publisher` with the guards it lacks.
+//!
+//! - `Publisher::publish` queues without bound, so a semaphore caps the
+//!   messages in flight (queued or being sent) at `max_in_flight`.
+//! - After a failed publish on an ordering key the crate pauses that key
+//!   until `resume_publish(key)`; [`EventPublisher::publish`] resumes it, so a
+//!   transient error does not block a saga's events forever.
+//! - The crate keeps one batching task per ordering key it has ever seen and
+//!   never frees them (its TODO #4012). With the saga id as ordering key
+//!   that grows without bound, so after [`KEYS_PER_GENERATION`] keyed
+//!   messages a fresh `Publisher` is built on the same connection; the old
+//!   one drains its in-flight batches and frees its tasks once dropped.
+//!
+//! Ordering keys need nothing on the publisher side in this crate (there is
+//! no "enable message ordering" switch); subscriptions opt in.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use google_cloud_gax::retry_policy::RetryPolicyExt as _;
+use google_cloud_pubsub::client::{BasePublisher, Publisher};
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::retry_policy::RetryableErrors;
+use tokio::sync::Semaphore;
+
+use super::PubSubConfig;
+
+/// How long one publish keeps retrying transient errors before it fails
+/// (the crate's default is 10 minutes, too long to hold outbox row locks).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Keyed messages sent through one `Publisher` before it is replaced (see
+/// the module docs).
+pub const KEYS_PER_GENERATION: usize = 10_000;
+
+/// One message to publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// The message body.
+    pub data: Vec<u8>,
+    /// Messages with the same non-empty key are delivered in order on an
+    /// ordered subscription; empty means no ordering.
+    pub ordering_key: String,
+    /// Message attributes (event id, saga id, traceparent, ...).
+    pub attributes: Vec<(String, String)>,
+}
+
+/// A publisher for one topic with at most `max_in_flight` messages queued or
+/// being sent. Cheap to share behind an `Arc`; `publish` takes `&self`.
+#[derive(Debug)]
+pub struct EventPublisher {
+    /// Full topic path, for errors and new generations.
+    topic: String,
+    /// The connection every generation of `Publisher` shares.
+    base: BasePublisher,
+    /// The current `Publisher` and how many keyed messages it has sent.
+    current: Mutex<Generation>,
+    /// One permit per message in flight.
+    in_flight: Semaphore,
+}
+
+#[derive(Debug)]
+struct Generation {
+    publisher: Publisher,
+    keyed: usize,
+}
+
+impl EventPublisher {
+    /// A publisher for `topic_id` (which must exist). `max_in_flight` is
+    /// clamped to at least 1.
+    pub async fn new(
+        cfg: &PubSubConfig,
+        topic_id: &str,
+        max_in_flight: usize,
+    ) -> anyhow::Result<Self> {
+        let topic = cfg.topic_path(topic_id);
+        let mut b = BasePublisher::builder()
+            .with_retry_policy(RetryableErrors.with_time_limit(PUBLISH_TIMEOUT));
+        if let Some(e) = cfg.endpoint() {
+            b = b.with_endpoint(e);
+        }
+        if let Some(c) = cfg.credentials() {
+            b = b.with_credentials(c);
+        }
+        let base = b
+            .build()
+            .await
+            .with_context(|| format!("building the Pub/Sub publisher for {topic}"))?;
+        let publisher = base.publisher(topic.clone()).build();
+        Ok(Self {
+            topic,
+            base,
+            current: Mutex::new(Generation {
+                publisher,
+                keyed: 0,
+            }),
+            in_flight: Semaphore::new(max_in_flight.max(1)),
+        })
+    }
+
+    /// The full path of the topic this publisher sends to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Publish one message and wait for Pub/Sub to acknowledge it; returns
+    /// the server-assigned message id. Waits for a free in-flight slot first.
+    pub async fn publish(&self, msg: OutgoingMessage) -> anyhow::Result<String> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .context("the publisher is shut down")?;
+        let publisher = self.publisher_for(&msg.ordering_key);
+        let key = msg.ordering_key;
+        let message = Message::new()
+            .set_data(msg.data)
+            .set_attributes(msg.attributes)
+            .set_ordering_key(key.clone());
+        match publisher.publish(message).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                if !key.is_empty() {
+                    // Unpause the key on the publisher that paused it.
+                    publisher.resume_publish(key.clone());
+                }
+                Err(anyhow::Error::new(e)
+                    .context(format!("publishing to {} (ordering key {key:?})", self.topic)))
+            }
+        }
+    }
+
+    /// Send everything queued now and wait until it is acknowledged or failed.
+    pub async fn flush(&self) {
+        let publisher = self.lock().publisher.clone();
+        publisher.flush().await;
+    }
+
+    /// Refuse new messages, then flush the ones already queued.
+    pub async fn shutdown(self) {
+        self.in_flight.close();
+        self.flush().await;
+    }
+
+    /// The `Publisher` to send a message with `key` through, replacing it
+    /// when it has seen too many keys.
+    fn publisher_for(&self, key: &str) -> Publisher {
+        let mut g = self.lock();
+        if !key.is_empty() {
+            g.keyed += 1;
+            if g.keyed > KEYS_PER_GENERATION {
+                tracing::debug!(topic = %self.topic, "replacing publisher to free per-key tasks");
+                g.publisher = self.base.publisher(self.topic.clone()).build();
+                g.keyed = 1;
+            }
+        }
+        g.publisher.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generation> {
+        // The guarded data is two plain fields; a panic elsewhere cannot
+        // leave it inconsistent.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,206 @@
+//! The event consumer: Pub/Sub messages in, state transitions out.
+//!
+//! Each message is decoded, deduplicated by event id and applied in one
+//! transaction (see [`store::apply_event`]); the message is acked only after
+//! that commit, and the next command is sent after the ack. A message that
+//! can never apply (undecodable, unknown saga, impossible transition) is
+//! recorded in `rejected_events`, logged and acked: it never blocks or
+//! crashes the consumer. A database failure nacks it for redelivery.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use sagaflow_common::outbox::attributes;
+use sagaflow_common::pubsub::ReceivedMessage;
+use sagaflow_protos::events::v1::{CommandKind, EventEnvelope, Outcome as PbOutcome};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::driver::Driver;
+use crate::saga::{Event, Kind, Outcome};
+use crate::store::{self, Applied};
+
+/// A decoded event, ready for the state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub event_id: Uuid,
+    pub saga_id: Uuid,
+    pub event: Event,
+}
+
+/// Decode a Pub/Sub message's data as an `EventEnvelope`.
+pub fn decode(data: &[u8]) -> Result<Decoded, String> {
+    let env = EventEnvelope::decode(data).map_err(|e| format!("undecodable envelope: {e}"))?;
+    let event_id = Uuid::parse_str(&env.event_id).map_err(|_| "event_id: not a UUID".to_owned())?;
+    let saga_id = Uuid::parse_str(&env.saga_id).map_err(|_| "saga_id: not a UUID".to_owned())?;
+    let kind = match CommandKind::try_from(env.kind) {
+        Ok(CommandKind::Action) => Kind::Action,
+        Ok(CommandKind::Compensation) => Kind::Compensation,
+        _ => return Err(format!("kind: invalid value {}", env.kind)),
+    };
+    let outcome = match PbOutcome::try_from(env.outcome) {
+        Ok(PbOutcome::Succeeded) => Outcome::Succeeded,
+        Ok(PbOutcome::Refused) => Outcome::Refused { reason: env.reason },
+        _ => return Err(format!("outcome: invalid value {}", env.outcome)),
+    };
+    Ok(Decoded {
+        event_id,
+        saga_id,
+        event: Event::Outcome {
+            step: env.step as usize,
+            kind,
+            outcome,
+        },
+    })
+}
+
+/// Consume until shutdown, handling up to `concurrency` messages at once.
+pub async fn run(
+    driver: Driver,
+    mut messages: tokio::sync::mpsc::Receiver<ReceivedMessage>,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    loop {
+        let msg = tokio::select! {
+            m = messages.recv() => match m { Some(m) => m, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let driver = driver.clone();
+        tokio::spawn(async move {
+            handle(&driver, msg).await;
+            drop(permit);
+        });
+    }
+    // Let handlers in hand finish (they ack or nack what they hold).
+    let _ = permits.acquire_many(concurrency as u32).await;
+}
+
+async fn handle(driver: &Driver, msg: ReceivedMessage) {
+    let traceparent = msg.attributes.get(attributes::TRACEPARENT).cloned();
+    let span = tracing::info_span!(
+        "saga.consume",
+        saga.id = tracing::field::Empty,
+        event.id = tracing::field::Empty,
+        messaging.message.id = %msg.message_id,
+        otel.kind = "consumer",
+    );
+    sagaflow_common::trace::set_parent(&span, traceparent.as_deref());
+    async move {
+        let decoded = match decode(&msg.data) {
+            Ok(d) => d,
+            Err(reason) => return reject(driver, msg, None, &reason).await,
+        };
+        let span = tracing::Span::current();
+        span.record("saga.id", tracing::field::display(decoded.saga_id));
+        span.record("event.id", tracing::field::display(decoded.event_id));
+        let result = store::apply_event(
+            driver.pool(),
+            decoded.event_id,
+            decoded.saga_id,
+            &decoded.event,
+            store::now_millis(),
+        )
+        .await;
+        match result {
+            Ok(Applied::Changed { ctx, effects, .. }) => {
+                msg.ack();
+                driver.carry_out(&ctx, effects, sagaflow_common::trace::current_traceparent());
+            }
+            Ok(Applied::Unchanged) => {
+                tracing::debug!("late or duplicate outcome; nothing changed");
+                msg.ack();
+            }
+            Ok(Applied::Duplicate) => {
+                tracing::debug!("event already applied");
+                msg.ack();
+            }
+            Ok(Applied::UnknownSaga) => {
+                reject(driver, msg, Some(&decoded), "unknown saga").await;
+            }
+            Ok(Applied::Rejected(e)) => {
+                reject(driver, msg, Some(&decoded), &e.to_string()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "applying event failed; it will be redelivered");
+                msg.nack();
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn reject(driver: &Driver, msg: ReceivedMessage, decoded: Option<&Decoded>, reason: &str) {
+    tracing::warn!(reason, "rejected event");
+    let event_id = decoded.map(|d| d.event_id.to_string());
+    let saga_id = decoded
+        .map(|d| d.saga_id.to_string())
+        .or_else(|| msg.attributes.get(attributes::SAGA_ID).cloned());
+    match store::record_rejection(
+        driver.pool(),
+        &msg.message_id,
+        event_id.as_deref(),
+        saga_id.as_deref(),
+        reason,
+        &msg.data,
+    )
+    .await
+    {
+        Ok(()) => msg.ack(),
+        Err(e) => {
+            tracing::warn!(error = %e, "recording a rejected event failed; it will be redelivered");
+            msg.nack();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> EventEnvelope {
+        EventEnvelope {
+            event_id: Uuid::now_v7().to_string(),
+            saga_id: Uuid::now_v7().to_string(),
+            step: 1,
+            kind: CommandKind::Action as i32,
+            outcome: PbOutcome::Refused as i32,
+            reason: "credit_limit_exceeded".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decodes_a_refusal() {
+        let d = decode(&envelope().encode_to_vec()).unwrap();
+        assert_eq!(
+            d.event,
+            Event::Outcome {
+                step: 1,
+                kind: Kind::Action,
+                outcome: Outcome::Refused { reason: "credit_limit_exceeded".into() }
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_not_panics() {
+        assert!(decode(b"\xff\xff\xff garbage").is_err());
+        let mut e = envelope();
+        e.event_id = "nope".into();
+        assert_eq!(decode(&e.encode_to_vec()).unwrap_err(), "event_id: not a UUID");
+        let mut e = envelope();
+        e.kind = 0;
+        assert!(decode(&e.encode_to_vec()).unwrap_err().starts_with("kind"));
+        let mut e = envelope();
+        e.outcome = 7;
+        assert!(decode(&e.encode_to_vec()).unwrap_err().starts_with("outcome"));
+    }
+}

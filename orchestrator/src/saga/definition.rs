@@ -1,0 +1,141 @@
+//! Saga definitions are data: named steps, each with its participant, the
+//! gRPC methods of its action and compensation, and its policy. The engine
+//! knows nothing else about a saga type.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A saga type, at one version. Each saga instance records the version it
+/// started with and keeps running under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Definition {
+    pub saga_type: String,
+    pub version: u32,
+    pub steps: Vec<StepDef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepDef {
+    /// Stable name, used in logs, events and the API ("process_payment").
+    pub name: String,
+    /// Key of the participant's endpoint in the orchestrator's configuration.
+    pub participant: String,
+    /// Full gRPC method path of the action
+    /// ("/sagaflow.payment.v1.PaymentService/ProcessPayment").
+    pub action: String,
+    /// Method path of the compensation; `None` for a step that cannot be
+    /// undone (the pivot, after which nothing can fail).
+    pub compensation: Option<String>,
+    /// Attempts and deadline of the action.
+    pub policy: Policy,
+    /// Attempts and deadline of the compensation.
+    pub compensation_policy: Policy,
+}
+
+/// How hard to try one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Sends of the same command (same command id) before its outcome is
+    /// declared unknown (action) or the saga is paused (compensation).
+    pub max_attempts: u32,
+    /// How long to wait for the outcome event after a send.
+    #[serde(with = "millis")]
+    pub deadline: Duration,
+    /// First delay between failed sends of one attempt (transport errors).
+    #[serde(with = "millis")]
+    pub backoff_base: Duration,
+    /// Largest delay between failed sends.
+    #[serde(with = "millis")]
+    pub backoff_cap: Duration,
+    /// Fraction of each delay that is randomised (0 = none, 1 = full jitter).
+    pub jitter_percent: u8,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_attempts: 5,
+            deadline: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(5),
+            jitter_percent: 50,
+        }
+    }
+}
+
+impl Policy {
+    /// The delay before send number `failures + 1` of one attempt:
+    /// `min(cap, base * 2^failures)`, of which `jitter_percent` is scaled by
+    /// `unit` (a random number in `[0, 1)` chosen by the caller).
+    pub fn backoff(&self, failures: u32, unit: f64) -> Duration {
+        let exp = self
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(failures.min(30)));
+        let full = exp.min(self.backoff_cap);
+        let jitter = f64::from(self.jitter_percent.min(100)) / 100.0;
+        full.mul_f64(1.0 - jitter + jitter * unit.clamp(0.0, 1.0))
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+impl Definition {
+    /// Problems that would make the definition unusable, if any.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.steps.is_empty() {
+            return Err(format!("{}: a saga needs at least one step", self.saga_type));
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            if s.policy.max_attempts == 0 || s.compensation_policy.max_attempts == 0 {
+                return Err(format!("step {i} ({}): max_attempts must be >= 1", s.name));
+            }
+            if s.policy.deadline.is_zero() || s.compensation_policy.deadline.is_zero() {
+                return Err(format!("step {i} ({}): deadline must be > 0", s.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_up_to_the_cap() {
+        let p = Policy {
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_millis(1000),
+            jitter_percent: 0,
+            ..Policy::default()
+        };
+        let delays: Vec<u128> = (0..6).map(|f| p.backoff(f, 0.5).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn jitter_stays_within_its_share() {
+        let p = Policy {
+            backoff_base: Duration::from_millis(1000),
+            backoff_cap: Duration::from_millis(1000),
+            jitter_percent: 50,
+            ..Policy::default()
+        };
+        assert_eq!(p.backoff(0, 0.0).as_millis(), 500);
+        assert_eq!(p.backoff(0, 0.999_999).as_millis(), 999);
+        assert_eq!(p.backoff(u32::MAX, 1.0).as_millis(), 1000);
+    }
+}

@@ -1,0 +1,410 @@
+//! The saga state machine: `apply(definition, state, event, now)`.
+//!
+//! Pure: no clock, no I/O. Every (status, event) pair is an explicit arm.
+//! A duplicate or late event returns the state unchanged with no effects
+//! (`Transition::note == None`); a pair that cannot happen is an [`Error`].
+
+use super::definition::Definition;
+use super::state::{
+    Command, Effect, Event, Kind, Millis, Outcome, SagaState, Status, StepState,
+};
+
+/// The result of applying one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub state: SagaState,
+    pub effects: Vec<Effect>,
+    /// What happened, for the saga's history; `None` when nothing changed
+    /// (a duplicate, late or stale event).
+    pub note: Option<Note>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Machine-readable kind ("step_succeeded", "compensation_started", ...).
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("[SF1001] step {step} does not exist in {saga_type} v{version}")]
+    UnknownStep {
+        step: usize,
+        saga_type: String,
+        version: u32,
+    },
+    #[error("[SF1002] {kind} outcome for step {step} which was never sent (saga {status:?}, step {state:?})")]
+    NeverSent {
+        step: usize,
+        kind: &'static str,
+        status: Status,
+        state: StepState,
+    },
+    #[error("[SF1003] {kind} outcome {outcome} for step {step} contradicts its recorded state {state:?}")]
+    Contradiction {
+        step: usize,
+        kind: &'static str,
+        outcome: &'static str,
+        state: StepState,
+    },
+    #[error("[SF1004] the state has {found} steps but {saga_type} v{version} defines {expected}")]
+    ShapeMismatch {
+        found: usize,
+        expected: usize,
+        saga_type: String,
+        version: u32,
+    },
+}
+
+/// Apply `event` to `state` at time `now`.
+pub fn apply(
+    def: &Definition,
+    state: &SagaState,
+    event: &Event,
+    now: Millis,
+) -> Result<Transition, Error> {
+    if state.steps.len() != def.steps.len() {
+        return Err(Error::ShapeMismatch {
+            found: state.steps.len(),
+            expected: def.steps.len(),
+            saga_type: def.saga_type.clone(),
+            version: def.version,
+        });
+    }
+    let mut m = Machine {
+        def,
+        s: state.clone(),
+        effects: Vec::new(),
+        now,
+    };
+    let note = match event {
+        Event::Start => m.start(),
+        Event::Timeout => m.timeout(),
+        Event::Outcome {
+            step,
+            kind,
+            outcome,
+        } => {
+            if *step >= def.steps.len() {
+                return Err(Error::UnknownStep {
+                    step: *step,
+                    saga_type: def.saga_type.clone(),
+                    version: def.version,
+                });
+            }
+            match (kind, outcome) {
+                (Kind::Action, Outcome::Succeeded) => m.action_succeeded(*step)?,
+                (Kind::Action, Outcome::Refused { reason }) => m.action_refused(*step, reason)?,
+                (Kind::Compensation, Outcome::Succeeded) => m.compensated(*step)?,
+                (Kind::Compensation, Outcome::Refused { reason }) => {
+                    m.compensation_refused(*step, reason)?
+                }
+            }
+        }
+    };
+    if note.is_none() {
+        // Nothing changed: hand back the input untouched.
+        return Ok(Transition {
+            state: state.clone(),
+            effects: Vec::new(),
+            note: None,
+        });
+    }
+    Ok(Transition {
+        state: m.s,
+        effects: m.effects,
+        note,
+    })
+}
+
+struct Machine<'a> {
+    def: &'a Definition,
+    s: SagaState,
+    effects: Vec<Effect>,
+    now: Millis,
+}
+
+fn note(kind: &'static str, detail: String) -> Option<Note> {
+    Some(Note { kind, detail })
+}
+
+impl Machine<'_> {
+    fn name(&self, step: usize) -> &str {
+        &self.def.steps[step].name
+    }
+
+    fn never_sent(&self, step: usize, kind: Kind) -> Error {
+        Error::NeverSent {
+            step,
+            kind: kind.as_str(),
+            status: self.s.status,
+            state: self.s.steps[step].state,
+        }
+    }
+
+    fn contradiction(&self, step: usize, kind: Kind, outcome: &'static str) -> Error {
+        Error::Contradiction {
+            step,
+            kind: kind.as_str(),
+            outcome,
+            state: self.s.steps[step].state,
+        }
+    }
+
+    fn start(&mut self) -> Option<Note> {
+        match (self.s.status, self.s.steps[0].state) {
+            (Status::Running, StepState::NotStarted) => {
+                self.send_action(0, 1);
+                note("started", format!("sent {}", self.name(0)))
+            }
+            // Already started, or finished: a repeated Start changes nothing.
+            (Status::Running, _)
+            | (Status::Compensating, _)
+            | (Status::Completed, _)
+            | (Status::Compensated, _)
+            | (Status::CompensationFailed, _) => None,
+        }
+    }
+
+    fn send_action(&mut self, step: usize, attempt: u32) {
+        let deadline = self.now + millis(self.def.steps[step].policy.deadline);
+        let rec = &mut self.s.steps[step];
+        rec.state = StepState::Pending;
+        rec.attempts = attempt;
+        self.s.cursor = step;
+        self.s.deadline = Some(deadline);
+        self.effects.push(Effect::SendCommand(Command {
+            step,
+            kind: Kind::Action,
+            attempt,
+        }));
+        self.effects.push(Effect::ScheduleTimeout { at: deadline });
+    }
+
+    fn send_compensation(&mut self, step: usize, attempt: u32) {
+        let deadline = self.now + millis(self.def.steps[step].compensation_policy.deadline);
+        let rec = &mut self.s.steps[step];
+        rec.state = StepState::Compensating;
+        rec.compensation_attempts = attempt;
+        self.s.cursor = step;
+        self.s.deadline = Some(deadline);
+        self.effects.push(Effect::SendCommand(Command {
+            step,
+            kind: Kind::Compensation,
+            attempt,
+        }));
+        self.effects.push(Effect::ScheduleTimeout { at: deadline });
+    }
+
+    fn finish(&mut self, status: Status) {
+        self.s.status = status;
+        self.s.deadline = None;
+        self.effects.push(Effect::Finish(status));
+    }
+
+    /// Turn to compensation: undo, from `from` downwards, every step that may
+    /// have acted.
+    fn begin_compensation(&mut self, failed: usize, reason: String, from: Option<usize>) {
+        self.s.status = Status::Compensating;
+        self.s.failed_step = Some(failed);
+        self.s.reason = Some(reason);
+        self.compensate_next(from);
+    }
+
+    /// Send the compensation of the highest step at or below `from` that may
+    /// have acted; finish COMPENSATED when there is none.
+    fn compensate_next(&mut self, from: Option<usize>) {
+        let mut next = from;
+        while let Some(i) = next {
+            let may_have_acted = matches!(
+                self.s.steps[i].state,
+                StepState::Succeeded | StepState::Unknown | StepState::Pending
+            );
+            if may_have_acted {
+                if self.def.steps[i].compensation.is_some() {
+                    self.send_compensation(i, 1);
+                    return;
+                }
+                self.s.steps[i].state = StepState::NotCompensated;
+            }
+            next = i.checked_sub(1);
+        }
+        self.s.cursor = 0;
+        self.finish(Status::Compensated);
+    }
+
+    fn action_succeeded(&mut self, step: usize) -> Result<Option<Note>, Error> {
+        let state = self.s.steps[step].state;
+        Ok(match (self.s.status, state) {
+            (Status::Running, StepState::Pending) if step == self.s.cursor => {
+                self.s.steps[step].state = StepState::Succeeded;
+                if step + 1 < self.def.steps.len() {
+                    self.send_action(step + 1, 1);
+                    note(
+                        "step_succeeded",
+                        format!("{} succeeded; sent {}", self.name(step), self.name(step + 1)),
+                    )
+                } else {
+                    self.finish(Status::Completed);
+                    note("completed", format!("{} succeeded; saga completed", self.name(step)))
+                }
+            }
+            // Duplicate of an outcome already applied.
+            (_, StepState::Succeeded) => None,
+            // Late success of a step whose outcome was unknown: it did act,
+            // and it is (or will be) compensated like any success.
+            (Status::Compensating, StepState::Unknown) => {
+                self.s.steps[step].state = StepState::Succeeded;
+                note("late_outcome", format!("{} turned out to have succeeded; it is compensated", self.name(step)))
+            }
+            // Late success of a step already being undone, or undone: the
+            // compensation covers it.
+            (Status::Compensating, StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed)
+            | (Status::Compensated, StepState::Unknown | StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed)
+            | (Status::CompensationFailed, StepState::Unknown | StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed) => None,
+            (Status::Running, StepState::Pending) => return Err(self.never_sent(step, Kind::Action)),
+            (_, StepState::NotStarted) => return Err(self.never_sent(step, Kind::Action)),
+            (_, StepState::Refused) => return Err(self.contradiction(step, Kind::Action, "succeeded")),
+            (Status::Running | Status::Completed, StepState::Unknown | StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed)
+            | (Status::Completed | Status::Compensating | Status::Compensated | Status::CompensationFailed, StepState::Pending) => {
+                return Err(self.contradiction(step, Kind::Action, "succeeded"));
+            }
+        })
+    }
+
+    fn action_refused(&mut self, step: usize, reason: &str) -> Result<Option<Note>, Error> {
+        let state = self.s.steps[step].state;
+        Ok(match (self.s.status, state) {
+            (Status::Running, StepState::Pending) if step == self.s.cursor => {
+                let rec = &mut self.s.steps[step];
+                rec.state = StepState::Refused;
+                rec.reason = Some(reason.to_owned());
+                let why = format!("{} refused: {reason}", self.name(step));
+                self.begin_compensation(step, why.clone(), step.checked_sub(1));
+                note("step_refused", why)
+            }
+            (_, StepState::Refused) => None,
+            // A late refusal of an unknown-outcome step: it did not act, so
+            // there is nothing of it to undo.
+            (Status::Compensating, StepState::Unknown) => {
+                let rec = &mut self.s.steps[step];
+                rec.state = StepState::Refused;
+                rec.reason = Some(reason.to_owned());
+                note("late_outcome", format!("{} turned out to be refused: {reason}", self.name(step)))
+            }
+            // Refused after its compensation was sent: the participant saw
+            // the undo first (no "undo, then do"); nothing more to do.
+            (Status::Compensating | Status::Compensated | Status::CompensationFailed, StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed)
+            | (Status::Compensated | Status::CompensationFailed, StepState::Unknown) => None,
+            (Status::Running, StepState::Pending) => return Err(self.never_sent(step, Kind::Action)),
+            (_, StepState::NotStarted) => return Err(self.never_sent(step, Kind::Action)),
+            (_, StepState::Succeeded) => return Err(self.contradiction(step, Kind::Action, "refused")),
+            (Status::Running | Status::Completed, StepState::Unknown | StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed)
+            | (Status::Completed | Status::Compensating | Status::Compensated | Status::CompensationFailed, StepState::Pending) => {
+                return Err(self.contradiction(step, Kind::Action, "refused"));
+            }
+        })
+    }
+
+    fn compensated(&mut self, step: usize) -> Result<Option<Note>, Error> {
+        let state = self.s.steps[step].state;
+        Ok(match (self.s.status, state) {
+            (Status::Compensating, StepState::Compensating) if step == self.s.cursor => {
+                self.s.steps[step].state = StepState::Compensated;
+                self.compensate_next(step.checked_sub(1));
+                note("step_compensated", format!("{} compensated", self.name(step)))
+            }
+            // The undo a paused saga gave up on did happen after all: carry on.
+            (Status::CompensationFailed, StepState::CompensationFailed) if step == self.s.cursor => {
+                self.s.steps[step].state = StepState::Compensated;
+                self.s.status = Status::Compensating;
+                self.compensate_next(step.checked_sub(1));
+                note("step_compensated", format!("{} compensated late; compensation resumed", self.name(step)))
+            }
+            (_, StepState::Compensated) => None,
+            (Status::Compensating, StepState::Compensating) => return Err(self.never_sent(step, Kind::Compensation)),
+            (Status::CompensationFailed, StepState::CompensationFailed) => return Err(self.never_sent(step, Kind::Compensation)),
+            (_, StepState::NotStarted | StepState::Pending | StepState::Succeeded | StepState::Refused | StepState::Unknown | StepState::NotCompensated) => {
+                return Err(self.never_sent(step, Kind::Compensation));
+            }
+            (Status::Running | Status::Completed | Status::Compensated, StepState::Compensating | StepState::CompensationFailed)
+            | (Status::Compensating, StepState::CompensationFailed)
+            | (Status::CompensationFailed, StepState::Compensating) => {
+                return Err(self.contradiction(step, Kind::Compensation, "succeeded"));
+            }
+        })
+    }
+
+    fn compensation_refused(&mut self, step: usize, reason: &str) -> Result<Option<Note>, Error> {
+        let state = self.s.steps[step].state;
+        Ok(match (self.s.status, state) {
+            // A participant that refuses an undo will refuse it again: pause
+            // for an operator rather than retry.
+            (Status::Compensating, StepState::Compensating) if step == self.s.cursor => {
+                let why = format!("compensation of {} refused: {reason}", self.name(step));
+                let rec = &mut self.s.steps[step];
+                rec.state = StepState::CompensationFailed;
+                rec.reason = Some(reason.to_owned());
+                self.s.failed_step = Some(step);
+                self.s.reason = Some(why.clone());
+                self.finish(Status::CompensationFailed);
+                note("compensation_failed", why)
+            }
+            (Status::CompensationFailed, StepState::CompensationFailed) => None,
+            (Status::Compensating, StepState::Compensating) => return Err(self.never_sent(step, Kind::Compensation)),
+            (_, StepState::NotStarted | StepState::Pending | StepState::Succeeded | StepState::Refused | StepState::Unknown | StepState::NotCompensated) => {
+                return Err(self.never_sent(step, Kind::Compensation));
+            }
+            (_, StepState::Compensated)
+            | (Status::Running | Status::Completed | Status::Compensated, StepState::Compensating | StepState::CompensationFailed)
+            | (Status::Compensating, StepState::CompensationFailed)
+            | (Status::CompensationFailed, StepState::Compensating) => {
+                return Err(self.contradiction(step, Kind::Compensation, "refused"));
+            }
+        })
+    }
+
+    fn timeout(&mut self) -> Option<Note> {
+        let overdue = matches!(self.s.deadline, Some(d) if self.now >= d);
+        let cursor = self.s.cursor;
+        match (self.s.status, overdue) {
+            (Status::Running, true) => {
+                let rec = &self.s.steps[cursor];
+                let attempts = rec.attempts;
+                if attempts < self.def.steps[cursor].policy.max_attempts {
+                    self.send_action(cursor, attempts + 1);
+                    return note("resent", format!("{}: no outcome yet, attempt {}", self.name(cursor), attempts + 1));
+                }
+                let why = format!("{}: no outcome after {attempts} attempts (outcome unknown)", self.name(cursor));
+                let rec = &mut self.s.steps[cursor];
+                rec.state = StepState::Unknown;
+                rec.reason = Some("no outcome before the deadline".to_owned());
+                self.begin_compensation(cursor, why.clone(), Some(cursor));
+                note("step_timed_out", why)
+            }
+            (Status::Compensating, true) => {
+                let attempts = self.s.steps[cursor].compensation_attempts;
+                if attempts < self.def.steps[cursor].compensation_policy.max_attempts {
+                    self.send_compensation(cursor, attempts + 1);
+                    return note("resent", format!("compensation of {}: no outcome yet, attempt {}", self.name(cursor), attempts + 1));
+                }
+                let why = format!("compensation of {}: no outcome after {attempts} attempts", self.name(cursor));
+                let rec = &mut self.s.steps[cursor];
+                rec.state = StepState::CompensationFailed;
+                rec.reason = Some("no outcome before the deadline".to_owned());
+                self.s.failed_step = Some(cursor);
+                self.s.reason = Some(why.clone());
+                self.finish(Status::CompensationFailed);
+                note("compensation_failed", why)
+            }
+            // Not due yet (a stale or early timer), or nothing in flight.
+            (Status::Running | Status::Compensating, false)
+            | (Status::Completed | Status::Compensated | Status::CompensationFailed, _) => None,
+        }
+    }
+}
+
+fn millis(d: std::time::Duration) -> Millis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,2001 @@
+//! Specs for the saga state machine.
+//!
+//! Layout:
+//! - Fixtures: a second saga type (`shipment`, three steps, the middle one
+//!   without compensation) next to the order saga, and `given`/`when`.
+//! - Scenarios, given/when/then, on both definitions.
+//! - An exhaustive sweep: every (status, step state, event) on hand-built
+//!   states and on every state reachable from a fresh saga.
+//! - Property tests: a random world of participants that succeed, refuse or
+//!   never answer, driven by a scheduler that reorders, duplicates and
+//!   delays events and fires timers.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+use super::state::StepRecord;
+use super::*;
+use crate::definitions::order;
+
+use StepState as S;
+
+// ---------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------
+
+/// The time of the first event of every scenario.
+const T0: Millis = 1_700_000_000_000;
+
+fn ms(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).expect("a deadline fits in i64")
+}
+
+fn policy(max_attempts: u32, deadline_ms: u64) -> Policy {
+    Policy {
+        max_attempts,
+        deadline: Duration::from_millis(deadline_ms),
+        ..Policy::default()
+    }
+}
+
+fn shipment_step(name: &str, compensation: Option<&str>, action: Policy, undo: Policy) -> StepDef {
+    StepDef {
+        name: name.to_owned(),
+        participant: "warehouse".to_owned(),
+        action: format!("/test.v1.Shipping/{name}"),
+        compensation: compensation.map(|c| format!("/test.v1.Shipping/{c}")),
+        policy: action,
+        compensation_policy: undo,
+    }
+}
+
+/// A second saga type, so nothing leans on the order saga's shape: three
+/// steps, the middle one without compensation, each with its own policies.
+fn shipment() -> Definition {
+    Definition {
+        saga_type: "shipment".to_owned(),
+        version: 7,
+        steps: vec![
+            shipment_step(
+                "book_carrier",
+                Some("cancel_booking"),
+                policy(3, 100),
+                policy(2, 250),
+            ),
+            shipment_step("print_label", None, policy(3, 100), policy(2, 250)),
+            shipment_step(
+                "charge_fee",
+                Some("refund_fee"),
+                policy(2, 50),
+                policy(3, 400),
+            ),
+        ],
+    }
+}
+
+fn action_deadline(def: &Definition, step: usize) -> Millis {
+    ms(def.steps[step].policy.deadline)
+}
+
+fn undo_deadline(def: &Definition, step: usize) -> Millis {
+    ms(def.steps[step].compensation_policy.deadline)
+}
+
+fn action_attempts(def: &Definition, step: usize) -> u32 {
+    def.steps[step].policy.max_attempts
+}
+
+fn undo_attempts(def: &Definition, step: usize) -> u32 {
+    def.steps[step].compensation_policy.max_attempts
+}
+
+// Events.
+
+fn start() -> Event {
+    Event::Start
+}
+
+fn timeout() -> Event {
+    Event::Timeout
+}
+
+fn timeouts(n: u32) -> Vec<Event> {
+    (0..n).map(|_| timeout()).collect()
+}
+
+fn outcome(step: usize, kind: Kind, refused: bool) -> Event {
+    let outcome = if refused {
+        Outcome::Refused {
+            reason: "over the limit".to_owned(),
+        }
+    } else {
+        Outcome::Succeeded
+    };
+    Event::Outcome {
+        step,
+        kind,
+        outcome,
+    }
+}
+
+/// The action of `step` succeeded.
+fn ok(step: usize) -> Event {
+    outcome(step, Kind::Action, false)
+}
+
+/// The participant refused the action of `step`.
+fn refused(step: usize) -> Event {
+    outcome(step, Kind::Action, true)
+}
+
+/// The compensation of `step` succeeded.
+fn undone(step: usize) -> Event {
+    outcome(step, Kind::Compensation, false)
+}
+
+/// The participant refused the compensation of `step`.
+fn undo_refused(step: usize) -> Event {
+    outcome(step, Kind::Compensation, true)
+}
+
+// Effects and commands.
+
+fn action(step: usize, attempt: u32) -> Command {
+    Command {
+        step,
+        kind: Kind::Action,
+        attempt,
+    }
+}
+
+fn undo(step: usize, attempt: u32) -> Command {
+    Command {
+        step,
+        kind: Kind::Compensation,
+        attempt,
+    }
+}
+
+fn send(step: usize, attempt: u32) -> Effect {
+    Effect::SendCommand(action(step, attempt))
+}
+
+fn send_undo(step: usize, attempt: u32) -> Effect {
+    Effect::SendCommand(undo(step, attempt))
+}
+
+fn timer(at: Millis) -> Effect {
+    Effect::ScheduleTimeout { at }
+}
+
+fn finish(status: Status) -> Effect {
+    Effect::Finish(status)
+}
+
+fn states(state: &SagaState) -> Vec<StepState> {
+    state.steps.iter().map(|r| r.state).collect()
+}
+
+fn note_kind(t: &Transition) -> Option<&'static str> {
+    t.note.as_ref().map(|n| n.kind)
+}
+
+/// A saga under test: its definition, its state and the clock. The clock
+/// stands still while outcomes arrive and jumps to the deadline when a timer
+/// fires, so every timer in a history is due.
+#[derive(Debug, Clone)]
+struct Saga {
+    def: Definition,
+    state: SagaState,
+    now: Millis,
+}
+
+/// A fresh saga of type `def` after `history`, replayed event by event.
+/// Every event of a history must change the saga.
+fn given(def: &Definition, history: &[Event]) -> Saga {
+    let mut saga = Saga {
+        def: def.clone(),
+        state: SagaState::new(def.steps.len()),
+        now: T0,
+    };
+    for (i, event) in history.iter().enumerate() {
+        let now = saga.time_of(event);
+        let t = saga.when(event.clone());
+        assert!(
+            t.note.is_some(),
+            "given: event #{i} {event:?} changed nothing in {:?}",
+            saga.state
+        );
+        saga.now = now;
+        saga.state = t.state;
+    }
+    saga
+}
+
+impl Saga {
+    /// When `event` happens: now for an outcome, at the deadline for a timer.
+    fn time_of(&self, event: &Event) -> Millis {
+        match (event, self.state.deadline) {
+            (Event::Timeout, Some(deadline)) => deadline.max(self.now),
+            _ => self.now,
+        }
+    }
+
+    fn try_when(&self, event: Event) -> Result<Transition, Error> {
+        apply(&self.def, &self.state, &event, self.time_of(&event))
+    }
+
+    fn when(&self, event: Event) -> Transition {
+        self.try_when(event.clone())
+            .unwrap_or_else(|e| panic!("when {event:?}: {e}\nstate: {:?}", self.state))
+    }
+
+    fn when_at(&self, event: Event, now: Millis) -> Transition {
+        apply(&self.def, &self.state, &event, now)
+            .unwrap_or_else(|e| panic!("when {event:?} at {now}: {e}\nstate: {:?}", self.state))
+    }
+
+    /// Then `event` is a no-op: same state, no effects, no history note.
+    fn assert_ignores_at(&self, event: Event, now: Millis) {
+        let t = self.when_at(event.clone(), now);
+        assert_eq!(t.note, None, "{event:?} should be ignored");
+        assert_eq!(t.effects, vec![], "{event:?} should have no effects");
+        assert_eq!(t.state, self.state, "{event:?} should not change the state");
+    }
+
+    fn assert_ignores(&self, event: Event) {
+        let now = self.time_of(&event);
+        self.assert_ignores_at(event, now);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: start and the happy path
+// ---------------------------------------------------------------------------
+
+#[test]
+fn start_sends_the_first_action_with_a_deadline_timer() {
+    for def in [order::definition(), shipment()] {
+        let t = given(&def, &[]).when(start());
+        let due = T0 + action_deadline(&def, 0);
+
+        assert_eq!(t.effects, vec![send(0, 1), timer(due)]);
+        assert_eq!(t.state.status, Status::Running);
+        assert_eq!(t.state.cursor, 0);
+        assert_eq!(t.state.deadline, Some(due));
+        assert_eq!(t.state.steps[0].state, S::Pending);
+        assert_eq!(t.state.steps[0].attempts, 1);
+        assert!(t.state.steps[1..].iter().all(|r| r.state == S::NotStarted));
+        assert_eq!(note_kind(&t), Some("started"));
+    }
+}
+
+#[test]
+fn a_saga_that_has_not_started_has_nothing_in_flight_and_ignores_timers() {
+    let saga = given(&shipment(), &[]);
+    assert_eq!(saga.state.in_flight(), None);
+    saga.assert_ignores_at(timeout(), T0 + 1_000_000);
+}
+
+#[test]
+fn a_repeated_start_changes_nothing() {
+    let def = order::definition();
+    given(&def, &[start()]).assert_ignores(start());
+    given(&def, &[start(), ok(0), ok(1)]).assert_ignores(start());
+    given(&def, &[start(), ok(0), refused(1)]).assert_ignores(start());
+}
+
+#[test]
+fn a_success_sends_the_next_action_with_its_own_deadline() {
+    let def = shipment();
+    let saga = given(&def, &[start(), ok(0)]);
+    let t = saga.when(ok(1));
+    // charge_fee has a 50 ms deadline, unlike the 100 ms of the others.
+    assert_eq!(t.effects, vec![send(2, 1), timer(T0 + 50)]);
+    assert_eq!(t.state.cursor, 2);
+    assert_eq!(states(&t.state), [S::Succeeded, S::Succeeded, S::Pending]);
+    assert_eq!(note_kind(&t), Some("step_succeeded"));
+}
+
+#[test]
+fn the_last_success_completes_the_saga_with_finish() {
+    let def = order::definition();
+    let saga = given(&def, &[start(), ok(0), ok(1), ok(2)]);
+    assert_eq!(saga.state.in_flight(), Some(action(3, 1)));
+
+    let t = saga.when(ok(3));
+
+    assert_eq!(t.effects, vec![finish(Status::Completed)]);
+    assert_eq!(t.state.status, Status::Completed);
+    assert_eq!(t.state.deadline, None);
+    assert_eq!(t.state.in_flight(), None);
+    assert_eq!(states(&t.state), [S::Succeeded; 4]);
+    assert_eq!(t.state.failed_step, None);
+    assert_eq!(t.state.reason, None);
+    assert_eq!(note_kind(&t), Some("completed"));
+}
+
+#[test]
+fn the_happy_path_sends_every_action_once_in_order() {
+    for def in [order::definition(), shipment()] {
+        let world = World::uniform(&def, Reply::Succeeds, Reply::Succeeds);
+        let run = clean_run(&world).expect("a clean run");
+        let expected: Vec<Command> = (0..def.steps.len()).map(|i| action(i, 1)).collect();
+        assert_eq!(run.sends, expected, "{}", def.saga_type);
+        assert_eq!(run.finishes, vec![Status::Completed]);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: refusals
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_refusal_of_the_first_step_compensates_nothing() {
+    let def = order::definition();
+    let t = given(&def, &[start()]).when(refused(0));
+
+    assert_eq!(t.effects, vec![finish(Status::Compensated)]);
+    assert_eq!(t.state.status, Status::Compensated);
+    assert_eq!(t.state.failed_step, Some(0));
+    assert_eq!(
+        states(&t.state),
+        [S::Refused, S::NotStarted, S::NotStarted, S::NotStarted]
+    );
+    assert_eq!(t.state.steps[0].reason.as_deref(), Some("over the limit"));
+    let reason = t.state.reason.expect("a reason");
+    assert!(
+        reason.contains("create_order") && reason.contains("over the limit"),
+        "{reason}"
+    );
+    assert_eq!(t.state.deadline, None);
+}
+
+#[test]
+fn a_refusal_compensates_the_previous_step_first() {
+    let def = order::definition();
+    let saga = given(&def, &[start(), ok(0), ok(1)]);
+
+    let t = saga.when(refused(2));
+
+    assert_eq!(
+        t.effects,
+        vec![send_undo(1, 1), timer(T0 + undo_deadline(&def, 1))]
+    );
+    assert_eq!(t.state.status, Status::Compensating);
+    assert_eq!(t.state.cursor, 1);
+    assert_eq!(t.state.failed_step, Some(2));
+    assert_eq!(
+        states(&t.state),
+        [S::Succeeded, S::Compensating, S::Refused, S::NotStarted]
+    );
+    assert_eq!(t.state.in_flight(), Some(undo(1, 1)));
+    assert_eq!(note_kind(&t), Some("step_refused"));
+}
+
+#[test]
+fn a_compensated_step_hands_over_to_the_one_below_then_the_saga_is_compensated() {
+    let def = order::definition();
+    let saga = given(&def, &[start(), ok(0), ok(1), refused(2)]);
+
+    let t = saga.when(undone(1));
+    assert_eq!(
+        t.effects,
+        vec![send_undo(0, 1), timer(saga.now + undo_deadline(&def, 0))]
+    );
+    assert_eq!(t.state.cursor, 0);
+    assert_eq!(note_kind(&t), Some("step_compensated"));
+
+    let saga = given(&def, &[start(), ok(0), ok(1), refused(2), undone(1)]);
+    let t = saga.when(undone(0));
+    assert_eq!(t.effects, vec![finish(Status::Compensated)]);
+    assert_eq!(
+        states(&t.state),
+        [S::Compensated, S::Compensated, S::Refused, S::NotStarted]
+    );
+    assert_eq!(t.state.failed_step, Some(2));
+    assert_eq!(t.state.deadline, None);
+}
+
+#[test]
+fn a_refusal_at_each_step_compensates_exactly_the_earlier_steps_in_reverse() {
+    for def in [order::definition(), shipment()] {
+        let n = def.steps.len();
+        for k in 0..n {
+            let mut world = World::uniform(&def, Reply::Succeeds, Reply::Succeeds);
+            world.action[k] = Reply::Refuses;
+
+            let run = clean_run(&world).expect("a clean run");
+
+            let ctx = format!("{} refused at step {k}", def.saga_type);
+            let actions: Vec<Command> = (0..=k).map(|i| action(i, 1)).collect();
+            let undos: Vec<Command> = (0..k)
+                .rev()
+                .filter(|&i| def.steps[i].compensation.is_some())
+                .map(|i| undo(i, 1))
+                .collect();
+            assert_eq!(run.sends, [actions, undos].concat(), "{ctx}");
+            assert_eq!(run.state.status, Status::Compensated, "{ctx}");
+            assert_eq!(run.state.failed_step, Some(k), "{ctx}");
+            assert_eq!(run.finishes, vec![Status::Compensated], "{ctx}");
+            for (i, rec) in run.state.steps.iter().enumerate() {
+                let expected = match i {
+                    i if i > k => S::NotStarted,
+                    i if i == k => S::Refused,
+                    i if def.steps[i].compensation.is_some() => S::Compensated,
+                    _ => S::NotCompensated,
+                };
+                assert_eq!(rec.state, expected, "{ctx}: step {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_succeeded_step_without_compensation_is_not_compensated_and_skipped() {
+    let def = shipment();
+    let saga = given(&def, &[start(), ok(0), ok(1)]);
+
+    let t = saga.when(refused(2));
+
+    // print_label (1) has no compensation: straight to book_carrier (0).
+    assert_eq!(
+        t.effects,
+        vec![send_undo(0, 1), timer(saga.now + undo_deadline(&def, 0))]
+    );
+    assert_eq!(
+        states(&t.state),
+        [S::Compensating, S::NotCompensated, S::Refused]
+    );
+    assert_eq!(t.state.cursor, 0);
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: timers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_timeout_resends_the_same_step_with_the_next_attempt() {
+    let def = order::definition();
+    let saga = given(&def, &[start(), ok(0)]);
+    let due = saga.state.deadline.expect("a deadline");
+
+    let t = saga.when_at(timeout(), due);
+
+    assert_eq!(
+        t.effects,
+        vec![send(1, 2), timer(due + action_deadline(&def, 1))]
+    );
+    assert_eq!(t.state.steps[1].attempts, 2);
+    assert_eq!(t.state.steps[1].state, S::Pending);
+    assert_eq!(t.state.status, Status::Running);
+    assert_eq!(t.state.in_flight(), Some(action(1, 2)));
+    assert_eq!(note_kind(&t), Some("resent"));
+}
+
+#[test]
+fn a_timer_exactly_at_the_deadline_fires_and_one_before_is_a_no_op() {
+    let def = shipment();
+    let saga = given(&def, &[start()]);
+    let due = saga.state.deadline.expect("a deadline");
+
+    saga.assert_ignores_at(timeout(), due - 1);
+    saga.assert_ignores_at(timeout(), T0);
+    assert_eq!(saga.when_at(timeout(), due).effects[0], send(0, 2));
+    assert_eq!(saga.when_at(timeout(), due + 5_000).effects[0], send(0, 2));
+}
+
+#[test]
+fn a_stale_timer_of_an_earlier_command_is_a_no_op() {
+    let def = shipment();
+    let first_due = T0 + action_deadline(&def, 0);
+    // Step 0 succeeds 90 ms in: step 1 is due at T0 + 190.
+    let saga = given(&def, &[start()]);
+    let t = saga.when_at(ok(0), T0 + 90);
+    let saga = Saga {
+        state: t.state,
+        now: T0 + 90,
+        ..saga
+    };
+    assert_eq!(saga.state.deadline, Some(T0 + 190));
+
+    // The timer set for step 0 fires at T0 + 100.
+    saga.assert_ignores_at(timeout(), first_due);
+}
+
+#[test]
+fn after_max_attempts_the_step_is_unknown_and_its_own_compensation_runs_first() {
+    let def = order::definition();
+    let max = action_attempts(&def, 1);
+    let mut history = vec![start(), ok(0)];
+    history.extend(timeouts(max - 1));
+    let saga = given(&def, &history);
+    assert_eq!(saga.state.in_flight(), Some(action(1, max)));
+
+    let due = saga.state.deadline.expect("a deadline");
+    let t = saga.when(timeout());
+
+    // process_payment may have charged: refund it, before cancelling the order.
+    assert_eq!(
+        t.effects,
+        vec![send_undo(1, 1), timer(due + undo_deadline(&def, 1))]
+    );
+    assert_eq!(t.state.status, Status::Compensating);
+    assert_eq!(t.state.failed_step, Some(1));
+    assert_eq!(t.state.steps[1].attempts, max);
+    assert_eq!(
+        t.state.steps[1].reason.as_deref(),
+        Some("no outcome before the deadline")
+    );
+    let reason = t.state.reason.clone().expect("a reason");
+    assert!(
+        reason.contains("process_payment") && reason.contains("unknown"),
+        "{reason}"
+    );
+    assert_eq!(note_kind(&t), Some("step_timed_out"));
+
+    // Then the earlier ones.
+    let mut history = history;
+    history.extend([timeout(), undone(1)]);
+    let saga = given(&def, &history);
+    assert_eq!(saga.state.in_flight(), Some(undo(0, 1)));
+}
+
+#[test]
+fn a_lost_step_at_each_position_compensates_itself_then_the_earlier_steps() {
+    for def in [order::definition(), shipment()] {
+        for k in 0..def.steps.len() {
+            let mut world = World::uniform(&def, Reply::Succeeds, Reply::Succeeds);
+            world.action[k] = Reply::Lost;
+
+            let run = clean_run(&world).expect("a clean run");
+
+            let ctx = format!("{} lost at step {k}", def.saga_type);
+            let mut expected: Vec<Command> = (0..k).map(|i| action(i, 1)).collect();
+            expected.extend((1..=action_attempts(&def, k)).map(|a| action(k, a)));
+            expected.extend(
+                (0..=k)
+                    .rev()
+                    .filter(|&i| def.steps[i].compensation.is_some())
+                    .map(|i| undo(i, 1)),
+            );
+            assert_eq!(run.sends, expected, "{ctx}");
+            assert_eq!(run.state.status, Status::Compensated, "{ctx}");
+            assert_eq!(run.state.failed_step, Some(k), "{ctx}");
+        }
+    }
+}
+
+#[test]
+fn an_unknown_pivot_without_compensation_is_not_compensated_and_skipped() {
+    let def = order::definition();
+    let mut history = vec![start(), ok(0), ok(1), ok(2)];
+    history.extend(timeouts(action_attempts(&def, 3) - 1));
+    let saga = given(&def, &history);
+
+    let due = saga.state.deadline.expect("a deadline");
+    let t = saga.when(timeout());
+
+    assert_eq!(
+        t.effects,
+        vec![send_undo(2, 1), timer(due + undo_deadline(&def, 2))]
+    );
+    assert_eq!(
+        states(&t.state),
+        [
+            S::Succeeded,
+            S::Succeeded,
+            S::Compensating,
+            S::NotCompensated
+        ]
+    );
+    assert_eq!(t.state.failed_step, Some(3));
+}
+
+#[test]
+fn a_compensation_timeout_resends_it_with_its_own_deadline() {
+    let def = shipment();
+    let saga = given(&def, &[start(), ok(0), ok(1), refused(2)]);
+    let due = saga.state.deadline.expect("a deadline");
+    assert_eq!(due, saga.now + undo_deadline(&def, 0));
+
+    let t = saga.when_at(timeout(), due);
+
+    assert_eq!(
+        t.effects,
+        vec![send_undo(0, 2), timer(due + undo_deadline(&def, 0))]
+    );
+    assert_eq!(t.state.steps[0].compensation_attempts, 2);
+    assert_eq!(t.state.in_flight(), Some(undo(0, 2)));
+    assert_eq!(note_kind(&t), Some("resent"));
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: compensation that fails, and resumes
+// ---------------------------------------------------------------------------
+
+/// The order saga with payment's refund timing out on every attempt but the
+/// last: `history` and the saga.
+fn order_with_refund_on_its_last_attempt() -> (Vec<Event>, Saga) {
+    let def = order::definition();
+    let mut history = vec![start(), ok(0), ok(1), refused(2)];
+    history.extend(timeouts(undo_attempts(&def, 1) - 1));
+    let saga = given(&def, &history);
+    (history, saga)
+}
+
+#[test]
+fn compensation_timeouts_exhausted_pause_the_saga_as_compensation_failed() {
+    let (_, saga) = order_with_refund_on_its_last_attempt();
+    let max = undo_attempts(&saga.def, 1);
+    assert_eq!(saga.state.in_flight(), Some(undo(1, max)));
+
+    let t = saga.when(timeout());
+
+    assert_eq!(t.effects, vec![finish(Status::CompensationFailed)]);
+    assert_eq!(t.state.status, Status::CompensationFailed);
+    assert_eq!(t.state.failed_step, Some(1));
+    assert_eq!(t.state.cursor, 1);
+    let reason = t.state.reason.clone().expect("a reason");
+    assert!(
+        reason.contains("process_payment") && reason.contains(&format!("{max} attempts")),
+        "{reason}"
+    );
+    assert_eq!(
+        states(&t.state),
+        [
+            S::Succeeded,
+            S::CompensationFailed,
+            S::Refused,
+            S::NotStarted
+        ]
+    );
+    assert_eq!(t.state.deadline, None);
+    assert_eq!(t.state.in_flight(), None);
+    assert_eq!(note_kind(&t), Some("compensation_failed"));
+}
+
+#[test]
+fn a_refused_compensation_pauses_the_saga_as_compensation_failed() {
+    let def = order::definition();
+    let saga = given(&def, &[start(), ok(0), ok(1), refused(2)]);
+
+    let t = saga.when(undo_refused(1));
+
+    assert_eq!(t.effects, vec![finish(Status::CompensationFailed)]);
+    assert_eq!(t.state.failed_step, Some(1));
+    assert_eq!(t.state.steps[1].state, S::CompensationFailed);
+    assert_eq!(t.state.steps[1].reason.as_deref(), Some("over the limit"));
+    let reason = t.state.reason.clone().expect("a reason");
+    assert!(
+        reason.contains("process_payment") && reason.contains("refused"),
+        "{reason}"
+    );
+    // Step 0 was never undone: the operator sees what is left.
+    assert_eq!(t.state.steps[0].state, S::Succeeded);
+}
+
+#[test]
+fn a_late_compensation_success_resumes_a_paused_saga() {
+    let (mut history, _) = order_with_refund_on_its_last_attempt();
+    history.push(timeout());
+    let saga = given(&order::definition(), &history);
+    assert_eq!(saga.state.status, Status::CompensationFailed);
+
+    let t = saga.when(undone(1));
+
+    assert_eq!(
+        t.effects,
+        vec![
+            send_undo(0, 1),
+            timer(saga.now + undo_deadline(&saga.def, 0))
+        ]
+    );
+    assert_eq!(t.state.status, Status::Compensating);
+    assert_eq!(t.state.cursor, 0);
+    assert_eq!(states(&t.state)[..2], [S::Compensating, S::Compensated]);
+    assert_eq!(t.state.in_flight(), Some(undo(0, 1)));
+
+    // And it runs to the end.
+    history.extend([undone(1), undone(0)]);
+    let done = given(&saga.def, &history);
+    assert_eq!(done.state.status, Status::Compensated);
+    assert_eq!(
+        states(&done.state),
+        [S::Compensated, S::Compensated, S::Refused, S::NotStarted]
+    );
+}
+
+#[test]
+fn a_resumed_saga_reports_why_it_failed_not_the_undo_that_was_late() {
+    let def = order::definition();
+    let undisturbed = given(&def, &[start(), ok(0), ok(1), refused(2), undone(1)]);
+    for (undo_failed, late_undo) in [(timeout(), undone(1)), (undo_refused(1), undone(1))] {
+        let mut history = vec![start(), ok(0), ok(1), refused(2)];
+        if undo_failed == timeout() {
+            history.extend(timeouts(undo_attempts(&def, 1)));
+        } else {
+            history.push(undo_failed);
+        }
+        history.push(late_undo);
+
+        let resumed = given(&def, &history);
+
+        assert_eq!(resumed.state.status, Status::Compensating);
+        assert_eq!(resumed.state.failed_step, undisturbed.state.failed_step);
+        assert_eq!(resumed.state.reason, undisturbed.state.reason);
+    }
+
+    // The same when the failure was an unknown outcome.
+    let mut history = vec![start(), ok(0)];
+    history.extend(timeouts(action_attempts(&def, 1)));
+    let undisturbed = given(&def, &[history.clone(), vec![undone(1)]].concat());
+    history.extend(timeouts(undo_attempts(&def, 1)));
+    history.push(undone(1));
+    let resumed = given(&def, &history);
+    assert_eq!(resumed.state.failed_step, Some(1));
+    assert_eq!(resumed.state.reason, undisturbed.state.reason);
+}
+
+#[test]
+fn a_late_compensation_refusal_leaves_a_paused_saga_paused() {
+    let (mut history, _) = order_with_refund_on_its_last_attempt();
+    history.push(timeout());
+    given(&order::definition(), &history).assert_ignores(undo_refused(1));
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: late action outcomes of an unknown step
+// ---------------------------------------------------------------------------
+
+/// The order saga whose payment never answered: its refund is in flight.
+fn order_with_payment_unknown() -> Saga {
+    let def = order::definition();
+    let mut history = vec![start(), ok(0)];
+    history.extend(timeouts(action_attempts(&def, 1)));
+    given(&def, &history)
+}
+
+#[test]
+fn a_late_success_of_a_timed_out_step_is_covered_by_its_compensation() {
+    let saga = order_with_payment_unknown();
+    assert_eq!(saga.state.in_flight(), Some(undo(1, 1)));
+    saga.assert_ignores(ok(1));
+}
+
+#[test]
+fn a_late_refusal_of_a_timed_out_step_leaves_its_compensation_in_flight() {
+    // The refund still runs: it is a no-op at a participant that never charged.
+    let saga = order_with_payment_unknown();
+    saga.assert_ignores(refused(1));
+}
+
+#[test]
+fn late_outcomes_of_a_timed_out_step_are_ignored_once_it_is_compensated() {
+    let def = order::definition();
+    let mut history = vec![start(), ok(0)];
+    history.extend(timeouts(action_attempts(&def, 1)));
+    history.push(undone(1));
+    let saga = given(&def, &history);
+    saga.assert_ignores(ok(1));
+    saga.assert_ignores(refused(1));
+}
+
+#[test]
+fn late_outcomes_of_an_unknown_pivot_are_ignored() {
+    let def = order::definition();
+    let mut history = vec![start(), ok(0), ok(1), ok(2)];
+    history.extend(timeouts(action_attempts(&def, 3)));
+    let saga = given(&def, &history);
+    assert_eq!(saga.state.steps[3].state, S::NotCompensated);
+    saga.assert_ignores(ok(3));
+    saga.assert_ignores(refused(3));
+}
+
+/// A compensating saga with an `Unknown` step above the cursor. Runs never
+/// leave a step `Unknown` (turning to compensation sends its undo at once),
+/// so this one is built by hand.
+fn compensating_with_step_unknown() -> Saga {
+    let mut saga = order_with_payment_unknown();
+    saga.state.steps[1].state = S::Unknown;
+    saga.state.steps[0].state = S::Compensating;
+    saga.state.steps[0].compensation_attempts = 1;
+    saga.state.cursor = 0;
+    saga
+}
+
+#[test]
+fn a_late_success_of_an_unknown_step_is_recorded() {
+    let saga = compensating_with_step_unknown();
+
+    let t = saga.when(ok(1));
+
+    assert_eq!(t.effects, vec![]);
+    assert_eq!(t.state.steps[1].state, S::Succeeded);
+    assert_eq!(t.state.status, Status::Compensating);
+    assert_eq!(t.state.in_flight(), Some(undo(0, 1)));
+    assert_eq!(note_kind(&t), Some("late_outcome"));
+}
+
+#[test]
+fn a_late_refusal_of_an_unknown_step_is_recorded() {
+    let saga = compensating_with_step_unknown();
+
+    let t = saga.when(refused(1));
+
+    assert_eq!(t.effects, vec![]);
+    assert_eq!(t.state.steps[1].state, S::Refused);
+    assert_eq!(t.state.steps[1].reason.as_deref(), Some("over the limit"));
+    assert_eq!(t.state.in_flight(), Some(undo(0, 1)));
+    assert_eq!(note_kind(&t), Some("late_outcome"));
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: duplicates
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_running_saga_ignores_duplicates_of_what_it_has_seen() {
+    let def = order::definition();
+    let saga = given(&def, &[start(), ok(0), ok(1)]);
+    saga.assert_ignores(start());
+    saga.assert_ignores(ok(0));
+    saga.assert_ignores(ok(1));
+}
+
+#[test]
+fn a_compensating_saga_ignores_duplicates_of_what_it_has_seen() {
+    let def = order::definition();
+    let history = [start(), ok(0), ok(1), ok(2), refused(3), undone(2)];
+    let saga = given(&def, &history);
+    assert_eq!(saga.state.in_flight(), Some(undo(1, 1)));
+    for event in history {
+        saga.assert_ignores(event);
+    }
+}
+
+/// A terminal saga ignores every event it has seen, a repeated Start and
+/// any timer, like temporal's `cancels_ignored_terminal`.
+fn assert_terminal_ignores_duplicates(def: &Definition, history: &[Event], status: Status) {
+    let saga = given(def, history);
+    assert_eq!(saga.state.status, status);
+    assert_eq!(saga.state.in_flight(), None);
+    for event in history.iter().cloned().chain([start()]) {
+        saga.assert_ignores(event);
+    }
+    for later in [0, 1, 1_000_000_000] {
+        saga.assert_ignores_at(timeout(), saga.now + later);
+    }
+}
+
+#[test]
+fn completed_ignores_duplicates() {
+    assert_terminal_ignores_duplicates(
+        &order::definition(),
+        &[start(), ok(0), ok(1), ok(2), ok(3)],
+        Status::Completed,
+    );
+}
+
+#[test]
+fn compensated_ignores_duplicates() {
+    let def = order::definition();
+    assert_terminal_ignores_duplicates(&def, &[start(), refused(0)], Status::Compensated);
+    assert_terminal_ignores_duplicates(
+        &def,
+        &[start(), ok(0), ok(1), refused(2), undone(1), undone(0)],
+        Status::Compensated,
+    );
+    assert_terminal_ignores_duplicates(
+        &shipment(),
+        &[start(), ok(0), ok(1), refused(2), undone(0)],
+        Status::Compensated,
+    );
+}
+
+#[test]
+fn compensation_failed_ignores_duplicates() {
+    let def = order::definition();
+    assert_terminal_ignores_duplicates(
+        &def,
+        &[start(), ok(0), ok(1), refused(2), undo_refused(1)],
+        Status::CompensationFailed,
+    );
+    let (mut history, _) = order_with_refund_on_its_last_attempt();
+    history.push(timeout());
+    assert_terminal_ignores_duplicates(&def, &history, Status::CompensationFailed);
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: restart
+// ---------------------------------------------------------------------------
+
+#[test]
+fn in_flight_names_the_command_to_resend_after_a_restart() {
+    let def = order::definition();
+    let pivot_unknown: Vec<Event> = [start(), ok(0), ok(1), ok(2)]
+        .into_iter()
+        .chain(timeouts(action_attempts(&def, 3)))
+        .collect();
+    let cases: Vec<(&str, Vec<Event>, Option<Command>)> = vec![
+        ("not started", vec![], None),
+        ("first action", vec![start()], Some(action(0, 1))),
+        (
+            "first action resent",
+            vec![start(), timeout()],
+            Some(action(0, 2)),
+        ),
+        (
+            "third action",
+            vec![start(), ok(0), ok(1)],
+            Some(action(2, 1)),
+        ),
+        (
+            "undo after refusal",
+            vec![start(), ok(0), refused(1)],
+            Some(undo(0, 1)),
+        ),
+        (
+            "undo resent",
+            vec![start(), ok(0), refused(1), timeout(), timeout()],
+            Some(undo(0, 3)),
+        ),
+        (
+            "undo below an unknown pivot",
+            pivot_unknown,
+            Some(undo(2, 1)),
+        ),
+        ("completed", vec![start(), ok(0), ok(1), ok(2), ok(3)], None),
+        ("compensated", vec![start(), refused(0)], None),
+        (
+            "compensation failed",
+            vec![start(), ok(0), refused(1), undo_refused(0)],
+            None,
+        ),
+    ];
+    for (name, history, expected) in cases {
+        let saga = given(&def, &history);
+        assert_eq!(saga.state.in_flight(), expected, "{name}");
+        // What is in flight always has a timer pending.
+        assert_eq!(saga.state.deadline.is_some(), expected.is_some(), "{name}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: errors
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_outcome_for_a_step_out_of_range_is_unknown_step() {
+    let def = shipment();
+    let saga = given(&def, &[start()]);
+    for step in [3, 4, usize::MAX] {
+        for kind in [Kind::Action, Kind::Compensation] {
+            for refused in [false, true] {
+                assert_eq!(
+                    saga.try_when(outcome(step, kind, refused)),
+                    Err(Error::UnknownStep {
+                        step,
+                        saga_type: "shipment".to_owned(),
+                        version: 7,
+                    })
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_state_with_another_number_of_steps_is_a_shape_mismatch() {
+    let def = shipment();
+    let order_state = given(&order::definition(), &[start()]).state;
+    for state in [SagaState::new(0), SagaState::new(2), order_state] {
+        for event in [start(), timeout(), ok(0), undone(0)] {
+            assert_eq!(
+                apply(&def, &state, &event, T0),
+                Err(Error::ShapeMismatch {
+                    found: state.steps.len(),
+                    expected: 3,
+                    saga_type: "shipment".to_owned(),
+                    version: 7,
+                })
+            );
+        }
+    }
+}
+
+#[test]
+fn an_outcome_for_a_command_never_sent_is_rejected() {
+    let def = order::definition();
+    let saga = given(&def, &[start()]);
+    assert_eq!(
+        saga.try_when(ok(2)),
+        Err(Error::NeverSent {
+            step: 2,
+            kind: "action",
+            status: Status::Running,
+            state: S::NotStarted,
+        })
+    );
+    assert_eq!(
+        saga.try_when(undone(0)),
+        Err(Error::NeverSent {
+            step: 0,
+            kind: "compensation",
+            status: Status::Running,
+            state: S::Pending,
+        })
+    );
+}
+
+#[test]
+fn contradictory_outcomes_are_rejected() {
+    let def = order::definition();
+    assert_eq!(
+        given(&def, &[start(), ok(0)]).try_when(refused(0)),
+        Err(Error::Contradiction {
+            step: 0,
+            kind: "action",
+            outcome: "refused",
+            state: S::Succeeded,
+        })
+    );
+    assert_eq!(
+        given(&def, &[start(), refused(0)]).try_when(ok(0)),
+        Err(Error::Contradiction {
+            step: 0,
+            kind: "action",
+            outcome: "succeeded",
+            state: S::Refused,
+        })
+    );
+    assert_eq!(
+        given(&def, &[start(), ok(0), refused(1), undone(0)]).try_when(undo_refused(0)),
+        Err(Error::Contradiction {
+            step: 0,
+            kind: "compensation",
+            outcome: "refused",
+            state: S::Compensated,
+        })
+    );
+}
+
+#[test]
+fn errors_carry_their_codes() {
+    let def = shipment();
+    let saga = given(&def, &[start()]);
+    let codes: Vec<String> = [
+        saga.try_when(ok(9)),
+        saga.try_when(ok(2)),
+        given(&def, &[start(), ok(0)]).try_when(refused(0)),
+        apply(&def, &SagaState::new(1), &start(), T0),
+    ]
+    .into_iter()
+    .map(|r| r.expect_err("an error").to_string()[..8].to_owned())
+    .collect();
+    assert_eq!(codes, ["[SF1001]", "[SF1002]", "[SF1003]", "[SF1004]"]);
+}
+
+// ---------------------------------------------------------------------------
+// Exhaustive sweep
+// ---------------------------------------------------------------------------
+
+const STATUSES: [Status; 5] = [
+    Status::Running,
+    Status::Compensating,
+    Status::Completed,
+    Status::Compensated,
+    Status::CompensationFailed,
+];
+
+const STEP_STATES: [StepState; 9] = [
+    S::NotStarted,
+    S::Pending,
+    S::Succeeded,
+    S::Refused,
+    S::Unknown,
+    S::Compensating,
+    S::Compensated,
+    S::NotCompensated,
+    S::CompensationFailed,
+];
+
+/// Event variants, with an outcome's kind and decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Tag {
+    Start,
+    Timeout,
+    Outcome(Kind, bool),
+}
+
+const TAGS: [Tag; 6] = [
+    Tag::Start,
+    Tag::Timeout,
+    Tag::Outcome(Kind::Action, false),
+    Tag::Outcome(Kind::Action, true),
+    Tag::Outcome(Kind::Compensation, false),
+    Tag::Outcome(Kind::Compensation, true),
+];
+
+/// Every event: Start, Timeout, and each kind × outcome for every step and
+/// for one step past the end.
+fn every_event(def: &Definition) -> Vec<Event> {
+    let mut events = vec![start(), timeout()];
+    for step in 0..=def.steps.len() {
+        for tag in TAGS {
+            if let Tag::Outcome(kind, refused) = tag {
+                events.push(outcome(step, kind, refused));
+            }
+        }
+    }
+    events
+}
+
+fn tag_of(event: &Event) -> Tag {
+    match event {
+        Event::Start => Tag::Start,
+        Event::Timeout => Tag::Timeout,
+        Event::Outcome { kind, outcome, .. } => {
+            Tag::Outcome(*kind, matches!(outcome, Outcome::Refused { .. }))
+        }
+    }
+}
+
+/// The step an event is about: an outcome's step, else the cursor.
+fn target_of(state: &SagaState, event: &Event) -> usize {
+    match event {
+        Event::Outcome { step, .. } => *step,
+        Event::Start | Event::Timeout => state.cursor,
+    }
+}
+
+/// The times at which to apply `event` to `state`: for a timer, before, at
+/// and after the deadline.
+fn times_for(state: &SagaState, event: &Event) -> Vec<Millis> {
+    let due = state.deadline.unwrap_or(T0);
+    match event {
+        Event::Timeout => vec![due - 1, due, due + 1],
+        Event::Start | Event::Outcome { .. } => vec![due - 1],
+    }
+}
+
+/// Apply, turning a panic into a failure that names the combination.
+fn apply_or_report(
+    def: &Definition,
+    state: &SagaState,
+    event: &Event,
+    now: Millis,
+) -> Result<Transition, Error> {
+    catch_unwind(AssertUnwindSafe(|| apply(def, state, event, now)))
+        .unwrap_or_else(|_| panic!("apply panicked on {event:?} at {now} with {state:?}"))
+}
+
+/// What must hold for any (state, event, now), however the state was made.
+fn check_any(def: &Definition, input: &SagaState, event: &Event, now: Millis) {
+    let result = apply_or_report(def, input, event, now);
+    let ctx = format!("{event:?} at {now} on {input:?}");
+    let n = def.steps.len();
+    let t = match (event, result) {
+        (_, Err(Error::ShapeMismatch { .. })) => panic!("{ctx}: shapes match"),
+        (Event::Outcome { step, .. }, result) if *step >= n => {
+            assert_eq!(
+                result,
+                Err(Error::UnknownStep {
+                    step: *step,
+                    saga_type: def.saga_type.clone(),
+                    version: def.version,
+                }),
+                "{ctx}"
+            );
+            return;
+        }
+        (Event::Start | Event::Timeout, Err(e)) => panic!("{ctx}: a start or timer failed: {e}"),
+        (Event::Outcome { .. }, Err(Error::UnknownStep { .. })) => panic!("{ctx}: step in range"),
+        (
+            Event::Outcome { step, kind, .. },
+            Err(
+                ref e @ Error::NeverSent {
+                    step: s,
+                    kind: k,
+                    status,
+                    state,
+                },
+            ),
+        ) => {
+            assert!(e.to_string().starts_with("[SF1002]"), "{ctx}: {e}");
+            assert_eq!(
+                (s, k, status, state),
+                (*step, kind.as_str(), input.status, input.steps[*step].state),
+                "{ctx}"
+            );
+            return;
+        }
+        (
+            Event::Outcome {
+                step,
+                kind,
+                outcome,
+            },
+            Err(
+                ref e @ Error::Contradiction {
+                    step: s,
+                    kind: k,
+                    outcome: o,
+                    state,
+                },
+            ),
+        ) => {
+            assert!(e.to_string().starts_with("[SF1003]"), "{ctx}: {e}");
+            let said = match outcome {
+                Outcome::Succeeded => "succeeded",
+                Outcome::Refused { .. } => "refused",
+            };
+            assert_eq!(
+                (s, k, o, state),
+                (*step, kind.as_str(), said, input.steps[*step].state),
+                "{ctx}"
+            );
+            return;
+        }
+        (_, Ok(t)) => t,
+    };
+
+    match &t.note {
+        None => {
+            assert_eq!(&t.state, input, "{ctx}: no note, yet the state changed");
+            assert_eq!(t.effects, vec![], "{ctx}: no note, yet effects");
+        }
+        Some(note) => {
+            assert_ne!(&t.state, input, "{ctx}: note {note:?} but nothing changed");
+            match t.effects.as_slice() {
+                // A late outcome, recorded.
+                [] => {}
+                [Effect::SendCommand(cmd), Effect::ScheduleTimeout { at }] => {
+                    // Persist before acting: the new state names what is sent.
+                    assert_eq!(t.state.in_flight(), Some(*cmd), "{ctx}");
+                    assert_eq!(t.state.deadline, Some(*at), "{ctx}");
+                    let p = match cmd.kind {
+                        Kind::Action => def.steps[cmd.step].policy,
+                        Kind::Compensation => def.steps[cmd.step].compensation_policy,
+                    };
+                    assert_eq!(*at, now + ms(p.deadline), "{ctx}");
+                    assert!((1..=p.max_attempts).contains(&cmd.attempt), "{ctx}");
+                    let status = match cmd.kind {
+                        Kind::Action => Status::Running,
+                        Kind::Compensation => Status::Compensating,
+                    };
+                    assert_eq!(t.state.status, status, "{ctx}");
+                }
+                [Effect::Finish(status)] => {
+                    assert!(status.is_terminal(), "{ctx}");
+                    assert_eq!(t.state.status, *status, "{ctx}");
+                    assert_eq!(t.state.deadline, None, "{ctx}");
+                }
+                other => panic!("{ctx}: malformed effects {other:?}"),
+            }
+        }
+    }
+
+    // Terminal sagas stay put. The one exception is documented: a paused
+    // saga whose failed undo turns out to have succeeded resumes.
+    match input.status {
+        Status::Completed | Status::Compensated => {
+            assert_eq!(t.note, None, "{ctx}: a terminal saga changed");
+        }
+        Status::CompensationFailed if t.note.is_some() => {
+            let cursor = input.cursor;
+            assert_eq!(
+                event,
+                &undone(cursor),
+                "{ctx}: only the failed undo's success resumes"
+            );
+            assert_eq!(input.steps[cursor].state, S::CompensationFailed, "{ctx}");
+            assert_eq!(t.state.steps[cursor].state, S::Compensated, "{ctx}");
+            for effect in &t.effects {
+                if let Effect::SendCommand(cmd) = effect {
+                    assert_eq!(cmd.kind, Kind::Compensation, "{ctx}");
+                    assert!(cmd.step < cursor, "{ctx}");
+                }
+            }
+        }
+        Status::CompensationFailed | Status::Running | Status::Compensating => {}
+    }
+}
+
+/// Hand-built states: every status, cursor and step state at the cursor,
+/// with the other steps filled in plausibly or uniformly, with and without a
+/// deadline, with no, one and all attempts spent.
+fn hand_built_states(def: &Definition) -> Vec<SagaState> {
+    let n = def.steps.len();
+    let mut out = Vec::new();
+    for status in STATUSES {
+        for cursor in 0..n {
+            for target in STEP_STATES {
+                let fills: Vec<Box<dyn Fn(usize) -> StepState>> =
+                    std::iter::once(Box::new(move |i| {
+                        if i < cursor {
+                            S::Succeeded
+                        } else {
+                            S::NotStarted
+                        }
+                    }) as Box<dyn Fn(usize) -> StepState>)
+                    .chain(std::iter::once(Box::new(move |i| {
+                        if i < cursor {
+                            S::Succeeded
+                        } else {
+                            S::Compensated
+                        }
+                    })
+                        as Box<dyn Fn(usize) -> StepState>))
+                    .chain(
+                        STEP_STATES
+                            .map(|s| Box::new(move |_| s) as Box<dyn Fn(usize) -> StepState>),
+                    )
+                    .collect();
+                for fill in &fills {
+                    for deadline in [None, Some(T0)] {
+                        for spent in 0..3 {
+                            let steps = (0..n)
+                                .map(|i| StepRecord {
+                                    state: if i == cursor { target } else { fill(i) },
+                                    attempts: [0, 1, action_attempts(def, i)][spent],
+                                    compensation_attempts: [0, 1, undo_attempts(def, i)][spent],
+                                    reason: None,
+                                })
+                                .collect();
+                            let running = status == Status::Running;
+                            out.push(SagaState {
+                                status,
+                                cursor,
+                                steps,
+                                deadline,
+                                reason: (!running).then(|| "built by hand".to_owned()),
+                                failed_step: (!running).then_some(cursor),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_status_step_state_and_event_is_handled() {
+    let def = shipment();
+    let events = every_event(&def);
+    let mut seen = HashSet::new();
+    let mut applied = 0;
+    for state in hand_built_states(&def) {
+        for event in &events {
+            for now in times_for(&state, event) {
+                check_any(&def, &state, event, now);
+                applied += 1;
+            }
+            let target = target_of(&state, event);
+            if let Some(rec) = state.steps.get(target) {
+                seen.insert((state.status, rec.state.as_str(), tag_of(event)));
+            }
+        }
+    }
+    assert_eq!(seen.len(), STATUSES.len() * STEP_STATES.len() * TAGS.len());
+    assert!(applied > 100_000, "{applied}");
+}
+
+/// Every state a fresh saga can reach by events the machine accepts, with
+/// deadlines relative to an outcome arriving just before them.
+fn reachable_states(def: &Definition) -> Vec<SagaState> {
+    let key = |s: &SagaState| {
+        let mut s = s.clone();
+        s.deadline = s.deadline.map(|_| 0);
+        format!("{s:?}")
+    };
+    let fresh = SagaState::new(def.steps.len());
+    let mut seen = HashSet::from([key(&fresh)]);
+    let mut queue = VecDeque::from([fresh.clone()]);
+    let mut out = vec![fresh];
+    while let Some(state) = queue.pop_front() {
+        for event in every_event(def) {
+            let now = match event {
+                Event::Timeout => state.deadline.unwrap_or(T0),
+                _ => state.deadline.unwrap_or(T0) - 1,
+            };
+            if let Ok(t) = apply(def, &state, &event, now)
+                && t.note.is_some()
+                && seen.insert(key(&t.state))
+            {
+                queue.push_back(t.state.clone());
+                out.push(t.state);
+            }
+        }
+        assert!(out.len() < 100_000, "the reachable state space is small");
+    }
+    out
+}
+
+/// What every reachable state looks like, by status.
+fn check_reachable_shape(def: &Definition, s: &SagaState) {
+    let c = s.cursor;
+    let below_ok = s.steps[..c].iter().all(|r| r.state == S::Succeeded);
+    let above_done = s.steps[c + 1..].iter().all(|r| {
+        matches!(
+            r.state,
+            S::NotStarted | S::Refused | S::Compensated | S::NotCompensated
+        )
+    });
+    let ctx = format!("{s:?}");
+    match s.status {
+        Status::Running => {
+            assert!(below_ok, "{ctx}");
+            assert!(
+                s.steps[c + 1..].iter().all(|r| r.state == S::NotStarted),
+                "{ctx}"
+            );
+            assert!(
+                matches!(s.steps[c].state, S::NotStarted | S::Pending),
+                "{ctx}"
+            );
+            assert_eq!(
+                s.deadline.is_some(),
+                s.steps[c].state == S::Pending,
+                "{ctx}"
+            );
+        }
+        Status::Compensating => {
+            assert!(below_ok && above_done, "{ctx}");
+            assert_eq!(s.steps[c].state, S::Compensating, "{ctx}");
+            assert!(def.steps[c].compensation.is_some(), "{ctx}");
+            assert!(s.deadline.is_some() && s.failed_step.is_some(), "{ctx}");
+        }
+        Status::CompensationFailed => {
+            assert!(below_ok && above_done, "{ctx}");
+            assert_eq!(s.steps[c].state, S::CompensationFailed, "{ctx}");
+            assert_eq!(s.failed_step, Some(c), "{ctx}");
+            assert!(s.reason.is_some() && s.deadline.is_none(), "{ctx}");
+        }
+        Status::Completed => {
+            assert!(s.steps.iter().all(|r| r.state == S::Succeeded), "{ctx}");
+            assert_eq!(s.deadline, None, "{ctx}");
+        }
+        Status::Compensated => {
+            assert!(
+                s.steps.iter().all(|r| matches!(
+                    r.state,
+                    S::NotStarted | S::Refused | S::Compensated | S::NotCompensated
+                )),
+                "{ctx}"
+            );
+            assert!(s.deadline.is_none() && s.failed_step.is_some(), "{ctx}");
+        }
+    }
+    // Nothing else is pending, and no step is left unknown.
+    for (i, r) in s.steps.iter().enumerate() {
+        assert!(
+            i == c || !matches!(r.state, S::Pending | S::Compensating | S::Unknown),
+            "{ctx}"
+        );
+        assert!(r.attempts <= action_attempts(def, i), "{ctx}");
+        assert!(r.compensation_attempts <= undo_attempts(def, i), "{ctx}");
+    }
+    assert_eq!(
+        s.in_flight().is_some(),
+        !s.status.is_terminal() && s.deadline.is_some(),
+        "{ctx}"
+    );
+}
+
+/// The order saga's shape with two attempts per command, to keep the
+/// reachable space small.
+fn order_with_two_attempts() -> Definition {
+    let mut def = order::definition();
+    for step in &mut def.steps {
+        step.policy.max_attempts = 2;
+        step.compensation_policy.max_attempts = 2;
+    }
+    def
+}
+
+#[test]
+fn every_reachable_state_handles_every_event() {
+    for def in [shipment(), order_with_two_attempts()] {
+        let reachable = reachable_states(&def);
+        assert!(
+            reachable.len() > 100,
+            "{}: {}",
+            def.saga_type,
+            reachable.len()
+        );
+        let statuses: HashSet<Status> = reachable.iter().map(|s| s.status).collect();
+        assert_eq!(statuses.len(), STATUSES.len(), "{}", def.saga_type);
+        let events = every_event(&def);
+        for state in &reachable {
+            check_reachable_shape(&def, state);
+            for event in &events {
+                for now in times_for(state, event) {
+                    check_any(&def, state, event, now);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Property tests: a random world and a random scheduler
+// ---------------------------------------------------------------------------
+
+/// How a participant answers one kind of command for one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Succeeds,
+    Refuses,
+    /// Never answers: its commands time out.
+    Lost,
+}
+
+#[derive(Clone)]
+struct World {
+    def: Definition,
+    action: Vec<Reply>,
+    undo: Vec<Reply>,
+}
+
+impl fmt::Debug for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "World {{ {}, action: {:?}, undo: {:?} }}",
+            self.def.saga_type, self.action, self.undo
+        )
+    }
+}
+
+impl World {
+    fn uniform(def: &Definition, action: Reply, undo: Reply) -> World {
+        World {
+            def: def.clone(),
+            action: vec![action; def.steps.len()],
+            undo: vec![undo; def.steps.len()],
+        }
+    }
+
+    /// The outcome event a participant publishes for `cmd`, if any. It is
+    /// the same for every send of one command (the participant dedupes).
+    fn reply(&self, cmd: Command) -> Option<Event> {
+        let reply = match cmd.kind {
+            Kind::Action => self.action[cmd.step],
+            Kind::Compensation => self.undo[cmd.step],
+        };
+        match reply {
+            Reply::Succeeds => Some(outcome(cmd.step, cmd.kind, false)),
+            Reply::Refuses => Some(outcome(cmd.step, cmd.kind, true)),
+            Reply::Lost => None,
+        }
+    }
+
+    /// What the saga must do in this world, worked out without the machine:
+    /// every command it sends, and where it ends.
+    fn expected(&self) -> (Vec<Command>, Status) {
+        let mut sends = Vec::new();
+        let mut undo_from = None;
+        for i in 0..self.def.steps.len() {
+            match self.action[i] {
+                Reply::Succeeds => sends.push(action(i, 1)),
+                Reply::Refuses => {
+                    sends.push(action(i, 1));
+                    undo_from = Some(i.checked_sub(1));
+                    break;
+                }
+                Reply::Lost => {
+                    sends.extend((1..=action_attempts(&self.def, i)).map(|a| action(i, a)));
+                    undo_from = Some(Some(i));
+                    break;
+                }
+            }
+        }
+        let Some(from) = undo_from else {
+            return (sends, Status::Completed);
+        };
+        // A refusal of step 0 leaves nothing to undo.
+        let below = from.map_or(0, |f| f + 1);
+        for i in (0..below).rev() {
+            if self.def.steps[i].compensation.is_none() {
+                continue;
+            }
+            match self.undo[i] {
+                Reply::Succeeds => sends.push(undo(i, 1)),
+                Reply::Refuses => {
+                    sends.push(undo(i, 1));
+                    return (sends, Status::CompensationFailed);
+                }
+                Reply::Lost => {
+                    sends.extend((1..=undo_attempts(&self.def, i)).map(|a| undo(i, a)));
+                    return (sends, Status::CompensationFailed);
+                }
+            }
+        }
+        (sends, Status::Compensated)
+    }
+}
+
+fn fail(msg: String) -> TestCaseError {
+    TestCaseError::fail(msg)
+}
+
+/// One saga driven through a world, checking every transition as it goes.
+struct Run<'w> {
+    world: &'w World,
+    state: SagaState,
+    now: Millis,
+    /// Published outcome events not yet delivered (Pub/Sub in flight).
+    pool: Vec<Event>,
+    /// Events delivered at least once, for redelivery.
+    delivered: Vec<Event>,
+    /// Every command sent, in order.
+    sends: Vec<Command>,
+    finishes: Vec<Status>,
+    /// The saga has left `Running`.
+    compensation_began: bool,
+    /// Steps whose action refusal has been delivered.
+    known_refused: Vec<bool>,
+    /// The scheduler may fire a due timer while an answer is in flight.
+    impatient: bool,
+}
+
+impl<'w> Run<'w> {
+    fn start(world: &'w World, impatient: bool) -> Result<Run<'w>, TestCaseError> {
+        let mut run = Run {
+            world,
+            state: SagaState::new(world.def.steps.len()),
+            now: T0,
+            pool: Vec::new(),
+            delivered: Vec::new(),
+            sends: Vec::new(),
+            finishes: Vec::new(),
+            compensation_began: false,
+            known_refused: vec![false; world.def.steps.len()],
+            impatient,
+        };
+        let note = run.deliver(start())?;
+        prop_assert!(note.is_some(), "Start did nothing");
+        Ok(run)
+    }
+
+    /// Apply `event` now and check the transition.
+    fn deliver(&mut self, event: Event) -> Result<Option<Note>, TestCaseError> {
+        let def = &self.world.def;
+        // (e) Whatever the world really produced is accepted.
+        let t = apply(def, &self.state, &event, self.now).map_err(|e| {
+            fail(format!(
+                "(e) the world produced {event:?}, apply failed: {e}\nstate: {:?}",
+                self.state
+            ))
+        })?;
+        if let Event::Outcome {
+            step,
+            kind: Kind::Action,
+            outcome: Outcome::Refused { .. },
+        } = event
+        {
+            self.known_refused[step] = true;
+        }
+        if t.note.is_none() {
+            prop_assert_eq!(&t.state, &self.state, "no note, yet a change");
+            prop_assert!(t.effects.is_empty(), "no note, yet effects");
+        }
+        for effect in &t.effects {
+            match *effect {
+                Effect::SendCommand(cmd) => self.on_send(cmd, &t.state)?,
+                Effect::ScheduleTimeout { at } => {
+                    prop_assert_eq!(t.state.deadline, Some(at));
+                    prop_assert!(at > self.now, "a timer in the past");
+                }
+                Effect::Finish(status) => {
+                    prop_assert_eq!(t.state.status, status);
+                    self.finishes.push(status);
+                }
+            }
+        }
+        if t.state.status != Status::Running {
+            self.compensation_began = true;
+        }
+        self.state = t.state;
+        if event != Event::Timeout {
+            self.delivered.push(event);
+        }
+        Ok(t.note)
+    }
+
+    fn on_send(&mut self, cmd: Command, new: &SagaState) -> Result<(), TestCaseError> {
+        let step = &self.world.def.steps[cmd.step];
+        prop_assert_eq!(new.in_flight(), Some(cmd), "persist before acting");
+        let earlier = |kind: Kind| {
+            self.sends
+                .iter()
+                .filter(|c| c.kind == kind && c.step == cmd.step)
+                .count()
+        };
+        match cmd.kind {
+            Kind::Action => {
+                // (d)
+                prop_assert!(
+                    !self.compensation_began && new.status == Status::Running,
+                    "(d) action {:?} after compensation began",
+                    cmd
+                );
+                prop_assert_eq!(cmd.attempt as usize, earlier(Kind::Action) + 1);
+                prop_assert!(cmd.attempt <= step.policy.max_attempts);
+            }
+            Kind::Compensation => {
+                // (c)
+                prop_assert!(
+                    step.compensation.is_some(),
+                    "(c) undo of {} which has no compensation",
+                    step.name
+                );
+                prop_assert!(earlier(Kind::Action) > 0, "(c) undo of a step never sent");
+                let last = self
+                    .sends
+                    .iter()
+                    .rev()
+                    .find(|c| c.kind == Kind::Compensation);
+                match last {
+                    Some(last) if last.step == cmd.step => prop_assert_eq!(
+                        cmd.attempt,
+                        last.attempt + 1,
+                        "(c) undo of step {} resent out of turn",
+                        cmd.step
+                    ),
+                    Some(last) => {
+                        prop_assert!(cmd.step < last.step, "(c) undo {:?} after {:?}", cmd, last);
+                        prop_assert_eq!(cmd.attempt, 1);
+                    }
+                    None => prop_assert_eq!(cmd.attempt, 1),
+                }
+                if cmd.attempt == 1 {
+                    prop_assert!(
+                        !self.known_refused[cmd.step],
+                        "(c) undo of step {} known to be refused",
+                        cmd.step
+                    );
+                }
+                prop_assert!(cmd.attempt <= step.compensation_policy.max_attempts);
+            }
+        }
+        self.sends.push(cmd);
+        if let Some(reply) = self.world.reply(cmd) {
+            self.pool.push(reply);
+        }
+        Ok(())
+    }
+
+    /// The answer to the command in flight is published but not delivered.
+    fn answer_pending(&self) -> bool {
+        let Some(cmd) = self.state.in_flight() else {
+            return false;
+        };
+        self.pool.iter().any(|e| {
+            matches!(e, Event::Outcome { step, kind, .. } if *step == cmd.step && *kind == cmd.kind)
+        })
+    }
+
+    /// A due timer fires, if one is set and the scheduler may fire it.
+    fn fire_due_timer(&mut self, extra: Millis) -> Result<bool, TestCaseError> {
+        let Some(due) = self.state.deadline else {
+            return Ok(false);
+        };
+        if !self.impatient && self.answer_pending() {
+            return Ok(false);
+        }
+        self.now = self.now.max(due) + extra;
+        let note = self.deliver(timeout())?;
+        prop_assert!(note.is_some(), "a due timer was ignored");
+        Ok(true)
+    }
+
+    /// One scheduler move.
+    fn step(&mut self, mv: u8, pick: u16) -> Result<(), TestCaseError> {
+        let pick = usize::from(pick);
+        match mv {
+            // Deliver a published event, in any order.
+            0..=2 => {
+                if !self.pool.is_empty() {
+                    let event = self.pool.remove(pick % self.pool.len());
+                    self.deliver(event)?;
+                }
+            }
+            // Redeliver an event already delivered: at least once delivery.
+            3 => {
+                if !self.delivered.is_empty() {
+                    let event = self.delivered[pick % self.delivered.len()].clone();
+                    let note = self.deliver(event.clone())?;
+                    prop_assert!(note.is_none(), "redelivered {:?} changed the saga", event);
+                }
+            }
+            // The relay publishes an event twice.
+            4 => {
+                if !self.pool.is_empty() {
+                    let event = self.pool[pick % self.pool.len()].clone();
+                    self.pool.push(event);
+                }
+            }
+            // Time passes; events in flight grow late. An answer in flight
+            // is delivered before its deadline unless the scheduler is
+            // impatient.
+            5 => {
+                let mut to = self.now + 1 + (pick % 300) as Millis;
+                if !self.impatient
+                    && self.answer_pending()
+                    && let Some(due) = self.state.deadline
+                {
+                    to = to.min(due - 1);
+                }
+                self.now = self.now.max(to);
+            }
+            // A timer fires early, or a stale one from an earlier command.
+            6 => {
+                if let Some(due) = self.state.deadline
+                    && self.now < due
+                {
+                    let note = self.deliver(timeout())?;
+                    prop_assert!(note.is_none(), "an early timer acted");
+                }
+            }
+            // The timer fires when due.
+            _ => {
+                self.fire_due_timer((pick % 3) as Millis)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deliver what is left in order, firing due timers when nothing is,
+    /// until the saga is terminal with nothing in flight. (a)
+    fn drain(&mut self) -> Result<(), TestCaseError> {
+        for _ in 0..10_000 {
+            if !self.pool.is_empty() {
+                let event = self.pool.remove(0);
+                self.deliver(event)?;
+            } else if !self.state.status.is_terminal() {
+                prop_assert!(
+                    self.state.deadline.is_some(),
+                    "(a) stuck: {:?} with no timer",
+                    self.state
+                );
+                prop_assert!(self.fire_due_timer(0)?, "(a) the timer could not fire");
+            } else {
+                return Ok(());
+            }
+        }
+        Err(fail(format!(
+            "(a) not terminal after 10000 moves: {:?}",
+            self.state
+        )))
+    }
+
+    /// After the end, every duplicate and timer is ignored.
+    fn replay_duplicates(&mut self) -> Result<(), TestCaseError> {
+        for event in self.delivered.clone() {
+            let note = self.deliver(event.clone())?;
+            prop_assert!(note.is_none(), "{:?} after the end changed the saga", event);
+        }
+        self.now += 1_000_000_000;
+        let note = self.deliver(timeout())?;
+        prop_assert!(note.is_none(), "a timer after the end acted");
+        Ok(())
+    }
+}
+
+/// The world's events delivered once, in order; timers only when nothing
+/// is in flight.
+fn clean_run(world: &World) -> Result<Run<'_>, TestCaseError> {
+    let mut run = Run::start(world, false)?;
+    run.drain()?;
+    Ok(run)
+}
+
+fn scheduled_run<'w>(
+    world: &'w World,
+    schedule: &[(u8, u16)],
+    impatient: bool,
+) -> Result<Run<'w>, TestCaseError> {
+    let mut run = Run::start(world, impatient)?;
+    for &(mv, pick) in schedule {
+        run.step(mv, pick)?;
+    }
+    run.drain()?;
+    run.replay_duplicates()?;
+    Ok(run)
+}
+
+fn any_world() -> impl Strategy<Value = World> {
+    let reply = || {
+        prop_oneof![
+            4 => Just(Reply::Succeeds),
+            1 => Just(Reply::Refuses),
+            1 => Just(Reply::Lost),
+        ]
+    };
+    (any::<bool>(), vec(reply(), 4), vec(reply(), 4)).prop_map(
+        |(is_order, mut action, mut undo)| {
+            let def = if is_order {
+                order::definition()
+            } else {
+                shipment()
+            };
+            action.truncate(def.steps.len());
+            undo.truncate(def.steps.len());
+            World { def, action, undo }
+        },
+    )
+}
+
+fn any_schedule() -> impl Strategy<Value = Vec<(u8, u16)>> {
+    vec((0u8..8, any::<u16>()), 0..300)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        // Only this file is ours to write: no regression files beside it.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// (a)–(e) with a scheduler that delivers answers before their deadline
+    /// and times out only participants that never answer.
+    #[test]
+    fn any_schedule_ends_where_the_clean_run_ends(world in any_world(), schedule in any_schedule()) {
+        let (expected_sends, expected_status) = world.expected();
+        let clean = clean_run(&world)?;
+        prop_assert_eq!(&clean.sends, &expected_sends);
+        prop_assert_eq!(clean.state.status, expected_status);
+
+        let run = scheduled_run(&world, &schedule, false)?;
+
+        // (a) and (b)
+        prop_assert_eq!(run.state.status, clean.state.status);
+        prop_assert_eq!(&run.state, &clean.state);
+        prop_assert_eq!(&run.sends, &clean.sends);
+        prop_assert_eq!(&run.finishes, &vec![expected_status]);
+    }
+
+    /// With timers that fire while answers are still in flight (so outcomes
+    /// arrive after their step was resent or given up on), every run still
+    /// ends, undoes what may have acted, and never sends out of turn.
+    #[test]
+    fn late_outcomes_and_impatient_timers_still_end_safely(world in any_world(), schedule in any_schedule()) {
+        let run = scheduled_run(&world, &schedule, true)?;
+
+        let end = run.state.status;
+        prop_assert!(end.is_terminal());
+        prop_assert_eq!(run.finishes.last(), Some(&end));
+        let undos = run.sends.iter().any(|c| c.kind == Kind::Compensation);
+        match end {
+            Status::Completed => {
+                prop_assert!(!undos);
+                prop_assert_eq!(run.finishes.len(), 1);
+            }
+            Status::Compensated => {
+                // Every effect undone: no step is left acted and not undone.
+                for (i, rec) in run.state.steps.iter().enumerate() {
+                    let sent = run.sends.iter().any(|c| c.kind == Kind::Action && c.step == i);
+                    prop_assert!(
+                        !sent || matches!(rec.state, S::Refused | S::Compensated | S::NotCompensated),
+                        "step {} ends {:?}", i, rec.state
+                    );
+                }
+            }
+            Status::CompensationFailed => {
+                let failed = run.state.failed_step.expect("a failed step");
+                prop_assert_eq!(run.state.steps[failed].state, S::CompensationFailed);
+            }
+            Status::Running | Status::Compensating => unreachable!(),
+        }
+    }
+}

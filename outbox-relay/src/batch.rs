@@ -1,0 +1,180 @@
+//! One round of relaying: claim a batch of unsent rows, publish them
+//! concurrently, mark the acknowledged ones sent, all in one transaction.
+//!
+//! The row locks (`FOR UPDATE SKIP LOCKED`) are held while publishing, so
+//! other relays skip these rows instead of publishing them too. If the
+//! transaction does not commit (crash, lost connection) after Pub/Sub
+//! acknowledged a message, the row is published again later: delivery is at
+//! least once and consumers dedupe on `event_id`.
+
+use anyhow::Context as _;
+use deadpool_postgres::Pool;
+use sagaflow_common::outbox::attributes;
+use sagaflow_common::pubsub::{EventPublisher, OutgoingMessage};
+use sagaflow_common::trace;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// Claims unsent rows in id order, skipping rows another relay holds and
+/// rows this worker is backing off from (`$2`).
+const CLAIM: &str = "
+    SELECT id, event_id, saga_id, event_type, payload, traceparent, publish_attempts
+    FROM outbox
+    WHERE sent_at IS NULL AND id <> ALL($2::bigint[])
+    ORDER BY id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED";
+
+const MARK_SENT: &str = "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])";
+
+const MARK_FAILED: &str = "
+    UPDATE outbox AS o
+    SET publish_attempts = o.publish_attempts + 1, last_error = f.error
+    FROM unnest($1::bigint[], $2::text[]) AS f(id, error)
+    WHERE o.id = f.id";
+
+/// A claimed outbox row.
+#[derive(Debug)]
+struct Row {
+    id: i64,
+    event_id: uuid::Uuid,
+    saga_id: uuid::Uuid,
+    event_type: String,
+    payload: Vec<u8>,
+    traceparent: Option<String>,
+    publish_attempts: i32,
+}
+
+impl Row {
+    fn from_sql(r: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            id: r.try_get("id")?,
+            event_id: r.try_get("event_id")?,
+            saga_id: r.try_get("saga_id")?,
+            event_type: r.try_get("event_type")?,
+            payload: r.try_get("payload")?,
+            traceparent: r.try_get("traceparent")?,
+            publish_attempts: r.try_get("publish_attempts")?,
+        })
+    }
+}
+
+/// A row whose publish failed this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failed {
+    pub id: i64,
+    /// Failed attempts so far, this one included.
+    pub attempts: i32,
+}
+
+/// What one round did.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub claimed: usize,
+    pub sent: usize,
+    pub failed: Vec<Failed>,
+}
+
+/// Claim up to `limit` rows (not in `skip`), publish them, record the
+/// results and commit.
+pub(crate) async fn relay_batch(
+    pool: &Pool,
+    publisher: &EventPublisher,
+    limit: i64,
+    skip: &[i64],
+) -> anyhow::Result<Outcome> {
+    let mut client = pool.get().await.context("getting a database connection")?;
+    let tx = client
+        .transaction()
+        .await
+        .context("starting a transaction")?;
+    let rows = tx
+        .query(CLAIM, &[&limit, &skip])
+        .await
+        .context("claiming outbox rows")?
+        .iter()
+        .map(Row::from_sql)
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading outbox rows")?;
+    let claimed = rows.len();
+    if claimed == 0 {
+        return Ok(Outcome::default());
+    }
+
+    let span = tracing::info_span!(
+        "relay.batch",
+        outbox.count = claimed,
+        outbox.first_id = rows[0].id,
+        outbox.last_id = rows[claimed - 1].id,
+        outbox.failed = tracing::field::Empty,
+    );
+    let results = futures::future::join_all(rows.into_iter().map(|row| publish(publisher, row)))
+        .instrument(span.clone())
+        .await;
+
+    let mut sent = Vec::with_capacity(claimed);
+    let (mut failed_ids, mut errors, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, attempts, result) in results {
+        match result {
+            Ok(_) => sent.push(id),
+            Err(e) => {
+                let error = format!("{e:#}");
+                tracing::warn!(parent: &span, outbox.id = id, attempts = attempts + 1, %error, "publishing outbox row failed");
+                failed_ids.push(id);
+                errors.push(error);
+                failed.push(Failed {
+                    id,
+                    attempts: attempts + 1,
+                });
+            }
+        }
+    }
+    span.record("outbox.failed", failed.len());
+    if !sent.is_empty() {
+        tx.execute(MARK_SENT, &[&sent])
+            .await
+            .context("marking rows sent")?;
+    }
+    if !failed_ids.is_empty() {
+        tx.execute(MARK_FAILED, &[&failed_ids, &errors])
+            .await
+            .context("recording publish failures")?;
+    }
+    tx.commit().await.context("committing the batch")?;
+    Ok(Outcome {
+        claimed,
+        sent: sent.len(),
+        failed,
+    })
+}
+
+/// Publish one row in a `relay.publish` span that continues the row's trace.
+/// Returns the row id, its previous failed attempts and the result.
+async fn publish(publisher: &EventPublisher, row: Row) -> (i64, i32, anyhow::Result<String>) {
+    let span = tracing::info_span!(
+        "relay.publish",
+        outbox.id = row.id,
+        saga.id = %row.saga_id,
+        event.id = %row.event_id,
+        "event.type" = %row.event_type,
+    );
+    trace::set_parent(&span, row.traceparent.as_deref());
+    // Consumers continue from the publish span when it is recorded, else
+    // from the row's own context.
+    let traceparent = trace::traceparent_of(&span.context()).or(row.traceparent);
+    let mut attrs = vec![
+        (attributes::EVENT_ID.to_owned(), row.event_id.to_string()),
+        (attributes::SAGA_ID.to_owned(), row.saga_id.to_string()),
+        (attributes::EVENT_TYPE.to_owned(), row.event_type),
+    ];
+    if let Some(tp) = traceparent {
+        attrs.push((attributes::TRACEPARENT.to_owned(), tp));
+    }
+    let msg = OutgoingMessage {
+        data: row.payload,
+        ordering_key: row.saga_id.to_string(),
+        attributes: attrs,
+    };
+    let result = publisher.publish(msg).instrument(span).await;
+    (row.id, row.publish_attempts, result)
+}

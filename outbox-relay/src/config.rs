@@ -1,0 +1,118 @@
+//! The relay's settings, read from the environment (see the README for the
+//! full list).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sagaflow_common::config::{self, databases, default_database_url};
+use sagaflow_common::db;
+use sagaflow_common::pubsub::PubSubConfig;
+
+/// Everything [`run`](crate::run) needs.
+#[derive(Clone)]
+pub struct RelayConfig {
+    /// Participant databases whose outboxes this relay drains; one worker
+    /// each. `SAGAFLOW_RELAY_DATABASE_URLS`, comma-separated.
+    pub database_urls: Vec<String>,
+    /// Where Pub/Sub is (`SAGAFLOW_PUBSUB_PROJECT`, `PUBSUB_EMULATOR_HOST`).
+    pub pubsub: PubSubConfig,
+    /// Topic every event goes to. `SAGAFLOW_EVENTS_TOPIC`.
+    pub topic_id: String,
+    /// Rows claimed (and locked) per transaction. `SAGAFLOW_RELAY_BATCH_SIZE`.
+    pub batch_size: i64,
+    /// How often to look for rows when no `NOTIFY` arrives (missed
+    /// notifications, a lost LISTEN connection). `SAGAFLOW_RELAY_POLL_INTERVAL_MS`.
+    pub poll_interval: Duration,
+    /// How long sent rows are kept before cleanup deletes them.
+    /// `SAGAFLOW_RELAY_RETENTION_SECS`.
+    pub retention: Duration,
+    /// How often cleanup runs. `SAGAFLOW_RELAY_CLEANUP_INTERVAL_MS`.
+    pub cleanup_interval: Duration,
+    /// Messages in flight to Pub/Sub at once, across all databases.
+    /// `SAGAFLOW_RELAY_MAX_IN_FLIGHT`.
+    pub max_in_flight: usize,
+}
+
+impl RelayConfig {
+    /// Read the settings; a malformed value is an error naming its variable.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let database_urls = match config::var_opt("SAGAFLOW_RELAY_DATABASE_URLS") {
+            Some(v) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None => [databases::ORDER, databases::PAYMENT, databases::INVENTORY]
+                .map(default_database_url)
+                .to_vec(),
+        };
+        let cfg = Self {
+            database_urls,
+            pubsub: PubSubConfig::from_env(),
+            topic_id: config::var_or("SAGAFLOW_EVENTS_TOPIC", "sagaflow-events"),
+            batch_size: config::parse_or("SAGAFLOW_RELAY_BATCH_SIZE", 100)?,
+            poll_interval: config::millis_or("SAGAFLOW_RELAY_POLL_INTERVAL_MS", 500)?,
+            retention: Duration::from_secs(config::parse_or(
+                "SAGAFLOW_RELAY_RETENTION_SECS",
+                3600,
+            )?),
+            cleanup_interval: config::millis_or("SAGAFLOW_RELAY_CLEANUP_INTERVAL_MS", 60_000)?,
+            max_in_flight: config::parse_or("SAGAFLOW_RELAY_MAX_IN_FLIGHT", 1000)?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.database_urls.is_empty(),
+            "SAGAFLOW_RELAY_DATABASE_URLS names no database"
+        );
+        for url in &self.database_urls {
+            url.parse::<tokio_postgres::Config>()
+                .with_context(|| format!("invalid database url {}", db::redact(url)))?;
+        }
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.batch_size),
+            "SAGAFLOW_RELAY_BATCH_SIZE must be within 1..=10000, got {}",
+            self.batch_size
+        );
+        anyhow::ensure!(
+            !self.poll_interval.is_zero() && !self.cleanup_interval.is_zero(),
+            "SAGAFLOW_RELAY_POLL_INTERVAL_MS and SAGAFLOW_RELAY_CLEANUP_INTERVAL_MS must be positive"
+        );
+        anyhow::ensure!(
+            self.max_in_flight > 0,
+            "SAGAFLOW_RELAY_MAX_IN_FLIGHT must be positive"
+        );
+        Ok(())
+    }
+}
+
+/// Debug without passwords.
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.database_urls.iter().map(|u| db::redact(u)).collect();
+        f.debug_struct("RelayConfig")
+            .field("database_urls", &urls)
+            .field("pubsub", &self.pubsub)
+            .field("topic_id", &self.topic_id)
+            .field("batch_size", &self.batch_size)
+            .field("poll_interval", &self.poll_interval)
+            .field("retention", &self.retention)
+            .field("cleanup_interval", &self.cleanup_interval)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+/// A short name for a database in logs: its database name, else the
+/// redacted url.
+pub(crate) fn label(url: &str) -> String {
+    url.parse::<tokio_postgres::Config>()
+        .ok()
+        .and_then(|c| c.get_dbname().map(str::to_owned))
+        .unwrap_or_else(|| db::redact(url))
+}

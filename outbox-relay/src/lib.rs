@@ -1,0 +1,119 @@
+//! The outbox relay: moves events from participants' outbox tables to the
+//! Pub/Sub events topic.
+//!
+//! Each participant commits its outcome event into its own `outbox` table in
+//! the same transaction as the business change. The relay claims unsent rows
+//! with `FOR UPDATE SKIP LOCKED` (so several relays can run against the same
+//! databases), publishes each row's payload with the saga id as ordering key
+//! and `event_id` / `saga_id` / `event_type` / `traceparent` attributes, and
+//! marks the rows Pub/Sub acknowledged as sent in the same transaction.
+//! Delivery is at least once: a crash between publish and commit publishes
+//! the row again, and consumers dedupe on `event_id`.
+//!
+//! Layout:
+//! - [`config`]: [`RelayConfig`] from the environment.
+//! - `worker`: one per database; the claim loop and its error handling.
+//! - `batch`: claim → publish concurrently → mark sent / failed → commit.
+//! - `listener`: `LISTEN sagaflow_outbox` wake-ups (polling is the fallback).
+//! - `cleanup`: deletes sent rows past the retention period.
+//! - `backoff`: exponential backoff with jitter.
+//!
+//! The relay does not create outbox tables (participants' migrations do); it
+//! waits for them. It creates the topic only on the emulator.
+
+pub mod config;
+
+mod backoff;
+mod batch;
+mod cleanup;
+mod listener;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sagaflow_common::db;
+use sagaflow_common::pubsub::{EventPublisher, ensure_topic};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::RelayConfig;
+
+/// Connections per database: one for the claim loop, one for cleanup, one
+/// spare for a reconnect racing a closing connection.
+const POOL_SIZE: usize = 3;
+
+/// Relay every configured database until `shutdown` is cancelled, then stop
+/// claiming, finish the batches in hand, flush the publisher and return.
+///
+/// Errors only for bad configuration or a worker that panicked; transient
+/// database and Pub/Sub failures are retried forever.
+pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate()?;
+    tracing::info!(?config, "starting outbox relay");
+    if config.pubsub.emulator_host.is_some() && !create_topic(&config, &shutdown).await {
+        return Ok(());
+    }
+    let publisher = Arc::new(
+        EventPublisher::new(&config.pubsub, &config.topic_id, config.max_in_flight).await?,
+    );
+
+    let stop = shutdown.child_token();
+    let mut workers = JoinSet::new();
+    for url in &config.database_urls {
+        let worker = worker::Worker {
+            url: url.clone(),
+            label: config::label(url),
+            pool: db::pool(url, POOL_SIZE)?,
+            publisher: publisher.clone(),
+            batch_size: config.batch_size,
+            poll_interval: config.poll_interval,
+            retention: config.retention,
+            cleanup_interval: config.cleanup_interval,
+        };
+        workers.spawn(worker.run(stop.clone()));
+    }
+    let mut result = Ok(());
+    while let Some(joined) = workers.join_next().await {
+        if let Err(e) = joined {
+            // A bug, not a transient error: stop everything and let the
+            // supervisor restart the process.
+            tracing::error!(error = %e, "an outbox worker panicked; stopping the relay");
+            stop.cancel();
+            result = Err(anyhow::Error::new(e).context("an outbox worker panicked"));
+        }
+    }
+    match Arc::try_unwrap(publisher) {
+        Ok(p) => p.shutdown().await,
+        Err(p) => p.flush().await,
+    }
+    tracing::info!("outbox relay stopped");
+    result
+}
+
+/// Create the topic (emulator only), retrying until it works. `false` when
+/// shut down first.
+async fn create_topic(config: &RelayConfig, shutdown: &CancellationToken) -> bool {
+    let mut backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let created = tokio::select! {
+            () = shutdown.cancelled() => return false,
+            r = ensure_topic(&config.pubsub, &config.topic_id) => r,
+        };
+        let err = match created.context("creating the events topic on the emulator") {
+            Ok(()) => return true,
+            Err(e) => e,
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            error = format!("{err:#}"),
+            retry_in_ms = delay.as_millis() as u64,
+            "Pub/Sub emulator not ready"
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}

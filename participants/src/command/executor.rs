@@ -1,0 +1,162 @@
+//! Runs one step command: validate, then inbox + decision + outbox in one
+//! transaction. The only place a step RPC's error becomes a `tonic::Status`.
+
+use opentelemetry::trace::TraceContextExt as _;
+use prost::Message as _;
+use sagaflow_common::{outbox, trace};
+use sagaflow_protos::participant::v1::{CommandAck, StepCommand, command_ack};
+use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+use tracing::field::{Empty, display};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use uuid::Uuid;
+
+use super::envelope::{build, event_type, outcome_name};
+use super::{Command, CommandKind, DecisionFuture, Outcome, Rpc, Tx, inbox};
+use crate::Error;
+
+/// Handles the step RPCs of one participant; cheap to clone.
+#[derive(Clone)]
+pub struct Executor {
+    /// The participant's own database.
+    pool: deadpool_postgres::Pool,
+    /// Written into every event (`EventEnvelope.participant`, event types).
+    participant: &'static str,
+}
+
+impl Executor {
+    pub fn new(pool: deadpool_postgres::Pool, participant: &'static str) -> Self {
+        Self { pool, participant }
+    }
+
+    /// The participant's pool, for read-only RPCs outside the contract.
+    pub fn pool(&self) -> &deadpool_postgres::Pool {
+        &self.pool
+    }
+
+    /// Handle `request` for `rpc`: `decide` runs inside the transaction, after
+    /// the inbox claim, only for a command id seen for the first time.
+    pub async fn handle<F>(
+        &self,
+        rpc: Rpc,
+        request: Request<StepCommand>,
+        decide: F,
+    ) -> Result<Response<CommandAck>, Status>
+    where
+        F: for<'t> FnOnce(&'t Tx<'t>, &'t Command) -> DecisionFuture<'t> + Send,
+    {
+        let name = format!("{}.{}", self.participant, rpc.method);
+        let span = tracing::info_span!(
+            "participant.command",
+            otel.name = name.as_str(),
+            otel.kind = "server",
+            participant = self.participant,
+            rpc = rpc.method,
+            saga.id = Empty,
+            saga.step = Empty,
+            command.id = Empty,
+            command.attempt = Empty,
+            command.outcome = Empty,
+        );
+        let parent = trace::context_from_metadata(request.metadata());
+        if parent.span().span_context().is_valid() {
+            // Fails only when no OpenTelemetry layer is installed: then there
+            // is no trace to join anyway.
+            let _ = span.set_parent(parent);
+        }
+        let raw = request.into_inner();
+        async move {
+            let result = match Command::parse(raw, rpc.needs_input) {
+                Ok(cmd) => {
+                    let span = tracing::Span::current();
+                    span.record("saga.id", display(cmd.saga_id));
+                    span.record("saga.step", cmd.step);
+                    span.record("command.id", display(cmd.command_id));
+                    span.record("command.attempt", cmd.attempt);
+                    self.execute(rpc.kind, &cmd, decide).await
+                }
+                Err(e) => Err(e),
+            };
+            result.map(Response::new).map_err(Status::from)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn execute<F>(
+        &self,
+        kind: CommandKind,
+        cmd: &Command,
+        decide: F,
+    ) -> Result<CommandAck, Error>
+    where
+        F: for<'t> FnOnce(&'t Tx<'t>, &'t Command) -> DecisionFuture<'t> + Send,
+    {
+        let traceparent = trace::current_traceparent();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+
+        if let Some(stored) = inbox::claim(&tx, cmd, kind).await? {
+            // The first copy of the event may have been lost on its way: emit
+            // it again under the same event id; the orchestrator dedupes.
+            outbox::insert(
+                &tx,
+                stored.event_id,
+                cmd.saga_id,
+                &stored.event_type,
+                &stored.envelope,
+                traceparent.as_deref(),
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::Span::current().record("command.outcome", outcome_name(stored.outcome));
+            tracing::info!(event.id = %stored.event_id, reason = %stored.reason, "repeated command: stored outcome re-emitted");
+            return Ok(ack(
+                command_ack::Status::Duplicate,
+                stored.event_id,
+                stored.outcome,
+                stored.reason,
+            ));
+        }
+
+        let decision = decide(&tx, cmd).await?;
+        let event_id = Uuid::now_v7();
+        let event = build(event_id, self.participant, kind, cmd, &decision);
+        let encoded = event.encode_to_vec();
+        inbox::record(&tx, cmd.command_id, event_id, &event, &encoded).await?;
+        outbox::insert(
+            &tx,
+            event_id,
+            cmd.saga_id,
+            &event_type(&event),
+            &encoded,
+            traceparent.as_deref(),
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::Span::current().record("command.outcome", outcome_name(decision.outcome));
+        tracing::info!(event.id = %event_id, reason = %decision.reason, "command handled");
+        Ok(ack(
+            command_ack::Status::Accepted,
+            event_id,
+            decision.outcome,
+            decision.reason,
+        ))
+    }
+}
+
+fn ack(
+    status: command_ack::Status,
+    event_id: Uuid,
+    outcome: Outcome,
+    reason: String,
+) -> CommandAck {
+    let mut ack = CommandAck {
+        event_id: event_id.to_string(),
+        outcome: outcome as i32,
+        reason,
+        ..CommandAck::default()
+    };
+    ack.set_status(status);
+    ack
+}

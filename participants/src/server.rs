@@ -1,0 +1,90 @@
+//! Starting a participant: create and migrate its database, then serve its
+//! gRPC service and gRPC health until shutdown.
+
+use anyhow::Context as _;
+use sagaflow_common::db::{self, Migration};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::inventory::InventoryParticipant;
+use crate::order::OrderParticipant;
+use crate::payment::PaymentParticipant;
+use crate::{Kind, ParticipantConfig, inventory, order, payment};
+
+/// The participant's migrations, in order.
+pub fn migrations(kind: Kind) -> &'static [Migration] {
+    match kind {
+        Kind::Order => &order::MIGRATIONS,
+        Kind::Payment => &payment::MIGRATIONS,
+        Kind::Inventory => &inventory::MIGRATIONS,
+    }
+}
+
+/// Run participant `kind` on `listener` until `shutdown` is cancelled, then
+/// finish in-flight RPCs and return.
+///
+/// The database is created if missing (best effort: a managed server may not
+/// allow it) and migrated before the first RPC is served; connections that
+/// arrive meanwhile wait in the listener's backlog. gRPC health reports the
+/// service SERVING from then on.
+pub async fn serve(
+    kind: Kind,
+    config: ParticipantConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if let Err(e) = db::ensure_database(&config.database_url).await {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "could not ensure the database exists"
+        );
+    }
+    let pool = db::pool(&config.database_url, config.pool_size)?;
+    tokio::select! {
+        migrated = db::migrate(&pool, migrations(kind)) => migrated
+            .with_context(|| format!("migrating {}", db::redact(&config.database_url)))?,
+        () = shutdown.cancelled() => return Ok(()),
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let router = Server::builder().add_service(health_service);
+    let router = match kind {
+        Kind::Order => {
+            let service = OrderParticipant::new(pool).into_server();
+            health
+                .set_service_status(service_name(&service), tonic_health::ServingStatus::Serving)
+                .await;
+            router.add_service(service)
+        }
+        Kind::Payment => {
+            let service = PaymentParticipant::new(pool).into_server();
+            health
+                .set_service_status(service_name(&service), tonic_health::ServingStatus::Serving)
+                .await;
+            router.add_service(service)
+        }
+        Kind::Inventory => {
+            let service = InventoryParticipant::new(pool).into_server();
+            health
+                .set_service_status(service_name(&service), tonic_health::ServingStatus::Serving)
+                .await;
+            router.add_service(service)
+        }
+    };
+
+    let addr = listener.local_addr()?;
+    tracing::info!(participant = kind.name(), %addr, "serving");
+    router
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
+        .await
+        .with_context(|| format!("serving {kind} on {addr}"))?;
+    tracing::info!(participant = kind.name(), "stopped");
+    Ok(())
+}
+
+/// The fully qualified gRPC name health reports under.
+fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
+    S::NAME
+}

@@ -1,0 +1,57 @@
+//! The system-test harness and the demo: a whole Sagaflow system as real
+//! processes on loopback.
+//!
+//! Layout:
+//! - [`emulator`]: the Google Pub/Sub emulator on a free port.
+//! - [`databases`]: a fresh set of four databases per run, dropped after.
+//! - [`system`]: the services as child processes (killable with SIGKILL),
+//!   a client, and helpers to wait for sagas to settle.
+//! - [`invariants`]: cross-database business checks.
+
+pub mod databases;
+pub mod emulator;
+pub mod invariants;
+pub mod orders;
+pub mod system;
+
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+/// Poll `check` until it returns `Some`, or fail after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > timeout {
+            anyhow::bail!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                last_err.map(|e| format!(" (last error: {e:#})")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until something accepts TCP connections on `addr`.
+pub async fn wait_for_port(addr: &str, timeout: Duration) -> anyhow::Result<()> {
+    wait_for(&format!("{addr} to accept connections"), timeout, || async {
+        Ok(tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()))
+    })
+    .await
+}

@@ -1,0 +1,330 @@
+//! A whole Sagaflow system as child processes: three participants, an outbox
+//! relay and one or more orchestrators, over fresh databases and a Pub/Sub
+//! emulator (started here unless `PUBSUB_EMULATOR_HOST` is set).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use sagaflow_protos::orchestrator::v1::saga_service_client::SagaServiceClient;
+use sagaflow_protos::orchestrator::v1::{GetSagaRequest, ListSagasRequest, Saga, SagaState};
+use tonic::transport::Channel;
+
+use crate::databases::Databases;
+use crate::emulator::Emulator;
+use crate::{free_port, wait_for};
+
+/// The service binaries, built by cargo next to the running executable.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            // target/<profile>/deps/<test> or target/<profile>/<bin>
+            let mut dir = exe.parent().map(PathBuf::from).ok_or("no exe dir")?;
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
+            // Make sure the service binaries are built and current (a no-op
+            // when they are); cargo's lock makes concurrent calls safe.
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "--bins"])
+                .args(["-p", "sagaflow-orchestrator", "-p", "sagaflow-participants", "-p", "sagaflow-outbox-relay"]);
+            if profile == "release" {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .map_err(|e| format!("running cargo build: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build of the service binaries failed: {status}"));
+            }
+            Ok(dir)
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// The kinds of process a system runs.
+pub const PARTICIPANTS: [&str; 3] = ["order", "payment", "inventory"];
+
+pub struct Options {
+    /// Extra environment for every process (e.g. shorter step deadlines).
+    pub env: Vec<(String, String)>,
+    /// Use the default database names (kept) instead of fresh ones.
+    pub default_databases: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            env: Vec::new(),
+            default_databases: false,
+        }
+    }
+}
+
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct System {
+    pub dbs: Databases,
+    pub emulator_host: String,
+    /// Listen address of each participant and of each orchestrator (`orchestrator-N`).
+    pub addrs: HashMap<String, String>,
+    pub topic: String,
+    pub subscription: String,
+    pub log_dir: PathBuf,
+    env: Vec<(String, String)>,
+    procs: HashMap<String, Proc>,
+    // Declared last: processes die before the emulator does.
+    _emulator: Option<Emulator>,
+}
+
+impl System {
+    /// Fresh databases, an emulator (unless `PUBSUB_EMULATOR_HOST` is set)
+    /// and every service, ready to take orders.
+    pub async fn start(prefix: &str, options: Options) -> anyhow::Result<System> {
+        let bins = bin_dir()?;
+        let dbs = if options.default_databases {
+            Databases::defaults().await?
+        } else {
+            Databases::create(prefix).await?
+        };
+        let (emulator, emulator_host) = match std::env::var("PUBSUB_EMULATOR_HOST") {
+            Ok(h) if !h.is_empty() => (None, h),
+            _ => {
+                let e = Emulator::start().await?;
+                let h = e.host.clone();
+                (Some(e), h)
+            }
+        };
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let topic = format!("sagaflow-events-{}", &run[..12]);
+        let subscription = format!("sagaflow-orchestrator-{}", &run[..12]);
+        let log_dir = std::env::temp_dir().join(format!("sagaflow-{prefix}-{}", &run[..12]));
+        std::fs::create_dir_all(&log_dir)?;
+        let mut addrs = HashMap::new();
+        for p in PARTICIPANTS {
+            addrs.insert(p.to_owned(), format!("127.0.0.1:{}", free_port()));
+        }
+        let mut env = vec![
+            ("PUBSUB_EMULATOR_HOST".to_owned(), emulator_host.clone()),
+            ("SAGAFLOW_EVENTS_TOPIC".to_owned(), topic.clone()),
+            ("SAGAFLOW_EVENTS_SUBSCRIPTION".to_owned(), subscription.clone()),
+            ("SAGAFLOW_ORCHESTRATOR_DATABASE_URL".to_owned(), dbs.orchestrator.clone()),
+            ("SAGAFLOW_ORDER_DATABASE_URL".to_owned(), dbs.order.clone()),
+            ("SAGAFLOW_PAYMENT_DATABASE_URL".to_owned(), dbs.payment.clone()),
+            ("SAGAFLOW_INVENTORY_DATABASE_URL".to_owned(), dbs.inventory.clone()),
+            (
+                "SAGAFLOW_RELAY_DATABASE_URLS".to_owned(),
+                format!("{},{},{}", dbs.order, dbs.payment, dbs.inventory),
+            ),
+            ("RUST_LOG".to_owned(), std::env::var("SAGAFLOW_TEST_LOG").unwrap_or_else(|_| "info".into())),
+        ];
+        for p in PARTICIPANTS {
+            let up = p.to_uppercase();
+            env.push((format!("SAGAFLOW_{up}_LISTEN"), addrs[p].clone()));
+            env.push((format!("SAGAFLOW_{up}_URL"), format!("http://{}", addrs[p])));
+        }
+        env.extend(options.env);
+        let _ = bins;
+        let mut system = System {
+            dbs,
+            emulator_host,
+            addrs,
+            topic,
+            subscription,
+            log_dir,
+            env,
+            procs: HashMap::new(),
+            _emulator: emulator,
+        };
+        for p in PARTICIPANTS {
+            system.spawn(p)?;
+        }
+        for p in PARTICIPANTS {
+            let addr = system.addrs[p].clone();
+            system.wait_healthy(&addr).await?;
+        }
+        system.spawn("relay")?;
+        system.spawn_orchestrator(0)?;
+        system.wait_orchestrator(0).await?;
+        Ok(system)
+    }
+
+    /// Start (or restart) a process: a participant name, `relay`, `relay-N`.
+    pub fn spawn(&mut self, name: &str) -> anyhow::Result<()> {
+        let bins = bin_dir()?;
+        let (bin, args): (&str, Vec<&str>) = if PARTICIPANTS.contains(&name) {
+            ("sagaflow-participant", vec![name])
+        } else if name.starts_with("relay") {
+            ("sagaflow-outbox-relay", vec![])
+        } else if name.starts_with("orchestrator") {
+            ("sagaflow-orchestrator", vec![])
+        } else {
+            anyhow::bail!("unknown process kind {name}");
+        };
+        let log_path = self.log_dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut cmd = Command::new(bins.join(bin));
+        cmd.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(addr) = self.addrs.get(name) {
+            if name.starts_with("orchestrator") {
+                cmd.env("SAGAFLOW_ORCHESTRATOR_LISTEN", addr);
+            }
+        }
+        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("spawning {bin}: {e}"))?;
+        self.procs.insert(name.to_owned(), Proc { child });
+        Ok(())
+    }
+
+    /// Start orchestrator number `n` on its own port.
+    pub fn spawn_orchestrator(&mut self, n: usize) -> anyhow::Result<()> {
+        let name = format!("orchestrator-{n}");
+        self.addrs
+            .entry(name.clone())
+            .or_insert_with(|| format!("127.0.0.1:{}", free_port()));
+        self.spawn(&name)
+    }
+
+    /// SIGKILL a process, as a crash would.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut p) = self.procs.remove(name) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    /// SIGTERM a process and wait (up to `timeout`) for it to exit by itself.
+    pub async fn terminate(&mut self, name: &str, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let mut p = self.procs.remove(name).ok_or_else(|| anyhow::anyhow!("{name} is not running"))?;
+        let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let status = wait_for(&format!("{name} to exit after SIGTERM"), timeout, || {
+            let r = p.child.try_wait();
+            async move { Ok(r?) }
+        })
+        .await?;
+        Ok(status)
+    }
+
+    async fn wait_healthy(&self, addr: &str) -> anyhow::Result<()> {
+        let url = format!("http://{addr}");
+        wait_for(&format!("{addr} to report SERVING"), Duration::from_secs(60), || {
+            let url = url.clone();
+            async move {
+                let Ok(channel) = Channel::from_shared(url)?.connect().await else {
+                    return Ok(None);
+                };
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let resp = health
+                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                    .await;
+                Ok(match resp {
+                    Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 => Some(()),
+                    _ => None,
+                })
+            }
+        })
+        .await
+    }
+
+    /// Wait until orchestrator `n` answers its API.
+    pub async fn wait_orchestrator(&self, n: usize) -> anyhow::Result<()> {
+        let addr = self.addrs[&format!("orchestrator-{n}")].clone();
+        self.wait_healthy(&addr).await
+    }
+
+    /// A client of orchestrator `n`.
+    pub async fn client_of(&self, n: usize) -> anyhow::Result<SagaServiceClient<Channel>> {
+        let addr = &self.addrs[&format!("orchestrator-{n}")];
+        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        Ok(SagaServiceClient::new(channel))
+    }
+
+    pub async fn client(&self) -> anyhow::Result<SagaServiceClient<Channel>> {
+        self.client_of(0).await
+    }
+
+    /// Wait until every saga in `ids` is terminal; returns them in order.
+    pub async fn wait_terminal(&self, ids: &[String], timeout: Duration) -> anyhow::Result<Vec<Saga>> {
+        use futures::StreamExt as _;
+        let client = self.client().await?;
+        let done: Arc<Mutex<HashMap<String, Saga>>> = Arc::default();
+        wait_for(&format!("{} sagas to finish", ids.len()), timeout, || {
+            let pending: Vec<String> = {
+                let d = done.lock().expect("lock");
+                ids.iter().filter(|id| !d.contains_key(*id)).cloned().collect()
+            };
+            let done = done.clone();
+            let client = client.clone();
+            let total = ids.len();
+            async move {
+                let results: Vec<anyhow::Result<Saga>> = futures::stream::iter(pending)
+                    .map(|id| {
+                        let mut client = client.clone();
+                        async move { Ok(client.get_saga(GetSagaRequest { saga_id: id }).await?.into_inner()) }
+                    })
+                    .buffer_unordered(16)
+                    .collect()
+                    .await;
+                let mut d = done.lock().expect("lock");
+                for saga in results {
+                    let saga = saga?;
+                    if is_terminal(saga.state) {
+                        d.insert(saga.saga_id.clone(), saga);
+                    }
+                }
+                Ok((d.len() == total).then_some(()))
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; logs in {}", self.log_dir.display()))?;
+        let mut d = done.lock().expect("lock");
+        Ok(ids.iter().map(|id| d.remove(id).expect("collected")).collect())
+    }
+
+    /// Count sagas by state through ListSagas (all pages).
+    pub async fn count_by_state(&self) -> anyhow::Result<HashMap<i32, usize>> {
+        let mut client = self.client().await?;
+        let mut counts = HashMap::new();
+        let mut token = String::new();
+        loop {
+            let page = client
+                .list_sagas(ListSagasRequest { states: vec![], page_size: 500, page_token: token })
+                .await?
+                .into_inner();
+            for s in &page.sagas {
+                *counts.entry(s.state).or_insert(0) += 1;
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(counts);
+            }
+            token = page.next_page_token;
+        }
+    }
+}
+
+pub fn is_terminal(state: i32) -> bool {
+    state == SagaState::Completed as i32
+        || state == SagaState::Compensated as i32
+        || state == SagaState::CompensationFailed as i32
+}

@@ -1,0 +1,75 @@
+//! Load: 500 concurrent sagas with mixed outcomes all reach terminal states
+//! within a bound, and the business invariants hold across the databases.
+//! Prints one machine-readable summary line:
+//! `load: sagas=N completed=N compensated=N failed=N invariants=ok|FAILED p50_ms=X p99_ms=Y`
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use sagaflow_protos::orchestrator::v1::SagaState;
+use sagaflow_tests::invariants;
+use sagaflow_tests::orders::{Expect, mixed};
+use sagaflow_tests::system::{Options, System};
+
+const SAGAS: usize = 500;
+const BOUND: Duration = Duration::from_secs(240);
+
+fn millis(t: &Option<prost_types::Timestamp>) -> i64 {
+    t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_sagas() -> anyhow::Result<()> {
+    let sys = System::start("load", Options::default()).await?;
+    let client = sys.client().await?;
+    let started = Instant::now();
+    let placed: Vec<anyhow::Result<(String, Expect)>> = futures::stream::iter(0..SAGAS)
+        .map(|i| {
+            let mut client = client.clone();
+            async move {
+                let (req, expect) = mixed(i);
+                Ok((client.place_order(req).await?.into_inner().saga_id, expect))
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let placed: Vec<(String, Expect)> = placed.into_iter().collect::<anyhow::Result<_>>()?;
+    let ids: Vec<String> = placed.iter().map(|(id, _)| id.clone()).collect();
+    let done = sys.wait_terminal(&ids, BOUND).await?;
+    let wall = started.elapsed();
+
+    let count = |s: SagaState| done.iter().filter(|d| d.state == s as i32).count();
+    let (completed, compensated, failed) = (
+        count(SagaState::Completed),
+        count(SagaState::Compensated),
+        count(SagaState::CompensationFailed),
+    );
+    let mut latencies: Vec<i64> = done.iter().map(|d| millis(&d.updated_at) - millis(&d.created_at)).collect();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+    let report = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
+    let mut wrong = Vec::new();
+    for ((id, expect), saga) in placed.iter().zip(&done) {
+        let want = match expect {
+            Expect::Completed => SagaState::Completed,
+            Expect::PaymentRefused | Expect::StockShort => SagaState::Compensated,
+        };
+        if saga.state != want as i32 {
+            wrong.push(format!("{id}: expected {want:?}, got {} ({})", saga.state, saga.reason));
+        }
+    }
+    let ok = report.ok() && wrong.is_empty();
+    println!(
+        "load: sagas={SAGAS} completed={completed} compensated={compensated} failed={failed} invariants={} p50_ms={} p99_ms={}",
+        if ok { "ok" } else { "FAILED" },
+        pct(0.50),
+        pct(0.99),
+    );
+    println!("load: all {SAGAS} terminal after {:.1}s wall time ({:.0} sagas/s)", wall.as_secs_f64(), SAGAS as f64 / wall.as_secs_f64());
+    assert!(report.ok(), "{:?}", report.violations);
+    assert!(wrong.is_empty(), "{wrong:?}");
+    assert_eq!(completed + compensated + failed, SAGAS);
+    assert_eq!(failed, 0);
+    Ok(())
+}
