@@ -13,12 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
     let protos: Vec<PathBuf> = PROTOS.iter().map(PathBuf::from).collect();
-    let includes = vec![
-        PathBuf::from("proto"),
-        protoc_bin_vendored::include_path()?,
-    ];
+    let includes = vec![PathBuf::from("proto"), protoc_bin_vendored::include_path()?];
     tonic_prost_build::configure()
-        .file_descriptor_set_path(PathBuf::from(std::env::var("OUT_DIR")?).join("sagaflow_descriptor.bin"))
+        .file_descriptor_set_path(
+            PathBuf::from(std::env::var("OUT_DIR")?).join("sagaflow_descriptor.bin"),
+        )
         .compile_with_config(config, &protos, &includes)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -93,7 +93,9 @@ impl PubSubConfig {
         if let Some(c) = self.credentials() {
             b = b.with_credentials(c);
         }
-        b.build().await.context("building the Pub/Sub topic admin client")
+        b.build()
+            .await
+            .context("building the Pub/Sub topic admin client")
     }
 
     /// A subscription administration client (REST).

@@ -113,6 +113,9 @@ mod tests {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut md = tonic::metadata::MetadataMap::new();
         inject_traceparent(&mut md, tp);
-        assert_eq!(traceparent_of(&context_from_metadata(&md)).as_deref(), Some(tp));
+        assert_eq!(
+            traceparent_of(&context_from_metadata(&md)).as_deref(),
+            Some(tp)
+        );
     }
 }

@@ -38,7 +38,10 @@ pub fn validate(req: &pb::PlaceOrderRequest) -> Result<OrderInput, Status> {
         return Err(invalid("idempotency_key", "is required"));
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(invalid("idempotency_key", format!("longer than {MAX_KEY_LEN} bytes")));
+        return Err(invalid(
+            "idempotency_key",
+            format!("longer than {MAX_KEY_LEN} bytes"),
+        ));
     }
     let customer = req.customer_id.trim();
     if customer.is_empty() {
@@ -63,7 +66,10 @@ pub fn validate(req: &pb::PlaceOrderRequest) -> Result<OrderInput, Status> {
             return Err(invalid(format!("items[{i}].sku"), "is malformed"));
         }
         if !seen.insert(sku) {
-            return Err(invalid(format!("items[{i}].sku"), format!("{sku} appears twice")));
+            return Err(invalid(
+                format!("items[{i}].sku"),
+                format!("{sku} appears twice"),
+            ));
         }
         if item.quantity <= 0 {
             return Err(invalid(
@@ -81,7 +87,12 @@ pub fn validate(req: &pb::PlaceOrderRequest) -> Result<OrderInput, Status> {
     let currency = match req.currency.trim() {
         "" => "EUR".to_owned(),
         c if c.len() == 3 && c.chars().all(|ch| ch.is_ascii_uppercase()) => c.to_owned(),
-        c => return Err(invalid("currency", format!("{c:?} is not an ISO 4217 code"))),
+        c => {
+            return Err(invalid(
+                "currency",
+                format!("{c:?} is not an ISO 4217 code"),
+            ));
+        }
     };
     Ok(OrderInput {
         customer_id: customer.to_owned(),
@@ -105,11 +116,16 @@ impl Api {
         let known = client
             .get_items(GetItemsRequest { skus: skus.clone() })
             .await
-            .map_err(|e| Status::unavailable(format!("inventory catalogue unavailable: {}", e.message())))?
+            .map_err(|e| {
+                Status::unavailable(format!("inventory catalogue unavailable: {}", e.message()))
+            })?
             .into_inner();
         for (i, sku) in skus.iter().enumerate() {
             if !known.items.iter().any(|k| &k.sku == sku) {
-                return Err(invalid(format!("items[{i}].sku"), format!("unknown item {sku}")));
+                return Err(invalid(
+                    format!("items[{i}].sku"),
+                    format!("unknown item {sku}"),
+                ));
             }
         }
         Ok(())
@@ -155,7 +171,11 @@ impl SagaService for Api {
         .await
         .map_err(internal)?;
         match placed {
-            Placed::Created { ctx, state, effects } => {
+            Placed::Created {
+                ctx,
+                state,
+                effects,
+            } => {
                 tracing::info!(saga.id = %saga_id, "order saga placed");
                 self.driver.carry_out(&ctx, effects, None);
                 Ok(Response::new(pb::PlaceOrderResponse {
@@ -164,14 +184,20 @@ impl SagaService for Api {
                     state: views::state_of(state.status) as i32,
                 }))
             }
-            Placed::Existing { saga_id, status, same_input: true } => {
-                Ok(Response::new(pb::PlaceOrderResponse {
-                    saga_id: saga_id.to_string(),
-                    created: false,
-                    state: views::state_of(status) as i32,
-                }))
-            }
-            Placed::Existing { saga_id, same_input: false, .. } => Err(Status::already_exists(format!(
+            Placed::Existing {
+                saga_id,
+                status,
+                same_input: true,
+            } => Ok(Response::new(pb::PlaceOrderResponse {
+                saga_id: saga_id.to_string(),
+                created: false,
+                state: views::state_of(status) as i32,
+            })),
+            Placed::Existing {
+                saga_id,
+                same_input: false,
+                ..
+            } => Err(Status::already_exists(format!(
                 "idempotency_key: already used by saga {saga_id} for a different order"
             ))),
         }
@@ -203,12 +229,19 @@ impl SagaService for Api {
         for (i, s) in req.states.iter().enumerate() {
             match views::status_of(*s) {
                 Some(st) => states.push(st),
-                None => return Err(invalid(format!("states[{i}]"), format!("unknown state {s}"))),
+                None => {
+                    return Err(invalid(
+                        format!("states[{i}]"),
+                        format!("unknown state {s}"),
+                    ));
+                }
             }
         }
         let after = match req.page_token.trim() {
             "" => None,
-            t => Some(views::PageToken::decode(t).ok_or_else(|| invalid("page_token", "is malformed"))?),
+            t => Some(
+                views::PageToken::decode(t).ok_or_else(|| invalid("page_token", "is malformed"))?,
+            ),
         };
         let resp = views::list(self.driver.pool(), &states, page_size, after)
             .await
@@ -226,7 +259,10 @@ mod tests {
         pb::PlaceOrderRequest {
             idempotency_key: "k1".into(),
             customer_id: "cust-alice".into(),
-            items: vec![OrderItem { sku: "sku-widget".into(), quantity: 2 }],
+            items: vec![OrderItem {
+                sku: "sku-widget".into(),
+                quantity: 2,
+            }],
             amount_cents: 1000,
             currency: String::new(),
         }
@@ -237,7 +273,11 @@ mod tests {
         mutate(&mut r);
         let e = validate(&r).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        assert!(e.message().starts_with(field), "{} should name {field}", e.message());
+        assert!(
+            e.message().starts_with(field),
+            "{} should name {field}",
+            e.message()
+        );
     }
 
     #[test]

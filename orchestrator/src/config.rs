@@ -28,8 +28,16 @@ impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let participants = [
             (order::ORDER, "SAGAFLOW_ORDER_URL", "http://127.0.0.1:50061"),
-            (order::PAYMENT, "SAGAFLOW_PAYMENT_URL", "http://127.0.0.1:50062"),
-            (order::INVENTORY, "SAGAFLOW_INVENTORY_URL", "http://127.0.0.1:50063"),
+            (
+                order::PAYMENT,
+                "SAGAFLOW_PAYMENT_URL",
+                "http://127.0.0.1:50062",
+            ),
+            (
+                order::INVENTORY,
+                "SAGAFLOW_INVENTORY_URL",
+                "http://127.0.0.1:50063",
+            ),
         ]
         .into_iter()
         .map(|(k, var, default)| (k.to_owned(), var_or(var, default)))

@@ -185,7 +185,9 @@ mod tests {
             Event::Outcome {
                 step: 1,
                 kind: Kind::Action,
-                outcome: Outcome::Refused { reason: "credit_limit_exceeded".into() }
+                outcome: Outcome::Refused {
+                    reason: "credit_limit_exceeded".into()
+                }
             }
         );
     }
@@ -195,12 +197,19 @@ mod tests {
         assert!(decode(b"\xff\xff\xff garbage").is_err());
         let mut e = envelope();
         e.event_id = "nope".into();
-        assert_eq!(decode(&e.encode_to_vec()).unwrap_err(), "event_id: not a UUID");
+        assert_eq!(
+            decode(&e.encode_to_vec()).unwrap_err(),
+            "event_id: not a UUID"
+        );
         let mut e = envelope();
         e.kind = 0;
         assert!(decode(&e.encode_to_vec()).unwrap_err().starts_with("kind"));
         let mut e = envelope();
         e.outcome = 7;
-        assert!(decode(&e.encode_to_vec()).unwrap_err().starts_with("outcome"));
+        assert!(
+            decode(&e.encode_to_vec())
+                .unwrap_err()
+                .starts_with("outcome")
+        );
     }
 }

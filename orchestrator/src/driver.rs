@@ -205,7 +205,10 @@ impl Driver {
             after = last.saga_id;
             for (ctx, state) in page {
                 if let Some(cmd) = state.in_flight() {
-                    debug_assert!(matches!(state.status, Status::Running | Status::Compensating));
+                    debug_assert!(matches!(
+                        state.status,
+                        Status::Running | Status::Compensating
+                    ));
                     resumed += 1;
                     self.carry_out(&ctx, vec![Effect::SendCommand(cmd)], None);
                 }

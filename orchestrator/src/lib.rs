@@ -55,19 +55,26 @@ pub async fn run(
     )
     .await?;
 
-    let participants = participants::GrpcParticipants::new(&config.participants, config.command_timeout)?;
+    let participants =
+        participants::GrpcParticipants::new(&config.participants, config.command_timeout)?;
     let inventory = participants
         .channel(definitions::order::INVENTORY)
         .ok_or_else(|| anyhow::anyhow!("no inventory endpoint configured"))?;
     let work = shutdown.child_token();
-    let driver = driver::Driver::new(pool, Arc::new(participants), config.max_concurrent_sends, work.clone());
+    let driver = driver::Driver::new(
+        pool,
+        Arc::new(participants),
+        config.max_concurrent_sends,
+        work.clone(),
+    );
 
     let timers = tokio::spawn(driver.clone().run_timers(config.timer_poll));
     let resumed = driver.resume_all().await?;
     tracing::info!(resumed, "resumed in-flight sagas");
 
     let (subscriber, messages) =
-        pubsub::EventSubscriber::start(&ps, &config.events_subscription, config.subscriber_streams).await?;
+        pubsub::EventSubscriber::start(&ps, &config.events_subscription, config.subscriber_streams)
+            .await?;
     let consumer = tokio::spawn(consumer::run(
         driver.clone(),
         messages,
@@ -76,16 +83,14 @@ pub async fn run(
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<SagaServiceServer<api::Api>>()
-        .await;
+    health.set_serving::<SagaServiceServer<api::Api>>().await;
     let api = api::Api { driver, inventory };
     tracing::info!(addr = %listener.local_addr()?, "orchestrator listening");
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(SagaServiceServer::new(api))
         .serve_with_incoming_shutdown(
-            tokio_stream_listener(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         )
         .await;
@@ -95,16 +100,4 @@ pub async fn run(
     let _ = timers.await;
     served?;
     Ok(())
-}
-
-fn tokio_stream_listener(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| {
-            let _ = s.set_nodelay(true);
-            s
-        });
-        Some((r, l))
-    })
 }

@@ -74,7 +74,9 @@ impl ParticipantClient for GrpcParticipants {
         let timeout = self.timeout;
         Box::pin(async move {
             let channel = channel.ok_or_else(|| {
-                SendError::Permanent(format!("no endpoint configured for participant {participant}"))
+                SendError::Permanent(format!(
+                    "no endpoint configured for participant {participant}"
+                ))
             })?;
             let path = method
                 .parse::<http::uri::PathAndQuery>()
@@ -99,7 +101,11 @@ impl ParticipantClient for GrpcParticipants {
 
 fn classify(participant: &str, method: &str, status: tonic::Status) -> SendError {
     use tonic::Code::*;
-    let msg = format!("{participant} {method}: {:?}: {}", status.code(), status.message());
+    let msg = format!(
+        "{participant} {method}: {:?}: {}",
+        status.code(),
+        status.message()
+    );
     match status.code() {
         Unavailable | DeadlineExceeded | ResourceExhausted | Aborted | Internal | Unknown
         | Cancelled => SendError::Transient(msg),

@@ -135,7 +135,9 @@ pub enum Applied {
 }
 
 pub fn to_time(ms: Millis) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_else(Utc::now)
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_else(Utc::now)
 }
 
 pub fn now_millis() -> Millis {
@@ -146,11 +148,16 @@ pub fn now_millis() -> Millis {
 /// idempotency key exists.
 pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
     let def = &new.definition;
-    let t = saga::apply(def, &SagaState::new(def.steps.len()), &Event::Start, new.now)
-        .map_err(|e| Error::Corrupt {
-            saga_id: new.saga_id,
-            reason: e.to_string(),
-        })?;
+    let t = saga::apply(
+        def,
+        &SagaState::new(def.steps.len()),
+        &Event::Start,
+        new.now,
+    )
+    .map_err(|e| Error::Corrupt {
+        saga_id: new.saga_id,
+        reason: e.to_string(),
+    })?;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let state_json = serde_json::to_value(&t.state).expect("state serialises");
@@ -195,7 +202,15 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
         kind: "placed",
         detail: String::new(),
     });
-    append_history(&tx, new.saga_id, 1, "placed", t.state.status, &format!("placed; {}", note.detail)).await?;
+    append_history(
+        &tx,
+        new.saga_id,
+        1,
+        "placed",
+        t.state.status,
+        &format!("placed; {}", note.detail),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Placed::Created {
         ctx: SagaContext {
@@ -261,7 +276,9 @@ async fn lock_saga(tx: &impl GenericClient, saga_id: Uuid) -> Result<Option<Lock
     let state: serde_json::Value = row.get(4);
     let corrupt = |reason: String| Error::Corrupt { saga_id, reason };
     let definition = definitions::find(&saga_type, definition_version as u32).ok_or_else(|| {
-        corrupt(format!("no definition {saga_type} v{definition_version} in this build"))
+        corrupt(format!(
+            "no definition {saga_type} v{definition_version} in this build"
+        ))
     })?;
     let state: SagaState =
         serde_json::from_value(state).map_err(|e| corrupt(format!("state: {e}")))?;
@@ -309,7 +326,15 @@ async fn apply_locked(
         ],
     )
     .await?;
-    append_history(tx, locked.ctx.saga_id, version, note.kind, t.state.status, &note.detail).await?;
+    append_history(
+        tx,
+        locked.ctx.saga_id,
+        version,
+        note.kind,
+        t.state.status,
+        &note.detail,
+    )
+    .await?;
     Ok(Ok(Applied::Changed {
         ctx: locked.ctx,
         state: t.state,
@@ -351,11 +376,7 @@ pub async fn apply_event(
 
 /// Fire every due timer (up to `limit`), each saga in its own transaction,
 /// skipping sagas another instance holds.
-pub async fn fire_due_timers(
-    pool: &Pool,
-    now: Millis,
-    limit: i64,
-) -> Result<Vec<Applied>, Error> {
+pub async fn fire_due_timers(pool: &Pool, now: Millis, limit: i64) -> Result<Vec<Applied>, Error> {
     let client = pool.get().await?;
     let due: Vec<Uuid> = client
         .query(
@@ -390,8 +411,11 @@ pub async fn fire_due_timers(
             Err(e) => {
                 tracing::error!(saga.id = %saga_id, error = %e, "timeout rejected");
                 // Don't spin on it: clear the wake-up; the saga stays visible.
-                tx.execute("UPDATE sagas SET next_wakeup = NULL WHERE saga_id = $1", &[&saga_id])
-                    .await?;
+                tx.execute(
+                    "UPDATE sagas SET next_wakeup = NULL WHERE saga_id = $1",
+                    &[&saga_id],
+                )
+                .await?;
             }
         }
         tx.commit().await?;
@@ -417,10 +441,11 @@ pub async fn in_flight_page(
     rows.iter()
         .map(|row| {
             let saga_id: Uuid = row.get(0);
-            let state: SagaState = serde_json::from_value(row.get(5)).map_err(|e| Error::Corrupt {
-                saga_id,
-                reason: format!("state: {e}"),
-            })?;
+            let state: SagaState =
+                serde_json::from_value(row.get(5)).map_err(|e| Error::Corrupt {
+                    saga_id,
+                    reason: format!("state: {e}"),
+                })?;
             Ok((
                 SagaContext {
                     saga_id,

@@ -120,7 +120,10 @@ fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
 pub async fn get(pool: &Pool, saga_id: Uuid) -> Result<Option<pb::Saga>, store::Error> {
     let client = pool.get().await?;
     let Some(row) = client
-        .query_opt(&format!("SELECT {COLUMNS} FROM sagas WHERE saga_id = $1"), &[&saga_id])
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM sagas WHERE saga_id = $1"),
+            &[&saga_id],
+        )
         .await?
     else {
         return Ok(None);
@@ -167,7 +170,8 @@ pub async fn list(
     let (micros, id) = after
         .map(|t| (t.created_micros, t.saga_id))
         .unwrap_or((i64::MAX, Uuid::max()));
-    let after_time = DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let after_time =
+        DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or(DateTime::<Utc>::MAX_UTC);
     let limit = i64::from(page_size) + 1;
     let rows = client
         .query(

@@ -236,3 +236,54 @@ async fn a_row_pubsub_rejects_does_not_hold_back_the_others() {
     drop(rx);
     subscriber.shutdown().await;
 }
+
+/// Throughput of one relay on one database, without a subscriber. Ignored by
+/// default; run with
+/// `cargo test -p sagaflow-outbox-relay --release --test relay -- --ignored --nocapture`.
+/// `RELAY_BENCH_ROWS`, `RELAY_BENCH_BATCH`, `RELAY_BENCH_PER_SAGA`,
+/// `RELAY_BENCH_RELAYS` tune it.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark"]
+async fn relay_throughput() {
+    init_logs();
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, batch, per_saga, relays) = (
+        env("RELAY_BENCH_ROWS", 20_000),
+        env("RELAY_BENCH_BATCH", 100),
+        env("RELAY_BENCH_PER_SAGA", 1),
+        env("RELAY_BENCH_RELAYS", 1),
+    );
+    let emu = emulator();
+    let db = TestDb::migrated().await;
+    db.insert(&events(n / per_saga, per_saga)).await;
+    let topic = support::unique("events");
+    sagaflow_common::pubsub::ensure_topic(&emu.config(), &topic)
+        .await
+        .expect("creating topic");
+    let started = Instant::now();
+    let running: Vec<Relay> = (0..relays)
+        .map(|_| {
+            Relay::start(outbox_relay::RelayConfig {
+                batch_size: batch as i64,
+                ..relay_config(&emu, &[&db], &topic)
+            })
+        })
+        .collect();
+    wait_for("every row sent", Duration::from_secs(600), || async {
+        db.count(UNSENT).await == 0
+    })
+    .await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{n} rows ({per_saga} per saga), batch {batch}, {relays} relay(s): {elapsed:?}, {:.0} rows/s",
+        n as f64 / elapsed.as_secs_f64()
+    );
+    for r in running {
+        r.stop().await;
+    }
+}

@@ -77,7 +77,10 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(participant = kind.name(), %addr, "serving");
     router
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
         .await
         .with_context(|| format!("serving {kind} on {addr}"))?;
     tracing::info!(participant = kind.name(), "stopped");

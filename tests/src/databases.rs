@@ -74,7 +74,9 @@ impl Drop for Databases {
         let names = std::mem::take(&mut self.names);
         // Drop may run inside a runtime: use a thread with its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let client = db::connect(&format!("{SERVER}/postgres")).await?;
                 for n in names {

@@ -34,14 +34,21 @@ impl Report {
 /// Check: money charged − refunded = approved orders' amounts = credit used;
 /// stock consumed = approved quantities; no order PENDING; no payment
 /// CHARGED for a CANCELLED order.
-pub async fn check(order_url: &str, payment_url: &str, inventory_url: &str) -> anyhow::Result<Report> {
+pub async fn check(
+    order_url: &str,
+    payment_url: &str,
+    inventory_url: &str,
+) -> anyhow::Result<Report> {
     let order = db::connect(order_url).await?;
     let payment = db::connect(payment_url).await?;
     let inventory = db::connect(inventory_url).await?;
     let mut r = Report::default();
 
     let orders = order
-        .query("SELECT saga_id, status, amount_cents, items FROM orders", &[])
+        .query(
+            "SELECT saga_id, status, amount_cents, items FROM orders",
+            &[],
+        )
         .await?;
     let mut order_status: HashMap<uuid::Uuid, String> = HashMap::new();
     for row in &orders {
@@ -60,7 +67,10 @@ pub async fn check(order_url: &str, payment_url: &str, inventory_url: &str) -> a
         order_status.insert(id, status);
     }
 
-    for row in payment.query("SELECT saga_id, status, amount_cents FROM payments", &[]).await? {
+    for row in payment
+        .query("SELECT saga_id, status, amount_cents FROM payments", &[])
+        .await?
+    {
         let id: uuid::Uuid = row.get(0);
         let status: String = row.get(1);
         let amount: i64 = row.get(2);
@@ -104,7 +114,10 @@ pub async fn check(order_url: &str, payment_url: &str, inventory_url: &str) -> a
         ));
     }
     if credit != r.approved_cents {
-        r.violations.push(format!("credit used {credit} != approved orders {}", r.approved_cents));
+        r.violations.push(format!(
+            "credit used {credit} != approved orders {}",
+            r.approved_cents
+        ));
     }
     if r.stock_consumed != r.approved_quantity {
         r.violations.push(format!(
@@ -113,10 +126,14 @@ pub async fn check(order_url: &str, payment_url: &str, inventory_url: &str) -> a
         ));
     }
     if r.pending_orders != 0 {
-        r.violations.push(format!("{} orders left PENDING", r.pending_orders));
+        r.violations
+            .push(format!("{} orders left PENDING", r.pending_orders));
     }
     if r.charged_for_cancelled != 0 {
-        r.violations.push(format!("{} payments CHARGED for CANCELLED orders", r.charged_for_cancelled));
+        r.violations.push(format!(
+            "{} payments CHARGED for CANCELLED orders",
+            r.charged_for_cancelled
+        ));
     }
     Ok(r)
 }
@@ -124,6 +141,10 @@ pub async fn check(order_url: &str, payment_url: &str, inventory_url: &str) -> a
 fn quantity_of(items: &serde_json::Value) -> i64 {
     items
         .as_array()
-        .map(|a| a.iter().filter_map(|i| i.get("quantity").and_then(|q| q.as_i64())).sum())
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i.get("quantity").and_then(|q| q.as_i64()))
+                .sum()
+        })
         .unwrap_or(0)
 }

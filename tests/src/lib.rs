@@ -41,7 +41,9 @@ where
         if start.elapsed() > timeout {
             anyhow::bail!(
                 "timed out after {timeout:?} waiting for {what}{}",
-                last_err.map(|e| format!(" (last error: {e:#})")).unwrap_or_default()
+                last_err
+                    .map(|e| format!(" (last error: {e:#})"))
+                    .unwrap_or_default()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -50,8 +52,10 @@ where
 
 /// Wait until something accepts TCP connections on `addr`.
 pub async fn wait_for_port(addr: &str, timeout: Duration) -> anyhow::Result<()> {
-    wait_for(&format!("{addr} to accept connections"), timeout, || async {
-        Ok(tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()))
-    })
+    wait_for(
+        &format!("{addr} to accept connections"),
+        timeout,
+        || async { Ok(tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())) },
+    )
     .await
 }

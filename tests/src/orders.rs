@@ -35,13 +35,23 @@ pub enum Expect {
 pub fn mixed(i: usize) -> (PlaceOrderRequest, Expect) {
     let amount = 1_000 + (i as i64 % 17) * 100;
     if i % 7 == 3 {
-        (order("cust-broke", &[("sku-widget", 1)], amount), Expect::PaymentRefused)
+        (
+            order("cust-broke", &[("sku-widget", 1)], amount),
+            Expect::PaymentRefused,
+        )
     } else if i % 11 == 5 {
-        (order("cust-alice", &[("sku-soldout", 1)], amount), Expect::StockShort)
+        (
+            order("cust-alice", &[("sku-soldout", 1)], amount),
+            Expect::StockShort,
+        )
     } else {
         let qty = 1 + (i as i64 % 3);
         (
-            order("cust-alice", &[("sku-widget", qty), ("sku-gadget", 1)], amount),
+            order(
+                "cust-alice",
+                &[("sku-widget", qty), ("sku-gadget", 1)],
+                amount,
+            ),
             Expect::Completed,
         )
     }

@@ -27,13 +27,23 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
             if dir.ends_with("deps") {
                 dir.pop();
             }
-            let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
+            let profile = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("debug")
+                .to_owned();
             // Make sure the service binaries are built and current (a no-op
             // when they are); cargo's lock makes concurrent calls safe.
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "--bins"])
-                .args(["-p", "sagaflow-orchestrator", "-p", "sagaflow-participants", "-p", "sagaflow-outbox-relay"]);
+            cmd.args(["build", "--quiet", "--bins"]).args([
+                "-p",
+                "sagaflow-orchestrator",
+                "-p",
+                "sagaflow-participants",
+                "-p",
+                "sagaflow-outbox-relay",
+            ]);
             if profile == "release" {
                 cmd.arg("--release");
             }
@@ -42,7 +52,9 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
                 .status()
                 .map_err(|e| format!("running cargo build: {e}"))?;
             if !status.success() {
-                return Err(format!("cargo build of the service binaries failed: {status}"));
+                return Err(format!(
+                    "cargo build of the service binaries failed: {status}"
+                ));
             }
             Ok(dir)
         })
@@ -53,20 +65,12 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 /// The kinds of process a system runs.
 pub const PARTICIPANTS: [&str; 3] = ["order", "payment", "inventory"];
 
+#[derive(Default)]
 pub struct Options {
     /// Extra environment for every process (e.g. shorter step deadlines).
     pub env: Vec<(String, String)>,
     /// Use the default database names (kept) instead of fresh ones.
     pub default_databases: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            env: Vec::new(),
-            default_databases: false,
-        }
-    }
 }
 
 struct Proc {
@@ -124,16 +128,31 @@ impl System {
         let mut env = vec![
             ("PUBSUB_EMULATOR_HOST".to_owned(), emulator_host.clone()),
             ("SAGAFLOW_EVENTS_TOPIC".to_owned(), topic.clone()),
-            ("SAGAFLOW_EVENTS_SUBSCRIPTION".to_owned(), subscription.clone()),
-            ("SAGAFLOW_ORCHESTRATOR_DATABASE_URL".to_owned(), dbs.orchestrator.clone()),
+            (
+                "SAGAFLOW_EVENTS_SUBSCRIPTION".to_owned(),
+                subscription.clone(),
+            ),
+            (
+                "SAGAFLOW_ORCHESTRATOR_DATABASE_URL".to_owned(),
+                dbs.orchestrator.clone(),
+            ),
             ("SAGAFLOW_ORDER_DATABASE_URL".to_owned(), dbs.order.clone()),
-            ("SAGAFLOW_PAYMENT_DATABASE_URL".to_owned(), dbs.payment.clone()),
-            ("SAGAFLOW_INVENTORY_DATABASE_URL".to_owned(), dbs.inventory.clone()),
+            (
+                "SAGAFLOW_PAYMENT_DATABASE_URL".to_owned(),
+                dbs.payment.clone(),
+            ),
+            (
+                "SAGAFLOW_INVENTORY_DATABASE_URL".to_owned(),
+                dbs.inventory.clone(),
+            ),
             (
                 "SAGAFLOW_RELAY_DATABASE_URLS".to_owned(),
                 format!("{},{},{}", dbs.order, dbs.payment, dbs.inventory),
             ),
-            ("RUST_LOG".to_owned(), std::env::var("SAGAFLOW_TEST_LOG").unwrap_or_else(|_| "info".into())),
+            (
+                "RUST_LOG".to_owned(),
+                std::env::var("SAGAFLOW_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
         ];
         for p in PARTICIPANTS {
             let up = p.to_uppercase();
@@ -179,19 +198,26 @@ impl System {
             anyhow::bail!("unknown process kind {name}");
         };
         let log_path = self.log_dir.join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let mut cmd = Command::new(bins.join(bin));
         cmd.args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if let Some(addr) = self.addrs.get(name) {
-            if name.starts_with("orchestrator") {
-                cmd.env("SAGAFLOW_ORCHESTRATOR_LISTEN", addr);
-            }
+        if let Some(addr) = self
+            .addrs
+            .get(name)
+            .filter(|_| name.starts_with("orchestrator"))
+        {
+            cmd.env("SAGAFLOW_ORCHESTRATOR_LISTEN", addr);
         }
-        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("spawning {bin}: {e}"))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("spawning {bin}: {e}"))?;
         self.procs.insert(name.to_owned(), Proc { child });
         Ok(())
     }
@@ -214,8 +240,15 @@ impl System {
     }
 
     /// SIGTERM a process and wait (up to `timeout`) for it to exit by itself.
-    pub async fn terminate(&mut self, name: &str, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        let mut p = self.procs.remove(name).ok_or_else(|| anyhow::anyhow!("{name} is not running"))?;
+    pub async fn terminate(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let mut p = self
+            .procs
+            .remove(name)
+            .ok_or_else(|| anyhow::anyhow!("{name} is not running"))?;
         let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
         let status = wait_for(&format!("{name} to exit after SIGTERM"), timeout, || {
@@ -228,22 +261,34 @@ impl System {
 
     async fn wait_healthy(&self, addr: &str) -> anyhow::Result<()> {
         let url = format!("http://{addr}");
-        wait_for(&format!("{addr} to report SERVING"), Duration::from_secs(60), || {
-            let url = url.clone();
-            async move {
-                let Ok(channel) = Channel::from_shared(url)?.connect().await else {
-                    return Ok(None);
-                };
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                let resp = health
-                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
-                    .await;
-                Ok(match resp {
-                    Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 => Some(()),
-                    _ => None,
-                })
-            }
-        })
+        wait_for(
+            &format!("{addr} to report SERVING"),
+            Duration::from_secs(60),
+            || {
+                let url = url.clone();
+                async move {
+                    let Ok(channel) = Channel::from_shared(url)?.connect().await else {
+                        return Ok(None);
+                    };
+                    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                    let resp = health
+                        .check(tonic_health::pb::HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await;
+                    Ok(match resp {
+                        Ok(r)
+                            if r.get_ref().status
+                                == tonic_health::pb::health_check_response::ServingStatus::Serving
+                                    as i32 =>
+                        {
+                            Some(())
+                        }
+                        _ => None,
+                    })
+                }
+            },
+        )
         .await
     }
 
@@ -256,7 +301,9 @@ impl System {
     /// A client of orchestrator `n`.
     pub async fn client_of(&self, n: usize) -> anyhow::Result<SagaServiceClient<Channel>> {
         let addr = &self.addrs[&format!("orchestrator-{n}")];
-        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
         Ok(SagaServiceClient::new(channel))
     }
 
@@ -265,14 +312,21 @@ impl System {
     }
 
     /// Wait until every saga in `ids` is terminal; returns them in order.
-    pub async fn wait_terminal(&self, ids: &[String], timeout: Duration) -> anyhow::Result<Vec<Saga>> {
+    pub async fn wait_terminal(
+        &self,
+        ids: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Saga>> {
         use futures::StreamExt as _;
         let client = self.client().await?;
         let done: Arc<Mutex<HashMap<String, Saga>>> = Arc::default();
         wait_for(&format!("{} sagas to finish", ids.len()), timeout, || {
             let pending: Vec<String> = {
                 let d = done.lock().expect("lock");
-                ids.iter().filter(|id| !d.contains_key(*id)).cloned().collect()
+                ids.iter()
+                    .filter(|id| !d.contains_key(*id))
+                    .cloned()
+                    .collect()
             };
             let done = done.clone();
             let client = client.clone();
@@ -281,7 +335,12 @@ impl System {
                 let results: Vec<anyhow::Result<Saga>> = futures::stream::iter(pending)
                     .map(|id| {
                         let mut client = client.clone();
-                        async move { Ok(client.get_saga(GetSagaRequest { saga_id: id }).await?.into_inner()) }
+                        async move {
+                            Ok(client
+                                .get_saga(GetSagaRequest { saga_id: id })
+                                .await?
+                                .into_inner())
+                        }
                     })
                     .buffer_unordered(16)
                     .collect()
@@ -299,7 +358,10 @@ impl System {
         .await
         .map_err(|e| anyhow::anyhow!("{e}; logs in {}", self.log_dir.display()))?;
         let mut d = done.lock().expect("lock");
-        Ok(ids.iter().map(|id| d.remove(id).expect("collected")).collect())
+        Ok(ids
+            .iter()
+            .map(|id| d.remove(id).expect("collected"))
+            .collect())
     }
 
     /// Count sagas by state through ListSagas (all pages).
@@ -309,7 +371,11 @@ impl System {
         let mut token = String::new();
         loop {
             let page = client
-                .list_sagas(ListSagasRequest { states: vec![], page_size: 500, page_token: token })
+                .list_sagas(ListSagasRequest {
+                    states: vec![],
+                    page_size: 500,
+                    page_token: token,
+                })
                 .await?
                 .into_inner();
             for s in &page.sagas {

@@ -6,10 +6,15 @@ use std::time::Duration;
 use prost::Message as _;
 use sagaflow_common::db;
 use sagaflow_protos::events::v1::EventEnvelope;
-use sagaflow_protos::orchestrator::v1::{GetSagaRequest, ListSagasRequest, PlaceOrderRequest, SagaState};
+use sagaflow_protos::orchestrator::v1::{
+    GetSagaRequest, ListSagasRequest, PlaceOrderRequest, SagaState,
+};
 use sagaflow_tests::orders::order;
 use sagaflow_tests::system::{Options, System};
 use sagaflow_tests::{invariants, wait_for};
+
+/// A change that makes a good request bad.
+type Mutation = Box<dyn Fn(&mut PlaceOrderRequest)>;
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -20,14 +25,21 @@ async fn one(db_url: &str, sql: &str, id: &uuid::Uuid) -> anyhow::Result<Option<
 
 async fn stock(sys: &System, sku: &str) -> anyhow::Result<i64> {
     let c = db::connect(&sys.dbs.inventory).await?;
-    Ok(c.query_one("SELECT stock FROM items WHERE sku = $1", &[&sku]).await?.get(0))
+    Ok(
+        c.query_one("SELECT stock FROM items WHERE sku = $1", &[&sku])
+            .await?
+            .get(0),
+    )
 }
 
 async fn available(sys: &System, customer: &str) -> anyhow::Result<i64> {
     let c = db::connect(&sys.dbs.payment).await?;
-    Ok(c.query_one("SELECT available_cents FROM customers WHERE customer_id = $1", &[&customer])
-        .await?
-        .get(0))
+    Ok(c.query_one(
+        "SELECT available_cents FROM customers WHERE customer_id = $1",
+        &[&customer],
+    )
+    .await?
+    .get(0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,39 +50,124 @@ async fn order_saga_outcomes_end_to_end() -> anyhow::Result<()> {
     let soldout_before = stock(&sys, "sku-soldout").await?;
     let alice_before = available(&sys, "cust-alice").await?;
 
-    let happy = client.place_order(order("cust-alice", &[("sku-widget", 2)], 2_500)).await?.into_inner();
-    let refused = client.place_order(order("cust-broke", &[("sku-widget", 1)], 1_000)).await?.into_inner();
-    let short = client.place_order(order("cust-alice", &[("sku-soldout", 1)], 700)).await?.into_inner();
+    let happy = client
+        .place_order(order("cust-alice", &[("sku-widget", 2)], 2_500))
+        .await?
+        .into_inner();
+    let refused = client
+        .place_order(order("cust-broke", &[("sku-widget", 1)], 1_000))
+        .await?
+        .into_inner();
+    let short = client
+        .place_order(order("cust-alice", &[("sku-soldout", 1)], 700))
+        .await?
+        .into_inner();
     assert!(happy.created && refused.created && short.created);
     // PlaceOrder answers at once; the saga runs after.
     assert_eq!(happy.state, SagaState::Running as i32);
 
-    let ids = vec![happy.saga_id.clone(), refused.saga_id.clone(), short.saga_id.clone()];
+    let ids = vec![
+        happy.saga_id.clone(),
+        refused.saga_id.clone(),
+        short.saga_id.clone(),
+    ];
     let done = sys.wait_terminal(&ids, SETTLE).await?;
 
     // Happy path: order APPROVED, payment CHARGED, stock decremented, COMPLETED.
     let id = uuid::Uuid::parse_str(&happy.saga_id)?;
     assert_eq!(done[0].state, SagaState::Completed as i32, "{:?}", done[0]);
-    assert!(done[0].steps.iter().all(|s| s.status == "SUCCEEDED"), "{:?}", done[0].steps);
-    assert_eq!(one(&sys.dbs.order, "SELECT status FROM orders WHERE saga_id = $1", &id).await?.as_deref(), Some("APPROVED"));
-    assert_eq!(one(&sys.dbs.payment, "SELECT status FROM payments WHERE saga_id = $1", &id).await?.as_deref(), Some("CHARGED"));
+    assert!(
+        done[0].steps.iter().all(|s| s.status == "SUCCEEDED"),
+        "{:?}",
+        done[0].steps
+    );
+    assert_eq!(
+        one(
+            &sys.dbs.order,
+            "SELECT status FROM orders WHERE saga_id = $1",
+            &id
+        )
+        .await?
+        .as_deref(),
+        Some("APPROVED")
+    );
+    assert_eq!(
+        one(
+            &sys.dbs.payment,
+            "SELECT status FROM payments WHERE saga_id = $1",
+            &id
+        )
+        .await?
+        .as_deref(),
+        Some("CHARGED")
+    );
 
     // Payment refused: order CANCELLED, no charge, COMPENSATED.
     let id = uuid::Uuid::parse_str(&refused.saga_id)?;
-    assert_eq!(done[1].state, SagaState::Compensated as i32, "{:?}", done[1]);
-    assert!(done[1].reason.contains("credit_limit_exceeded"), "{}", done[1].reason);
-    assert_eq!(one(&sys.dbs.order, "SELECT status FROM orders WHERE saga_id = $1", &id).await?.as_deref(), Some("CANCELLED"));
-    assert_ne!(one(&sys.dbs.payment, "SELECT status FROM payments WHERE saga_id = $1", &id).await?.as_deref(), Some("CHARGED"));
+    assert_eq!(
+        done[1].state,
+        SagaState::Compensated as i32,
+        "{:?}",
+        done[1]
+    );
+    assert!(
+        done[1].reason.contains("credit_limit_exceeded"),
+        "{}",
+        done[1].reason
+    );
+    assert_eq!(
+        one(
+            &sys.dbs.order,
+            "SELECT status FROM orders WHERE saga_id = $1",
+            &id
+        )
+        .await?
+        .as_deref(),
+        Some("CANCELLED")
+    );
+    assert_ne!(
+        one(
+            &sys.dbs.payment,
+            "SELECT status FROM payments WHERE saga_id = $1",
+            &id
+        )
+        .await?
+        .as_deref(),
+        Some("CHARGED")
+    );
     assert_eq!(done[1].steps[1].status, "REFUSED");
     assert_eq!(done[1].steps[0].status, "COMPENSATED");
     assert_eq!(done[1].steps[2].status, "NOT_STARTED");
 
     // Stock short: payment REFUNDED, order CANCELLED, stock unchanged, COMPENSATED.
     let id = uuid::Uuid::parse_str(&short.saga_id)?;
-    assert_eq!(done[2].state, SagaState::Compensated as i32, "{:?}", done[2]);
+    assert_eq!(
+        done[2].state,
+        SagaState::Compensated as i32,
+        "{:?}",
+        done[2]
+    );
     assert!(done[2].reason.contains("stock_short"), "{}", done[2].reason);
-    assert_eq!(one(&sys.dbs.payment, "SELECT status FROM payments WHERE saga_id = $1", &id).await?.as_deref(), Some("REFUNDED"));
-    assert_eq!(one(&sys.dbs.order, "SELECT status FROM orders WHERE saga_id = $1", &id).await?.as_deref(), Some("CANCELLED"));
+    assert_eq!(
+        one(
+            &sys.dbs.payment,
+            "SELECT status FROM payments WHERE saga_id = $1",
+            &id
+        )
+        .await?
+        .as_deref(),
+        Some("REFUNDED")
+    );
+    assert_eq!(
+        one(
+            &sys.dbs.order,
+            "SELECT status FROM orders WHERE saga_id = $1",
+            &id
+        )
+        .await?
+        .as_deref(),
+        Some("CANCELLED")
+    );
     assert_eq!(stock(&sys, "sku-soldout").await?, soldout_before);
 
     // Money and stock: only the happy order's effects remain.
@@ -80,19 +177,43 @@ async fn order_saga_outcomes_end_to_end() -> anyhow::Result<()> {
     assert!(report.ok(), "{:?}", report.violations);
 
     // History: sequence-numbered, gap-free, ending in the terminal state.
-    let full = client.get_saga(GetSagaRequest { saga_id: short.saga_id.clone() }).await?.into_inner();
+    let full = client
+        .get_saga(GetSagaRequest {
+            saga_id: short.saga_id.clone(),
+        })
+        .await?
+        .into_inner();
     let seqs: Vec<u64> = full.history.iter().map(|h| h.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
-    assert_eq!(full.history.last().unwrap().state, SagaState::Compensated as i32);
+    assert_eq!(
+        full.history.last().unwrap().state,
+        SagaState::Compensated as i32
+    );
     let kinds: Vec<&str> = full.history.iter().map(|h| h.kind.as_str()).collect();
-    assert_eq!(kinds, ["placed", "step_succeeded", "step_succeeded", "step_refused", "step_compensated", "step_compensated"]);
+    assert_eq!(
+        kinds,
+        [
+            "placed",
+            "step_succeeded",
+            "step_succeeded",
+            "step_refused",
+            "step_compensated",
+            "step_compensated"
+        ]
+    );
 
     // Trace context: every outbox row of the saga carries a traceparent of
     // the saga's trace.
     assert_eq!(full.trace_id.len(), 32, "saga has a trace id");
     for url in [&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory] {
         let c = db::connect(url).await?;
-        for row in c.query("SELECT traceparent, payload FROM outbox WHERE saga_id = $1", &[&id]).await? {
+        for row in c
+            .query(
+                "SELECT traceparent, payload FROM outbox WHERE saga_id = $1",
+                &[&id],
+            )
+            .await?
+        {
             let tp: Option<String> = row.get(0);
             let tp = tp.expect("outbox row has a traceparent");
             assert_eq!(tp.split('-').nth(1), Some(full.trace_id.as_str()), "{tp}");
@@ -105,7 +226,9 @@ async fn order_saga_outcomes_end_to_end() -> anyhow::Result<()> {
 
 async fn count(url: &str, table: &str) -> anyhow::Result<i64> {
     let c = db::connect(url).await?;
-    Ok(c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0))
+    Ok(c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await?
+        .get(0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +237,7 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
     let mut client = sys.client().await?;
 
     let good = order("cust-alice", &[("sku-widget", 1)], 1_000);
-    let cases: Vec<(&str, Box<dyn Fn(&mut PlaceOrderRequest)>)> = vec![
+    let cases: Vec<(&str, Mutation)> = vec![
         ("idempotency_key", Box::new(|r| r.idempotency_key.clear())),
         ("customer_id", Box::new(|r| r.customer_id.clear())),
         ("items", Box::new(|r| r.items.clear())),
@@ -124,14 +247,21 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
         ("amount_cents", Box::new(|r| r.amount_cents = 0)),
         ("amount_cents", Box::new(|r| r.amount_cents = -100)),
         ("currency", Box::new(|r| r.currency = "euros".into())),
-        ("items[0].sku", Box::new(|r| r.items[0].sku = "sku-does-not-exist".into())),
+        (
+            "items[0].sku",
+            Box::new(|r| r.items[0].sku = "sku-does-not-exist".into()),
+        ),
     ];
     for (field, mutate) in &cases {
         let mut req = good.clone();
         mutate(&mut req);
         let err = client.place_order(req).await.expect_err("must be refused");
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
-        assert!(err.message().starts_with(field), "{:?} should name {field}", err.message());
+        assert!(
+            err.message().starts_with(field),
+            "{:?} should name {field}",
+            err.message()
+        );
     }
     // Nothing was written anywhere.
     assert_eq!(count(&sys.dbs.orchestrator, "sagas").await?, 0);
@@ -147,33 +277,63 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
     // The same key with another payload is refused, naming the key.
     let mut other = good.clone();
     other.amount_cents += 1;
-    let err = client.place_order(other).await.expect_err("different payload");
+    let err = client
+        .place_order(other)
+        .await
+        .expect_err("different payload");
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
-    assert!(err.message().starts_with("idempotency_key"), "{}", err.message());
+    assert!(
+        err.message().starts_with("idempotency_key"),
+        "{}",
+        err.message()
+    );
     assert_eq!(count(&sys.dbs.orchestrator, "sagas").await?, 1);
 
     // GetSaga: unknown → NOT_FOUND; malformed → INVALID_ARGUMENT.
     let err = client
-        .get_saga(GetSagaRequest { saga_id: uuid::Uuid::now_v7().to_string() })
+        .get_saga(GetSagaRequest {
+            saga_id: uuid::Uuid::now_v7().to_string(),
+        })
         .await
         .expect_err("unknown saga");
     assert_eq!(err.code(), tonic::Code::NotFound);
-    let err = client.get_saga(GetSagaRequest { saga_id: "nope".into() }).await.expect_err("bad id");
+    let err = client
+        .get_saga(GetSagaRequest {
+            saga_id: "nope".into(),
+        })
+        .await
+        .expect_err("bad id");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().starts_with("saga_id"));
 
     // ListSagas: filters by state, pages without gaps or repeats.
     let mut ids = vec![first.saga_id.clone()];
     for _ in 0..6 {
-        ids.push(client.place_order(order("cust-alice", &[("sku-gadget", 1)], 500)).await?.into_inner().saga_id);
+        ids.push(
+            client
+                .place_order(order("cust-alice", &[("sku-gadget", 1)], 500))
+                .await?
+                .into_inner()
+                .saga_id,
+        );
     }
-    ids.push(client.place_order(order("cust-broke", &[("sku-gadget", 1)], 500)).await?.into_inner().saga_id);
+    ids.push(
+        client
+            .place_order(order("cust-broke", &[("sku-gadget", 1)], 500))
+            .await?
+            .into_inner()
+            .saga_id,
+    );
     sys.wait_terminal(&ids, SETTLE).await?;
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
         let page = client
-            .list_sagas(ListSagasRequest { states: vec![], page_size: 3, page_token: token })
+            .list_sagas(ListSagasRequest {
+                states: vec![],
+                page_size: 3,
+                page_token: token,
+            })
             .await?
             .into_inner();
         assert!(page.sagas.len() <= 3);
@@ -186,15 +346,27 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
     let mut sorted_seen = seen.clone();
     sorted_seen.sort();
     sorted_seen.dedup();
-    assert_eq!(sorted_seen.len(), ids.len(), "every saga exactly once: {seen:?}");
+    assert_eq!(
+        sorted_seen.len(),
+        ids.len(),
+        "every saga exactly once: {seen:?}"
+    );
     let compensated = client
-        .list_sagas(ListSagasRequest { states: vec![SagaState::Compensated as i32], page_size: 0, page_token: String::new() })
+        .list_sagas(ListSagasRequest {
+            states: vec![SagaState::Compensated as i32],
+            page_size: 0,
+            page_token: String::new(),
+        })
         .await?
         .into_inner();
     assert_eq!(compensated.sagas.len(), 1);
     assert_eq!(compensated.sagas[0].saga_id, ids[7]);
     let err = client
-        .list_sagas(ListSagasRequest { states: vec![], page_size: 0, page_token: "garbage".into() })
+        .list_sagas(ListSagasRequest {
+            states: vec![],
+            page_size: 0,
+            page_token: "garbage".into(),
+        })
         .await
         .expect_err("bad token");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -218,7 +390,10 @@ async fn poison_messages_are_recorded_and_do_not_block_the_consumer() -> anyhow:
         outcome: 1,
         ..Default::default()
     };
-    for data in [b"\x08\xff\xff not protobuf".to_vec(), unknown.encode_to_vec()] {
+    for data in [
+        b"\x08\xff\xff not protobuf".to_vec(),
+        unknown.encode_to_vec(),
+    ] {
         publisher
             .publish(sagaflow_common::pubsub::OutgoingMessage {
                 data,
@@ -229,17 +404,25 @@ async fn poison_messages_are_recorded_and_do_not_block_the_consumer() -> anyhow:
     }
     // A normal saga still runs to completion.
     let mut client = sys.client().await?;
-    let placed = client.place_order(order("cust-alice", &[("sku-widget", 1)], 100)).await?.into_inner();
+    let placed = client
+        .place_order(order("cust-alice", &[("sku-widget", 1)], 100))
+        .await?
+        .into_inner();
     let done = sys.wait_terminal(&[placed.saga_id], SETTLE).await?;
     assert_eq!(done[0].state, SagaState::Completed as i32);
     let rejected = wait_for("both poison messages to be recorded", SETTLE, || async {
         let c = db::connect(&sys.dbs.orchestrator).await?;
-        let rows = c.query("SELECT reason FROM rejected_events ORDER BY id", &[]).await?;
+        let rows = c
+            .query("SELECT reason FROM rejected_events ORDER BY id", &[])
+            .await?;
         let reasons: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         Ok((reasons.len() >= 2).then_some(reasons))
     })
     .await?;
-    assert!(rejected.iter().any(|r| r.starts_with("undecodable")), "{rejected:?}");
+    assert!(
+        rejected.iter().any(|r| r.starts_with("undecodable")),
+        "{rejected:?}"
+    );
     assert!(rejected.iter().any(|r| r == "unknown saga"), "{rejected:?}");
     Ok(())
 }

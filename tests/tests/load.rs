@@ -15,7 +15,9 @@ const SAGAS: usize = 500;
 const BOUND: Duration = Duration::from_secs(240);
 
 fn millis(t: &Option<prost_types::Timestamp>) -> i64 {
-    t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000).unwrap_or(0)
+    t.as_ref()
+        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,9 +47,14 @@ async fn five_hundred_concurrent_sagas() -> anyhow::Result<()> {
         count(SagaState::Compensated),
         count(SagaState::CompensationFailed),
     );
-    let mut latencies: Vec<i64> = done.iter().map(|d| millis(&d.updated_at) - millis(&d.created_at)).collect();
+    let mut latencies: Vec<i64> = done
+        .iter()
+        .map(|d| millis(&d.updated_at) - millis(&d.created_at))
+        .collect();
     latencies.sort_unstable();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
     let report = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
     let mut wrong = Vec::new();
     for ((id, expect), saga) in placed.iter().zip(&done) {
@@ -56,7 +63,10 @@ async fn five_hundred_concurrent_sagas() -> anyhow::Result<()> {
             Expect::PaymentRefused | Expect::StockShort => SagaState::Compensated,
         };
         if saga.state != want as i32 {
-            wrong.push(format!("{id}: expected {want:?}, got {} ({})", saga.state, saga.reason));
+            wrong.push(format!(
+                "{id}: expected {want:?}, got {} ({})",
+                saga.state, saga.reason
+            ));
         }
     }
     let ok = report.ok() && wrong.is_empty();
@@ -66,7 +76,11 @@ async fn five_hundred_concurrent_sagas() -> anyhow::Result<()> {
         pct(0.50),
         pct(0.99),
     );
-    println!("load: all {SAGAS} terminal after {:.1}s wall time ({:.0} sagas/s)", wall.as_secs_f64(), SAGAS as f64 / wall.as_secs_f64());
+    println!(
+        "load: all {SAGAS} terminal after {:.1}s wall time ({:.0} sagas/s)",
+        wall.as_secs_f64(),
+        SAGAS as f64 / wall.as_secs_f64()
+    );
     assert!(report.ok(), "{:?}", report.violations);
     assert!(wrong.is_empty(), "{wrong:?}");
     assert_eq!(completed + compensated + failed, SAGAS);

@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use sagaflow_common::db;
+use sagaflow_tests::invariants;
 use sagaflow_tests::orders::mixed;
 use sagaflow_tests::system::{Options, System};
-use sagaflow_tests::invariants;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_the_orchestrator_with_100_sagas_in_flight() -> anyhow::Result<()> {
@@ -22,7 +22,10 @@ async fn sigkill_the_orchestrator_with_100_sagas_in_flight() -> anyhow::Result<(
     sys.kill("orchestrator-0");
     let c = db::connect(&sys.dbs.orchestrator).await?;
     let in_flight: i64 = c
-        .query_one("SELECT count(*) FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING')", &[])
+        .query_one(
+            "SELECT count(*) FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING')",
+            &[],
+        )
         .await?
         .get(0);
     println!("restart: {in_flight} of 100 sagas in flight at SIGKILL");
@@ -36,19 +39,26 @@ async fn sigkill_the_orchestrator_with_100_sagas_in_flight() -> anyhow::Result<(
     // None advanced twice: every forward transition appears once per saga,
     // and history sequence numbers are gap-free.
     let rows = c
-        .query("SELECT saga_id, seq, kind, detail FROM saga_history ORDER BY saga_id, seq", &[])
+        .query(
+            "SELECT saga_id, seq, kind, detail FROM saga_history ORDER BY saga_id, seq",
+            &[],
+        )
         .await?;
     let mut seen = HashSet::new();
     let mut last: Option<(uuid::Uuid, i64)> = None;
     for r in &rows {
-        let (id, seq, kind, detail): (uuid::Uuid, i64, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        let (id, seq, kind, detail): (uuid::Uuid, i64, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
         match last {
             Some((lid, lseq)) if lid == id => assert_eq!(seq, lseq + 1, "gap in history of {id}"),
             _ => assert_eq!(seq, 1, "history of {id} starts at 1"),
         }
         last = Some((id, seq));
         if kind != "resent" {
-            assert!(seen.insert((id, kind.clone(), detail.clone())), "{id} applied twice: {kind} {detail}");
+            assert!(
+                seen.insert((id, kind.clone(), detail.clone())),
+                "{id} applied twice: {kind} {detail}"
+            );
         }
     }
     // Participants acted at most once per saga and step (inbox keyed by command id).

@@ -54,7 +54,10 @@ pub async fn ensure_topic(cfg: &PubSubConfig, topic_id: &str) -> anyhow::Result<
 }
 
 /// Create the subscription described by `spec` unless it exists.
-pub async fn ensure_subscription(cfg: &PubSubConfig, spec: &SubscriptionSpec) -> anyhow::Result<()> {
+pub async fn ensure_subscription(
+    cfg: &PubSubConfig,
+    spec: &SubscriptionSpec,
+) -> anyhow::Result<()> {
     let admin = cfg.subscription_admin().await?;
     let name = cfg.subscription_path(&spec.id);
     let topic = cfg.topic_path(&spec.topic_id);

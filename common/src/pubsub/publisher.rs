@@ -76,7 +76,13 @@ impl EventPublisher {
     ) -> anyhow::Result<Self> {
         let topic = cfg.topic_path(topic_id);
         let mut b = BasePublisher::builder()
-            .with_retry_policy(RetryableErrors.with_time_limit(PUBLISH_TIMEOUT));
+            .with_retry_policy(RetryableErrors.with_time_limit(PUBLISH_TIMEOUT))
+            .with_grpc_subchannel_count(
+                std::env::var("TMP_SUBCH")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1),
+            );
         if let Some(e) = cfg.endpoint() {
             b = b.with_endpoint(e);
         }
@@ -125,8 +131,10 @@ impl EventPublisher {
                     // Unpause the key on the publisher that paused it.
                     publisher.resume_publish(key.clone());
                 }
-                Err(anyhow::Error::new(e)
-                    .context(format!("publishing to {} (ordering key {key:?})", self.topic)))
+                Err(anyhow::Error::new(e).context(format!(
+                    "publishing to {} (ordering key {key:?})",
+                    self.topic
+                )))
             }
         }
     }

@@ -96,7 +96,10 @@ impl Definition {
     /// Problems that would make the definition unusable, if any.
     pub fn validate(&self) -> Result<(), String> {
         if self.steps.is_empty() {
-            return Err(format!("{}: a saga needs at least one step", self.saga_type));
+            return Err(format!(
+                "{}: a saga needs at least one step",
+                self.saga_type
+            ));
         }
         for (i, s) in self.steps.iter().enumerate() {
             if s.policy.max_attempts == 0 || s.compensation_policy.max_attempts == 0 {

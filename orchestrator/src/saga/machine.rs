@@ -5,9 +5,7 @@
 //! (`Transition::note == None`); a pair that cannot happen is an [`Error`].
 
 use super::definition::Definition;
-use super::state::{
-    Command, Effect, Event, Kind, Millis, Outcome, SagaState, Status, StepState,
-};
+use super::state::{Command, Effect, Event, Kind, Millis, Outcome, SagaState, Status, StepState};
 
 /// The result of applying one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,14 +32,18 @@ pub enum Error {
         saga_type: String,
         version: u32,
     },
-    #[error("[SF1002] {kind} outcome for step {step} which was never sent (saga {status:?}, step {state:?})")]
+    #[error(
+        "[SF1002] {kind} outcome for step {step} which was never sent (saga {status:?}, step {state:?})"
+    )]
     NeverSent {
         step: usize,
         kind: &'static str,
         status: Status,
         state: StepState,
     },
-    #[error("[SF1003] {kind} outcome {outcome} for step {step} contradicts its recorded state {state:?}")]
+    #[error(
+        "[SF1003] {kind} outcome {outcome} for step {step} contradicts its recorded state {state:?}"
+    )]
     Contradiction {
         step: usize,
         kind: &'static str,
@@ -152,6 +154,30 @@ impl Machine<'_> {
         }
     }
 
+    fn refused_why(&self, step: usize, reason: &str) -> String {
+        format!("{} refused: {reason}", self.name(step))
+    }
+
+    fn unknown_why(&self, step: usize, attempts: u32) -> String {
+        format!(
+            "{}: no outcome after {attempts} attempts (outcome unknown)",
+            self.name(step)
+        )
+    }
+
+    /// The forward failure that started compensation, rebuilt from the
+    /// steps: nothing runs forward after a failure, so it is the last step
+    /// whose action was sent.
+    fn forward_failure(&self) -> Option<(usize, String)> {
+        let step = self.s.steps.iter().rposition(|r| r.attempts > 0)?;
+        let rec = &self.s.steps[step];
+        let why = match rec.state {
+            StepState::Refused => self.refused_why(step, rec.reason.as_deref().unwrap_or_default()),
+            _ => self.unknown_why(step, rec.attempts),
+        };
+        Some((step, why))
+    }
+
     fn start(&mut self) -> Option<Note> {
         match (self.s.status, self.s.steps[0].state) {
             (Status::Running, StepState::NotStarted) => {
@@ -243,11 +269,18 @@ impl Machine<'_> {
                     self.send_action(step + 1, 1);
                     note(
                         "step_succeeded",
-                        format!("{} succeeded; sent {}", self.name(step), self.name(step + 1)),
+                        format!(
+                            "{} succeeded; sent {}",
+                            self.name(step),
+                            self.name(step + 1)
+                        ),
                     )
                 } else {
                     self.finish(Status::Completed);
-                    note("completed", format!("{} succeeded; saga completed", self.name(step)))
+                    note(
+                        "completed",
+                        format!("{} succeeded; saga completed", self.name(step)),
+                    )
                 }
             }
             // Duplicate of an outcome already applied.
@@ -256,18 +289,61 @@ impl Machine<'_> {
             // and it is (or will be) compensated like any success.
             (Status::Compensating, StepState::Unknown) => {
                 self.s.steps[step].state = StepState::Succeeded;
-                note("late_outcome", format!("{} turned out to have succeeded; it is compensated", self.name(step)))
+                note(
+                    "late_outcome",
+                    format!(
+                        "{} turned out to have succeeded; it is compensated",
+                        self.name(step)
+                    ),
+                )
             }
             // Late success of a step already being undone, or undone: the
             // compensation covers it.
-            (Status::Compensating, StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed)
-            | (Status::Compensated, StepState::Unknown | StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed)
-            | (Status::CompensationFailed, StepState::Unknown | StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed) => None,
-            (Status::Running, StepState::Pending) => return Err(self.never_sent(step, Kind::Action)),
+            (
+                Status::Compensating,
+                StepState::Compensating
+                | StepState::Compensated
+                | StepState::NotCompensated
+                | StepState::CompensationFailed,
+            )
+            | (
+                Status::Compensated,
+                StepState::Unknown
+                | StepState::Compensating
+                | StepState::Compensated
+                | StepState::NotCompensated
+                | StepState::CompensationFailed,
+            )
+            | (
+                Status::CompensationFailed,
+                StepState::Unknown
+                | StepState::Compensating
+                | StepState::Compensated
+                | StepState::NotCompensated
+                | StepState::CompensationFailed,
+            ) => None,
+            (Status::Running, StepState::Pending) => {
+                return Err(self.never_sent(step, Kind::Action));
+            }
             (_, StepState::NotStarted) => return Err(self.never_sent(step, Kind::Action)),
-            (_, StepState::Refused) => return Err(self.contradiction(step, Kind::Action, "succeeded")),
-            (Status::Running | Status::Completed, StepState::Unknown | StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed)
-            | (Status::Completed | Status::Compensating | Status::Compensated | Status::CompensationFailed, StepState::Pending) => {
+            (_, StepState::Refused) => {
+                return Err(self.contradiction(step, Kind::Action, "succeeded"));
+            }
+            (
+                Status::Running | Status::Completed,
+                StepState::Unknown
+                | StepState::Compensating
+                | StepState::Compensated
+                | StepState::NotCompensated
+                | StepState::CompensationFailed,
+            )
+            | (
+                Status::Completed
+                | Status::Compensating
+                | Status::Compensated
+                | Status::CompensationFailed,
+                StepState::Pending,
+            ) => {
                 return Err(self.contradiction(step, Kind::Action, "succeeded"));
             }
         })
@@ -280,7 +356,7 @@ impl Machine<'_> {
                 let rec = &mut self.s.steps[step];
                 rec.state = StepState::Refused;
                 rec.reason = Some(reason.to_owned());
-                let why = format!("{} refused: {reason}", self.name(step));
+                let why = self.refused_why(step, reason);
                 self.begin_compensation(step, why.clone(), step.checked_sub(1));
                 note("step_refused", why)
             }
@@ -291,17 +367,43 @@ impl Machine<'_> {
                 let rec = &mut self.s.steps[step];
                 rec.state = StepState::Refused;
                 rec.reason = Some(reason.to_owned());
-                note("late_outcome", format!("{} turned out to be refused: {reason}", self.name(step)))
+                note(
+                    "late_outcome",
+                    format!("{} turned out to be refused: {reason}", self.name(step)),
+                )
             }
             // Refused after its compensation was sent: the participant saw
             // the undo first (no "undo, then do"); nothing more to do.
-            (Status::Compensating | Status::Compensated | Status::CompensationFailed, StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed)
+            (
+                Status::Compensating | Status::Compensated | Status::CompensationFailed,
+                StepState::Compensating
+                | StepState::Compensated
+                | StepState::NotCompensated
+                | StepState::CompensationFailed,
+            )
             | (Status::Compensated | Status::CompensationFailed, StepState::Unknown) => None,
-            (Status::Running, StepState::Pending) => return Err(self.never_sent(step, Kind::Action)),
+            (Status::Running, StepState::Pending) => {
+                return Err(self.never_sent(step, Kind::Action));
+            }
             (_, StepState::NotStarted) => return Err(self.never_sent(step, Kind::Action)),
-            (_, StepState::Succeeded) => return Err(self.contradiction(step, Kind::Action, "refused")),
-            (Status::Running | Status::Completed, StepState::Unknown | StepState::Compensating | StepState::Compensated | StepState::NotCompensated | StepState::CompensationFailed)
-            | (Status::Completed | Status::Compensating | Status::Compensated | Status::CompensationFailed, StepState::Pending) => {
+            (_, StepState::Succeeded) => {
+                return Err(self.contradiction(step, Kind::Action, "refused"));
+            }
+            (
+                Status::Running | Status::Completed,
+                StepState::Unknown
+                | StepState::Compensating
+                | StepState::Compensated
+                | StepState::NotCompensated
+                | StepState::CompensationFailed,
+            )
+            | (
+                Status::Completed
+                | Status::Compensating
+                | Status::Compensated
+                | Status::CompensationFailed,
+                StepState::Pending,
+            ) => {
                 return Err(self.contradiction(step, Kind::Action, "refused"));
             }
         })
@@ -313,22 +415,50 @@ impl Machine<'_> {
             (Status::Compensating, StepState::Compensating) if step == self.s.cursor => {
                 self.s.steps[step].state = StepState::Compensated;
                 self.compensate_next(step.checked_sub(1));
-                note("step_compensated", format!("{} compensated", self.name(step)))
+                note(
+                    "step_compensated",
+                    format!("{} compensated", self.name(step)),
+                )
             }
             // The undo a paused saga gave up on did happen after all: carry on.
-            (Status::CompensationFailed, StepState::CompensationFailed) if step == self.s.cursor => {
+            (Status::CompensationFailed, StepState::CompensationFailed)
+                if step == self.s.cursor =>
+            {
                 self.s.steps[step].state = StepState::Compensated;
                 self.s.status = Status::Compensating;
+                // No longer paused: report again why the saga compensates.
+                if let Some((failed, why)) = self.forward_failure() {
+                    self.s.failed_step = Some(failed);
+                    self.s.reason = Some(why);
+                }
                 self.compensate_next(step.checked_sub(1));
-                note("step_compensated", format!("{} compensated late; compensation resumed", self.name(step)))
+                note(
+                    "step_compensated",
+                    format!("{} compensated late; compensation resumed", self.name(step)),
+                )
             }
             (_, StepState::Compensated) => None,
-            (Status::Compensating, StepState::Compensating) => return Err(self.never_sent(step, Kind::Compensation)),
-            (Status::CompensationFailed, StepState::CompensationFailed) => return Err(self.never_sent(step, Kind::Compensation)),
-            (_, StepState::NotStarted | StepState::Pending | StepState::Succeeded | StepState::Refused | StepState::Unknown | StepState::NotCompensated) => {
+            (Status::Compensating, StepState::Compensating) => {
                 return Err(self.never_sent(step, Kind::Compensation));
             }
-            (Status::Running | Status::Completed | Status::Compensated, StepState::Compensating | StepState::CompensationFailed)
+            (Status::CompensationFailed, StepState::CompensationFailed) => {
+                return Err(self.never_sent(step, Kind::Compensation));
+            }
+            (
+                _,
+                StepState::NotStarted
+                | StepState::Pending
+                | StepState::Succeeded
+                | StepState::Refused
+                | StepState::Unknown
+                | StepState::NotCompensated,
+            ) => {
+                return Err(self.never_sent(step, Kind::Compensation));
+            }
+            (
+                Status::Running | Status::Completed | Status::Compensated,
+                StepState::Compensating | StepState::CompensationFailed,
+            )
             | (Status::Compensating, StepState::CompensationFailed)
             | (Status::CompensationFailed, StepState::Compensating) => {
                 return Err(self.contradiction(step, Kind::Compensation, "succeeded"));
@@ -352,12 +482,25 @@ impl Machine<'_> {
                 note("compensation_failed", why)
             }
             (Status::CompensationFailed, StepState::CompensationFailed) => None,
-            (Status::Compensating, StepState::Compensating) => return Err(self.never_sent(step, Kind::Compensation)),
-            (_, StepState::NotStarted | StepState::Pending | StepState::Succeeded | StepState::Refused | StepState::Unknown | StepState::NotCompensated) => {
+            (Status::Compensating, StepState::Compensating) => {
+                return Err(self.never_sent(step, Kind::Compensation));
+            }
+            (
+                _,
+                StepState::NotStarted
+                | StepState::Pending
+                | StepState::Succeeded
+                | StepState::Refused
+                | StepState::Unknown
+                | StepState::NotCompensated,
+            ) => {
                 return Err(self.never_sent(step, Kind::Compensation));
             }
             (_, StepState::Compensated)
-            | (Status::Running | Status::Completed | Status::Compensated, StepState::Compensating | StepState::CompensationFailed)
+            | (
+                Status::Running | Status::Completed | Status::Compensated,
+                StepState::Compensating | StepState::CompensationFailed,
+            )
             | (Status::Compensating, StepState::CompensationFailed)
             | (Status::CompensationFailed, StepState::Compensating) => {
                 return Err(self.contradiction(step, Kind::Compensation, "refused"));
@@ -374,9 +517,16 @@ impl Machine<'_> {
                 let attempts = rec.attempts;
                 if attempts < self.def.steps[cursor].policy.max_attempts {
                     self.send_action(cursor, attempts + 1);
-                    return note("resent", format!("{}: no outcome yet, attempt {}", self.name(cursor), attempts + 1));
+                    return note(
+                        "resent",
+                        format!(
+                            "{}: no outcome yet, attempt {}",
+                            self.name(cursor),
+                            attempts + 1
+                        ),
+                    );
                 }
-                let why = format!("{}: no outcome after {attempts} attempts (outcome unknown)", self.name(cursor));
+                let why = self.unknown_why(cursor, attempts);
                 let rec = &mut self.s.steps[cursor];
                 rec.state = StepState::Unknown;
                 rec.reason = Some("no outcome before the deadline".to_owned());
@@ -387,9 +537,19 @@ impl Machine<'_> {
                 let attempts = self.s.steps[cursor].compensation_attempts;
                 if attempts < self.def.steps[cursor].compensation_policy.max_attempts {
                     self.send_compensation(cursor, attempts + 1);
-                    return note("resent", format!("compensation of {}: no outcome yet, attempt {}", self.name(cursor), attempts + 1));
+                    return note(
+                        "resent",
+                        format!(
+                            "compensation of {}: no outcome yet, attempt {}",
+                            self.name(cursor),
+                            attempts + 1
+                        ),
+                    );
                 }
-                let why = format!("compensation of {}: no outcome after {attempts} attempts", self.name(cursor));
+                let why = format!(
+                    "compensation of {}: no outcome after {attempts} attempts",
+                    self.name(cursor)
+                );
                 let rec = &mut self.s.steps[cursor];
                 rec.state = StepState::CompensationFailed;
                 rec.reason = Some("no outcome before the deadline".to_owned());

@@ -211,7 +211,9 @@ pub struct Command {
 pub enum Effect {
     SendCommand(Command),
     /// Wake the saga at this time (the deadline of the command just sent).
-    ScheduleTimeout { at: Millis },
+    ScheduleTimeout {
+        at: Millis,
+    },
     /// The saga reached a terminal state.
     Finish(Status),
 }

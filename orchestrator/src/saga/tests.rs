@@ -540,7 +540,6 @@ fn after_max_attempts_the_step_is_unknown_and_its_own_compensation_runs_first() 
     assert_eq!(note_kind(&t), Some("step_timed_out"));
 
     // Then the earlier ones.
-    let mut history = history;
     history.extend([timeout(), undone(1)]);
     let saga = given(&def, &history);
     assert_eq!(saga.state.in_flight(), Some(undo(0, 1)));
@@ -1307,6 +1306,43 @@ fn check_any(def: &Definition, input: &SagaState, event: &Event, now: Millis) {
     }
 }
 
+/// How a hand-built state fills the steps other than the cursor.
+#[derive(Debug, Clone, Copy)]
+enum Fill {
+    /// Succeeded below the cursor, not started above: running forward.
+    Forward,
+    /// Succeeded below the cursor, compensated above: running backward.
+    Backward,
+    /// The same state everywhere, however implausible.
+    All(StepState),
+}
+
+const FILLS: [Fill; 11] = [
+    Fill::Forward,
+    Fill::Backward,
+    Fill::All(S::NotStarted),
+    Fill::All(S::Pending),
+    Fill::All(S::Succeeded),
+    Fill::All(S::Refused),
+    Fill::All(S::Unknown),
+    Fill::All(S::Compensating),
+    Fill::All(S::Compensated),
+    Fill::All(S::NotCompensated),
+    Fill::All(S::CompensationFailed),
+];
+
+impl Fill {
+    fn at(self, i: usize, cursor: usize) -> StepState {
+        match self {
+            Fill::Forward if i < cursor => S::Succeeded,
+            Fill::Forward => S::NotStarted,
+            Fill::Backward if i < cursor => S::Succeeded,
+            Fill::Backward => S::Compensated,
+            Fill::All(state) => state,
+        }
+    }
+}
+
 /// Hand-built states: every status, cursor and step state at the cursor,
 /// with the other steps filled in plausibly or uniformly, with and without a
 /// deadline, with no, one and all attempts spent.
@@ -1316,33 +1352,16 @@ fn hand_built_states(def: &Definition) -> Vec<SagaState> {
     for status in STATUSES {
         for cursor in 0..n {
             for target in STEP_STATES {
-                let fills: Vec<Box<dyn Fn(usize) -> StepState>> =
-                    std::iter::once(Box::new(move |i| {
-                        if i < cursor {
-                            S::Succeeded
-                        } else {
-                            S::NotStarted
-                        }
-                    }) as Box<dyn Fn(usize) -> StepState>)
-                    .chain(std::iter::once(Box::new(move |i| {
-                        if i < cursor {
-                            S::Succeeded
-                        } else {
-                            S::Compensated
-                        }
-                    })
-                        as Box<dyn Fn(usize) -> StepState>))
-                    .chain(
-                        STEP_STATES
-                            .map(|s| Box::new(move |_| s) as Box<dyn Fn(usize) -> StepState>),
-                    )
-                    .collect();
-                for fill in &fills {
+                for fill in FILLS {
                     for deadline in [None, Some(T0)] {
                         for spent in 0..3 {
                             let steps = (0..n)
                                 .map(|i| StepRecord {
-                                    state: if i == cursor { target } else { fill(i) },
+                                    state: if i == cursor {
+                                        target
+                                    } else {
+                                        fill.at(i, cursor)
+                                    },
                                     attempts: [0, 1, action_attempts(def, i)][spent],
                                     compensation_attempts: [0, 1, undo_attempts(def, i)][spent],
                                     reason: None,
@@ -1536,6 +1555,10 @@ enum Reply {
     Refuses,
     /// Never answers: its commands time out.
     Lost,
+    /// Answers only once the saga has given up on the command: the outcome
+    /// arrives after every attempt timed out.
+    LateSucceeds,
+    LateRefuses,
 }
 
 #[derive(Clone)]
@@ -1564,17 +1587,20 @@ impl World {
         }
     }
 
-    /// The outcome event a participant publishes for `cmd`, if any. It is
+    /// The outcome event a participant publishes for `cmd`, if any, and
+    /// whether it is held back until the saga gives up on the command. It is
     /// the same for every send of one command (the participant dedupes).
-    fn reply(&self, cmd: Command) -> Option<Event> {
+    fn reply(&self, cmd: Command) -> Option<(Event, bool)> {
         let reply = match cmd.kind {
             Kind::Action => self.action[cmd.step],
             Kind::Compensation => self.undo[cmd.step],
         };
         match reply {
-            Reply::Succeeds => Some(outcome(cmd.step, cmd.kind, false)),
-            Reply::Refuses => Some(outcome(cmd.step, cmd.kind, true)),
+            Reply::Succeeds => Some((outcome(cmd.step, cmd.kind, false), false)),
+            Reply::Refuses => Some((outcome(cmd.step, cmd.kind, true), false)),
             Reply::Lost => None,
+            Reply::LateSucceeds => Some((outcome(cmd.step, cmd.kind, false), true)),
+            Reply::LateRefuses => Some((outcome(cmd.step, cmd.kind, true), true)),
         }
     }
 
@@ -1591,7 +1617,8 @@ impl World {
                     undo_from = Some(i.checked_sub(1));
                     break;
                 }
-                Reply::Lost => {
+                // A late outcome arrives once the step is already unknown.
+                Reply::Lost | Reply::LateSucceeds | Reply::LateRefuses => {
                     sends.extend((1..=action_attempts(&self.def, i)).map(|a| action(i, a)));
                     undo_from = Some(Some(i));
                     break;
@@ -1613,9 +1640,13 @@ impl World {
                     sends.push(undo(i, 1));
                     return (sends, Status::CompensationFailed);
                 }
-                Reply::Lost => {
+                Reply::Lost | Reply::LateRefuses => {
                     sends.extend((1..=undo_attempts(&self.def, i)).map(|a| undo(i, a)));
                     return (sends, Status::CompensationFailed);
+                }
+                // Paused, then resumed by the late success.
+                Reply::LateSucceeds => {
+                    sends.extend((1..=undo_attempts(&self.def, i)).map(|a| undo(i, a)));
                 }
             }
         }
@@ -1634,6 +1665,8 @@ struct Run<'w> {
     now: Millis,
     /// Published outcome events not yet delivered (Pub/Sub in flight).
     pool: Vec<Event>,
+    /// Late answers, published once their command is no longer in flight.
+    held: Vec<(Command, Event)>,
     /// Events delivered at least once, for redelivery.
     delivered: Vec<Event>,
     /// Every command sent, in order.
@@ -1654,6 +1687,7 @@ impl<'w> Run<'w> {
             state: SagaState::new(world.def.steps.len()),
             now: T0,
             pool: Vec::new(),
+            held: Vec::new(),
             delivered: Vec::new(),
             sends: Vec::new(),
             finishes: Vec::new(),
@@ -1705,6 +1739,7 @@ impl<'w> Run<'w> {
             self.compensation_began = true;
         }
         self.state = t.state;
+        self.release_held();
         if event != Event::Timeout {
             self.delivered.push(event);
         }
@@ -1768,10 +1803,23 @@ impl<'w> Run<'w> {
             }
         }
         self.sends.push(cmd);
-        if let Some(reply) = self.world.reply(cmd) {
-            self.pool.push(reply);
+        match self.world.reply(cmd) {
+            Some((reply, true)) => self.held.push((cmd, reply)),
+            Some((reply, false)) => self.pool.push(reply),
+            None => {}
         }
         Ok(())
+    }
+
+    /// Publish the late answers of commands the saga has given up on.
+    fn release_held(&mut self) {
+        let in_flight = self.state.in_flight().map(|c| (c.step, c.kind));
+        let (still, late): (Vec<_>, Vec<_>) = self
+            .held
+            .drain(..)
+            .partition(|(cmd, _)| Some((cmd.step, cmd.kind)) == in_flight);
+        self.held = still;
+        self.pool.extend(late.into_iter().map(|(_, event)| event));
     }
 
     /// The answer to the command in flight is published but not delivered.
@@ -1869,6 +1917,7 @@ impl<'w> Run<'w> {
                 );
                 prop_assert!(self.fire_due_timer(0)?, "(a) the timer could not fire");
             } else {
+                prop_assert!(self.held.is_empty(), "late answers never published");
                 return Ok(());
             }
         }
@@ -1916,9 +1965,11 @@ fn scheduled_run<'w>(
 fn any_world() -> impl Strategy<Value = World> {
     let reply = || {
         prop_oneof![
-            4 => Just(Reply::Succeeds),
-            1 => Just(Reply::Refuses),
-            1 => Just(Reply::Lost),
+            8 => Just(Reply::Succeeds),
+            2 => Just(Reply::Refuses),
+            2 => Just(Reply::Lost),
+            1 => Just(Reply::LateSucceeds),
+            1 => Just(Reply::LateRefuses),
         ]
     };
     (any::<bool>(), vec(reply(), 4), vec(reply(), 4)).prop_map(
@@ -1948,7 +1999,8 @@ proptest! {
     })]
 
     /// (a)–(e) with a scheduler that delivers answers before their deadline
-    /// and times out only participants that never answer.
+    /// and times out only commands whose answer is not in flight (lost, or
+    /// late: published only once the saga gave up on the command).
     #[test]
     fn any_schedule_ends_where_the_clean_run_ends(world in any_world(), schedule in any_schedule()) {
         let (expected_sends, expected_status) = world.expected();
@@ -1962,7 +2014,8 @@ proptest! {
         prop_assert_eq!(run.state.status, clean.state.status);
         prop_assert_eq!(&run.state, &clean.state);
         prop_assert_eq!(&run.sends, &clean.sends);
-        prop_assert_eq!(&run.finishes, &vec![expected_status]);
+        prop_assert_eq!(&run.finishes, &clean.finishes);
+        prop_assert_eq!(clean.finishes.last(), Some(&expected_status));
     }
 
     /// With timers that fire while answers are still in flight (so outcomes
@@ -1982,6 +2035,12 @@ proptest! {
                 prop_assert_eq!(run.finishes.len(), 1);
             }
             Status::Compensated => {
+                // It reports the forward failure, even after a pause.
+                let last_sent = run.sends.iter().filter(|c| c.kind == Kind::Action).map(|c| c.step).max();
+                prop_assert_eq!(run.state.failed_step, last_sent);
+                let failed = &world.def.steps[last_sent.expect("an action was sent")].name;
+                let reason = run.state.reason.clone().unwrap_or_default();
+                prop_assert!(reason.starts_with(failed.as_str()), "reason: {}", reason);
                 // Every effect undone: no step is left acted and not undone.
                 for (i, rec) in run.state.steps.iter().enumerate() {
                     let sent = run.sends.iter().any(|c| c.kind == Kind::Action && c.step == i);
