@@ -21,9 +21,11 @@ mod backoff;
 mod publisher;
 mod subscriber;
 
-pub use admin::{SubscriptionSpec, ensure_subscription, ensure_topic};
-pub use publisher::{EventPublisher, OutgoingMessage};
-pub use subscriber::{EventSubscriber, ReceivedMessage};
+pub use admin::{READY_TIMEOUT, SubscriptionSpec, ensure_subscription, ensure_topic};
+pub use publisher::{
+    EventPublisher, KEYS_PER_GENERATION, OutgoingMessage, PUBLISH_TIMEOUT, limits,
+};
+pub use subscriber::{CHANNEL_CAPACITY, EventSubscriber, ReceivedMessage, SHUTDOWN_GRACE};
 
 use anyhow::Context as _;
 use google_cloud_auth::credentials::Credentials;

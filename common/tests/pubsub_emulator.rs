@@ -20,7 +20,8 @@ use sagaflow_common::pubsub::{
 };
 use tokio::sync::mpsc;
 
-const EMULATOR: &str = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator";
+const EMULATOR: &str =
+    "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator";
 
 /// How long the emulator may take to accept connections (≈3–5 s when idle;
 /// generous because tests and builds share the machine).
@@ -156,7 +157,9 @@ async fn published_messages_arrive_with_data_attributes_and_key_order() {
     let (topic, sub) = (unique("topic"), unique("sub"));
 
     ensure_topic(&cfg, &topic).await.expect("creating topic");
-    ensure_topic(&cfg, &topic).await.expect("topic creation is idempotent");
+    ensure_topic(&cfg, &topic)
+        .await
+        .expect("topic creation is idempotent");
     ensure_subscription(&cfg, &spec(&sub, &topic, true))
         .await
         .expect("creating subscription");
@@ -185,10 +188,7 @@ async fn published_messages_arrive_with_data_attributes_and_key_order() {
                 let msg = OutgoingMessage {
                     data: format!("key-{k} message-{n}").into_bytes(),
                     ordering_key: format!("key-{k}"),
-                    attributes: vec![
-                        ("n".into(), n.to_string()),
-                        ("kind".into(), "test".into()),
-                    ],
+                    attributes: vec![("n".into(), n.to_string()), ("kind".into(), "test".into())],
                 };
                 ids.push(publisher.publish(msg).await.expect("publishing"));
             }
@@ -231,6 +231,7 @@ async fn published_messages_arrive_with_data_attributes_and_key_order() {
     }
     eprintln!("received {received} messages ({duplicates} redelivered duplicates)");
 
+    drop(rx);
     subscriber.shutdown().await;
     Arc::try_unwrap(publisher)
         .expect("publisher tasks finished")
@@ -274,6 +275,7 @@ async fn a_nacked_message_is_redelivered() {
     let extra = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
     assert!(extra.is_err(), "unexpected delivery after ack: {extra:?}");
 
+    drop(rx);
     subscriber.shutdown().await;
     publisher.shutdown().await;
 }
@@ -343,7 +345,9 @@ async fn a_message_nacked_too_often_lands_on_the_dead_letter_topic() {
         "dead-lettered message delivered again: {extra:?}"
     );
 
+    drop(rx);
     subscriber.shutdown().await;
+    drop(dead_rx);
     dead_subscriber.shutdown().await;
     publisher.shutdown().await;
 }
@@ -371,5 +375,58 @@ async fn setup_waits_for_an_emulator_that_is_still_starting() {
         .expect("starting subscriber");
     let got = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
     assert!(got.is_err(), "no message expected: {got:?}");
+    drop(rx);
     subscriber.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_sent_just_before_shutdown_are_not_lost() {
+    init_logs();
+    let emu = emulator();
+    let cfg = emu.config();
+    let (topic, sub) = (unique("topic"), unique("sub"));
+    ensure_topic(&cfg, &topic).await.expect("creating topic");
+    ensure_subscription(&cfg, &spec(&sub, &topic, false))
+        .await
+        .expect("creating subscription");
+    let publisher = EventPublisher::new(&cfg, &topic, 64)
+        .await
+        .expect("building publisher");
+    const N: usize = 50;
+    let publishes = (0..N).map(|n| {
+        publisher.publish(OutgoingMessage {
+            data: n.to_string().into_bytes(),
+            ..Default::default()
+        })
+    });
+    for r in futures::future::join_all(publishes).await {
+        r.expect("publishing");
+    }
+
+    let (subscriber, mut rx) = EventSubscriber::start(&cfg, &sub, 2)
+        .await
+        .expect("starting subscriber");
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < N {
+        let m = next(&mut rx, Duration::from_secs(20), "published messages").await;
+        seen.insert(m.message_id.clone());
+        m.ack();
+    }
+    // Shut down right after the last ack.
+    drop(rx);
+    subscriber.shutdown().await;
+
+    // A lost ack would show up as a redelivery once the 10 s ack deadline
+    // passes.
+    let (subscriber, mut rx) = EventSubscriber::start(&cfg, &sub, 1)
+        .await
+        .expect("restarting subscriber");
+    let redelivered = tokio::time::timeout(Duration::from_secs(13), rx.recv()).await;
+    assert!(
+        redelivered.is_err(),
+        "an acked message came back: {redelivered:?}"
+    );
+    drop(rx);
+    subscriber.shutdown().await;
+    publisher.shutdown().await;
 }

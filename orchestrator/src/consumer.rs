@@ -100,6 +100,11 @@ async fn handle(driver: &Driver, msg: ReceivedMessage) {
         let span = tracing::Span::current();
         span.record("saga.id", tracing::field::display(decoded.saga_id));
         span.record("event.id", tracing::field::display(decoded.event_id));
+        let received_lag_ms = msg
+            .publish_time
+            .and_then(|t| t.elapsed().ok())
+            .map(|d| d.as_millis() as u64);
+        let started = std::time::Instant::now();
         let result = store::apply_event(
             driver.pool(),
             decoded.event_id,
@@ -108,6 +113,11 @@ async fn handle(driver: &Driver, msg: ReceivedMessage) {
             store::now_millis(),
         )
         .await;
+        tracing::debug!(
+            received_lag_ms,
+            apply_ms = started.elapsed().as_millis() as u64,
+            "event applied"
+        );
         match result {
             Ok(Applied::Changed { ctx, effects, .. }) => {
                 msg.ack();

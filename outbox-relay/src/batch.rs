@@ -7,11 +7,15 @@
 //! acknowledged a message, the row is published again later: delivery is at
 //! least once and consumers dedupe on `event_id`.
 
+use std::future::Future;
+use std::time::Duration;
+
 use anyhow::Context as _;
 use deadpool_postgres::Pool;
 use sagaflow_common::outbox::attributes;
 use sagaflow_common::pubsub::{EventPublisher, OutgoingMessage};
 use sagaflow_common::trace;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -75,23 +79,54 @@ pub(crate) struct Outcome {
     pub failed: Vec<Failed>,
 }
 
+/// Longest wait for one database step (connection, claim, update, commit).
+/// Past it the transaction is abandoned: its rows unlock when the server
+/// notices and are relayed again (at least once).
+pub(crate) const DB_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One database step, bounded by [`DB_TIMEOUT`].
+async fn db<T, E>(what: &'static str, step: impl Future<Output = Result<T, E>>) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(DB_TIMEOUT, step).await {
+        Ok(r) => r.context(what),
+        Err(_) => anyhow::bail!("{what}: no answer within {DB_TIMEOUT:?}"),
+    }
+}
+
 /// Claim up to `limit` rows (not in `skip`), publish them, record the
-/// results and commit.
+/// results and commit. Cancelling `shutdown` stops it before it claims
+/// anything; once rows are claimed the batch is finished.
 pub(crate) async fn relay_batch(
     pool: &Pool,
     publisher: &EventPublisher,
     limit: i64,
     skip: &[i64],
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<Outcome> {
-    let mut client = pool.get().await.context("getting a database connection")?;
-    let tx = client
-        .transaction()
-        .await
-        .context("starting a transaction")?;
-    let rows = tx
-        .query(CLAIM, &[&limit, &skip])
-        .await
-        .context("claiming outbox rows")?
+    let mut client = tokio::select! {
+        () = shutdown.cancelled() => return Ok(Outcome::default()),
+        c = db("getting a database connection", pool.get()) => c?,
+    };
+    let outcome = claim_and_publish(&mut client, publisher, limit, skip).await;
+    if outcome.is_err() {
+        // The connection may be broken or mid-statement (timeout): close it
+        // rather than hand it to the next round.
+        drop(deadpool_postgres::Object::take(client));
+    }
+    outcome
+}
+
+async fn claim_and_publish(
+    client: &mut deadpool_postgres::Object,
+    publisher: &EventPublisher,
+    limit: i64,
+    skip: &[i64],
+) -> anyhow::Result<Outcome> {
+    let tx = db("starting a transaction", client.transaction()).await?;
+    let rows = db("claiming outbox rows", tx.query(CLAIM, &[&limit, &skip]))
+        .await?
         .iter()
         .map(Row::from_sql)
         .collect::<Result<Vec<_>, _>>()
@@ -131,16 +166,16 @@ pub(crate) async fn relay_batch(
     }
     span.record("outbox.failed", failed.len());
     if !sent.is_empty() {
-        tx.execute(MARK_SENT, &[&sent])
-            .await
-            .context("marking rows sent")?;
+        db("marking rows sent", tx.execute(MARK_SENT, &[&sent])).await?;
     }
     if !failed_ids.is_empty() {
-        tx.execute(MARK_FAILED, &[&failed_ids, &errors])
-            .await
-            .context("recording publish failures")?;
+        db(
+            "recording publish failures",
+            tx.execute(MARK_FAILED, &[&failed_ids, &errors]),
+        )
+        .await?;
     }
-    tx.commit().await.context("committing the batch")?;
+    db("committing the batch", tx.commit()).await?;
     Ok(Outcome {
         claimed,
         sent: sent.len(),
@@ -172,7 +207,7 @@ async fn publish(publisher: &EventPublisher, row: Row) -> (i64, i32, anyhow::Res
     }
     let msg = OutgoingMessage {
         data: row.payload,
-        ordering_key: if std::env::var("TMP_NOKEY").is_ok() { String::new() } else { row.saga_id.to_string() },
+        ordering_key: row.saga_id.to_string(),
         attributes: attrs,
     };
     let result = publisher.publish(msg).instrument(span).await;

@@ -36,7 +36,11 @@ pub(crate) async fn run(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(jitter(interval)) => {}
         }
-        match delete_old(&pool, retention, &stop).await {
+        let deleted = tokio::select! {
+            () = stop.cancelled() => return,
+            r = delete_old(&pool, retention) => r,
+        };
+        match deleted {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(db = %label, deleted = n, "deleted sent outbox rows past retention")
@@ -51,11 +55,7 @@ pub(crate) async fn run(
 
 /// Delete in batches until fewer than a full batch is left; returns the
 /// number of rows deleted.
-pub(crate) async fn delete_old(
-    pool: &Pool,
-    retention: Duration,
-    stop: &CancellationToken,
-) -> anyhow::Result<u64> {
+pub(crate) async fn delete_old(pool: &Pool, retention: Duration) -> anyhow::Result<u64> {
     let client = pool.get().await.context("getting a database connection")?;
     let secs = retention.as_secs_f64();
     let mut total = 0;
@@ -65,7 +65,7 @@ pub(crate) async fn delete_old(
             .await
             .context("deleting old outbox rows")?;
         total += n;
-        if n < DELETE_BATCH as u64 || stop.is_cancelled() {
+        if n < DELETE_BATCH as u64 {
             return Ok(total);
         }
     }

@@ -90,8 +90,14 @@ impl Worker {
         let mut deferred = Deferred::default();
         while !shutdown.is_cancelled() {
             let skip = deferred.active();
-            let outcome =
-                batch::relay_batch(&self.pool, &self.publisher, self.batch_size, &skip).await;
+            let outcome = batch::relay_batch(
+                &self.pool,
+                &self.publisher,
+                self.batch_size,
+                &skip,
+                shutdown,
+            )
+            .await;
             let wait = match outcome {
                 Ok(o) => {
                     db_backoff.reset();

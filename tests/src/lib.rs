@@ -46,7 +46,7 @@ where
                     .unwrap_or_default()
             );
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use sagaflow_protos::orchestrator::v1::saga_service_client::SagaServiceClient;
@@ -149,6 +149,9 @@ impl System {
                 "SAGAFLOW_RELAY_DATABASE_URLS".to_owned(),
                 format!("{},{},{}", dbs.order, dbs.payment, dbs.inventory),
             ),
+            // PostgreSQL allows 100 connections by default and two systems
+            // may run at once: 8 per pool keeps both well under it.
+            ("SAGAFLOW_DB_POOL_SIZE".to_owned(), "8".to_owned()),
             (
                 "RUST_LOG".to_owned(),
                 std::env::var("SAGAFLOW_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -312,6 +315,7 @@ impl System {
     }
 
     /// Wait until every saga in `ids` is terminal; returns them in order.
+    /// Polls `ListSagas` for terminal sagas (cheap), then fetches each one.
     pub async fn wait_terminal(
         &self,
         ids: &[String],
@@ -319,49 +323,55 @@ impl System {
     ) -> anyhow::Result<Vec<Saga>> {
         use futures::StreamExt as _;
         let client = self.client().await?;
-        let done: Arc<Mutex<HashMap<String, Saga>>> = Arc::default();
+        let wanted: std::collections::HashSet<&String> = ids.iter().collect();
         wait_for(&format!("{} sagas to finish", ids.len()), timeout, || {
-            let pending: Vec<String> = {
-                let d = done.lock().expect("lock");
-                ids.iter()
-                    .filter(|id| !d.contains_key(*id))
-                    .cloned()
-                    .collect()
-            };
-            let done = done.clone();
-            let client = client.clone();
-            let total = ids.len();
+            let mut client = client.clone();
+            let wanted = &wanted;
             async move {
-                let results: Vec<anyhow::Result<Saga>> = futures::stream::iter(pending)
-                    .map(|id| {
-                        let mut client = client.clone();
-                        async move {
-                            Ok(client
-                                .get_saga(GetSagaRequest { saga_id: id })
-                                .await?
-                                .into_inner())
-                        }
-                    })
-                    .buffer_unordered(16)
-                    .collect()
-                    .await;
-                let mut d = done.lock().expect("lock");
-                for saga in results {
-                    let saga = saga?;
-                    if is_terminal(saga.state) {
-                        d.insert(saga.saga_id.clone(), saga);
+                let mut terminal = 0;
+                let mut token = String::new();
+                loop {
+                    let page = client
+                        .list_sagas(ListSagasRequest {
+                            states: vec![
+                                SagaState::Completed as i32,
+                                SagaState::Compensated as i32,
+                                SagaState::CompensationFailed as i32,
+                            ],
+                            page_size: 500,
+                            page_token: token,
+                        })
+                        .await?
+                        .into_inner();
+                    terminal += page
+                        .sagas
+                        .iter()
+                        .filter(|s| wanted.contains(&s.saga_id))
+                        .count();
+                    if page.next_page_token.is_empty() {
+                        break;
                     }
+                    token = page.next_page_token;
                 }
-                Ok((d.len() == total).then_some(()))
+                Ok((terminal == wanted.len()).then_some(()))
             }
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}; logs in {}", self.log_dir.display()))?;
-        let mut d = done.lock().expect("lock");
-        Ok(ids
-            .iter()
-            .map(|id| d.remove(id).expect("collected"))
-            .collect())
+        let sagas: Vec<anyhow::Result<Saga>> = futures::stream::iter(ids.to_vec())
+            .map(|id| {
+                let mut client = client.clone();
+                async move {
+                    Ok(client
+                        .get_saga(GetSagaRequest { saga_id: id })
+                        .await?
+                        .into_inner())
+                }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        sagas.into_iter().collect()
     }
 
     /// Count sagas by state through ListSagas (all pages).

@@ -34,6 +34,18 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
 /// the module docs).
 pub const KEYS_PER_GENERATION: usize = 10_000;
 
+/// Pub/Sub's documented per-message limits, checked before sending so a
+/// message that can never be published fails at once with a clear error
+/// (instead of, on the emulator, timing out after [`PUBLISH_TIMEOUT`]).
+pub mod limits {
+    /// Data, attributes and ordering key together (10 MB).
+    pub const MESSAGE_BYTES: usize = 10_000_000;
+    pub const ATTRIBUTES: usize = 100;
+    pub const ATTRIBUTE_KEY_BYTES: usize = 256;
+    pub const ATTRIBUTE_VALUE_BYTES: usize = 1024;
+    pub const ORDERING_KEY_BYTES: usize = 1024;
+}
+
 /// One message to publish.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutgoingMessage {
@@ -44,6 +56,41 @@ pub struct OutgoingMessage {
     pub ordering_key: String,
     /// Message attributes (event id, saga id, traceparent, ...).
     pub attributes: Vec<(String, String)>,
+}
+
+impl OutgoingMessage {
+    /// `Err` naming the first Pub/Sub limit this message exceeds.
+    pub fn check_limits(&self) -> anyhow::Result<()> {
+        use limits::*;
+        let attrs: usize = self.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size = self.data.len() + attrs + self.ordering_key.len();
+        anyhow::ensure!(
+            size <= MESSAGE_BYTES,
+            "message of {size} bytes exceeds Pub/Sub's {MESSAGE_BYTES}-byte limit"
+        );
+        anyhow::ensure!(
+            self.attributes.len() <= ATTRIBUTES,
+            "{} attributes exceed Pub/Sub's limit of {ATTRIBUTES}",
+            self.attributes.len()
+        );
+        for (k, v) in &self.attributes {
+            anyhow::ensure!(
+                !k.is_empty() && k.len() <= ATTRIBUTE_KEY_BYTES,
+                "attribute key {k:?} must be 1..={ATTRIBUTE_KEY_BYTES} bytes"
+            );
+            anyhow::ensure!(
+                v.len() <= ATTRIBUTE_VALUE_BYTES,
+                "attribute {k:?} has {} bytes, over Pub/Sub's {ATTRIBUTE_VALUE_BYTES}-byte limit",
+                v.len()
+            );
+        }
+        anyhow::ensure!(
+            self.ordering_key.len() <= ORDERING_KEY_BYTES,
+            "ordering key of {} bytes exceeds Pub/Sub's {ORDERING_KEY_BYTES}-byte limit",
+            self.ordering_key.len()
+        );
+        Ok(())
+    }
 }
 
 /// A publisher for one topic with at most `max_in_flight` messages queued or
@@ -76,13 +123,7 @@ impl EventPublisher {
     ) -> anyhow::Result<Self> {
         let topic = cfg.topic_path(topic_id);
         let mut b = BasePublisher::builder()
-            .with_retry_policy(RetryableErrors.with_time_limit(PUBLISH_TIMEOUT))
-            .with_grpc_subchannel_count(
-                std::env::var("TMP_SUBCH")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1),
-            );
+            .with_retry_policy(RetryableErrors.with_time_limit(PUBLISH_TIMEOUT));
         if let Some(e) = cfg.endpoint() {
             b = b.with_endpoint(e);
         }
@@ -112,7 +153,10 @@ impl EventPublisher {
 
     /// Publish one message and wait for Pub/Sub to acknowledge it; returns
     /// the server-assigned message id. Waits for a free in-flight slot first.
+    /// A message over Pub/Sub's [`limits`] fails without being sent.
     pub async fn publish(&self, msg: OutgoingMessage) -> anyhow::Result<String> {
+        msg.check_limits()
+            .with_context(|| format!("not publishing to {}", self.topic))?;
         let _permit = self
             .in_flight
             .acquire()
@@ -170,5 +214,40 @@ impl EventPublisher {
         // The guarded data is two plain fields; a panic elsewhere cannot
         // leave it inconsistent.
         self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_checked_before_sending() {
+        let ok = OutgoingMessage {
+            data: vec![0; 1000],
+            ordering_key: "k".into(),
+            attributes: vec![("a".into(), "b".into())],
+        };
+        assert!(ok.check_limits().is_ok());
+        let big = OutgoingMessage {
+            data: vec![0; limits::MESSAGE_BYTES + 1],
+            ..ok.clone()
+        };
+        assert!(big.check_limits().is_err());
+        let long_value = OutgoingMessage {
+            attributes: vec![("a".into(), "v".repeat(limits::ATTRIBUTE_VALUE_BYTES + 1))],
+            ..ok.clone()
+        };
+        assert!(long_value.check_limits().is_err());
+        let empty_key = OutgoingMessage {
+            attributes: vec![(String::new(), "v".into())],
+            ..ok.clone()
+        };
+        assert!(empty_key.check_limits().is_err());
+        let long_key = OutgoingMessage {
+            ordering_key: "k".repeat(limits::ORDERING_KEY_BYTES + 1),
+            ..ok
+        };
+        assert!(long_key.check_limits().is_err());
     }
 }

@@ -294,6 +294,51 @@ impl TestDb {
             .get(0)
     }
 
+    /// Terminate every other session on this database (as a restart or a
+    /// network cut would); returns their pids.
+    pub async fn kill_other_connections(&self) -> Vec<i32> {
+        let client = db::connect(&format!("{SERVER}/postgres"))
+            .await
+            .expect("connecting to postgres");
+        // Two statements: in one, the planner may call pg_terminate_backend
+        // before filtering on the database.
+        let pids: Vec<i32> = client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&self.name],
+            )
+            .await
+            .expect("listing sessions")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid",
+                &[&pids],
+            )
+            .await
+            .expect("terminating sessions");
+        pids
+    }
+
+    /// Pids of sessions on this database whose last statement was LISTEN.
+    pub async fn listeners(&self) -> Vec<i32> {
+        let client = db::connect(&format!("{SERVER}/postgres"))
+            .await
+            .expect("connecting to postgres");
+        client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN %'",
+                &[&self.name],
+            )
+            .await
+            .expect("reading pg_stat_activity")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     /// One number from a query returning a single bigint.
     pub async fn count(&self, sql: &str) -> i64 {
         self.client()
