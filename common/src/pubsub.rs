@@ -5,11 +5,14 @@
 //! - this file: [`PubSubConfig`] (project, emulator host, resource paths) and
 //!   the client constructors every other piece goes through;
 //! - [`admin`]: idempotent topic and subscription creation
-//!   ([`ensure_topic`], [`ensure_subscription`]);
+//!   ([`ensure_topic`], [`ensure_subscription`],
+//!   [`ensure_subscription_and_topics`]) and [`is_not_found`];
 //! - [`publisher`]: [`EventPublisher`], a publisher with a cap on in-flight
 //!   messages;
 //! - [`subscriber`]: [`EventSubscriber`], several streaming pulls merged into
-//!   one channel of [`ReceivedMessage`]s, re-opened when they fail.
+//!   one channel of [`ReceivedMessage`]s, re-opened when they fail; on the
+//!   emulator it can re-create a subscription a restart lost
+//!   ([`EventSubscriber::start_recreating`]).
 //!
 //! The crate does not read `PUBSUB_EMULATOR_HOST` itself: when the variable
 //! is set, every client is built with `http://{host}` as its endpoint and
@@ -21,9 +24,13 @@ mod backoff;
 mod publisher;
 mod subscriber;
 
-pub use admin::{READY_TIMEOUT, SubscriptionSpec, ensure_subscription, ensure_topic};
+pub use admin::{
+    READY_TIMEOUT, SubscriptionSpec, ensure_subscription, ensure_subscription_and_topics,
+    ensure_topic, is_not_found,
+};
 pub use publisher::{
-    EventPublisher, KEYS_PER_GENERATION, OutgoingMessage, PUBLISH_TIMEOUT, limits,
+    EventPublisher, KEYS_PER_GENERATION, OutgoingMessage, PUBLISH_RETRY_MAX_DELAY, PUBLISH_TIMEOUT,
+    limits,
 };
 pub use subscriber::{CHANNEL_CAPACITY, EventSubscriber, ReceivedMessage, SHUTDOWN_GRACE};
 

@@ -1,7 +1,10 @@
-//! The public gRPC API: `PlaceOrder`, `GetSaga`, `ListSagas`.
+//! The public gRPC API: `PlaceOrder`, `GetSaga`, `ListSagas`, and the
+//! operator actions `RetrySaga` and `CancelSaga`.
 //!
 //! Bad input is answered with `INVALID_ARGUMENT` naming the field and the
-//! reason, before anything is written.
+//! reason, before anything is written. An operator action the saga's state
+//! does not allow is `FAILED_PRECONDITION` (the state machine decides; see
+//! [`refused`]).
 
 use prost::Message as _;
 use sagaflow_protos::orchestrator::v1 as pb;
@@ -15,7 +18,8 @@ use uuid::Uuid;
 
 use crate::definitions::order;
 use crate::driver::Driver;
-use crate::store::{self, Placed};
+use crate::saga::{self, Event};
+use crate::store::{self, Operated, Placed};
 use crate::views;
 
 pub struct Api {
@@ -132,9 +136,127 @@ impl Api {
     }
 }
 
+/// Longest operator reason kept.
+const MAX_REASON_LEN: usize = 1000;
+
+fn saga_id_of(raw: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(raw.trim()).map_err(|_| invalid("saga_id", "is not a UUID"))
+}
+
+/// An optional idempotency key: trimmed, `None` when empty.
+fn request_id_of(raw: &str) -> Result<Option<&str>, Status> {
+    match raw.trim() {
+        "" => Ok(None),
+        id if id.len() > MAX_KEY_LEN => Err(invalid(
+            "request_id",
+            format!("longer than {MAX_KEY_LEN} bytes"),
+        )),
+        id if id.chars().any(char::is_control) => Err(invalid("request_id", "is malformed")),
+        id => Ok(Some(id)),
+    }
+}
+
+fn reason_of(raw: &str, required: bool) -> Result<Option<&str>, Status> {
+    match raw.trim() {
+        "" if required => Err(invalid("reason", "is required")),
+        "" => Ok(None),
+        r if r.len() > MAX_REASON_LEN => Err(invalid(
+            "reason",
+            format!("longer than {MAX_REASON_LEN} bytes"),
+        )),
+        r => Ok(Some(r)),
+    }
+}
+
+/// Why the state machine refused an operator action, as a status.
+fn refused(e: saga::Error) -> Status {
+    match e {
+        saga::Error::NotRetryable { status } => Status::failed_precondition(format!(
+            "saga_id: saga is {}; only COMPENSATION_FAILED sagas can be retried",
+            status.as_str()
+        )),
+        saga::Error::NotCancellable { status } => Status::failed_precondition(format!(
+            "saga_id: saga is {}; only RUNNING sagas can be cancelled",
+            status.as_str()
+        )),
+        saga::Error::PastPivot { name, .. } => Status::failed_precondition(format!(
+            "saga_id: saga is past its pivot: {name} is in flight and cannot be undone"
+        )),
+        e @ (saga::Error::UnknownStep { .. }
+        | saga::Error::NeverSent { .. }
+        | saga::Error::Contradiction { .. }
+        | saga::Error::ShapeMismatch { .. }) => {
+            tracing::error!(error = %e, "operator action on a saga the engine cannot apply");
+            Status::internal(format!("saga_id: {e}"))
+        }
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "request failed");
     Status::unavailable(format!("orchestrator storage unavailable: {e}"))
+}
+
+impl Api {
+    /// Apply an operator action, carry out its effects after the commit and
+    /// answer with the saga as it is then.
+    async fn operate(
+        &self,
+        saga_id: Uuid,
+        event: Event,
+        request_id: Option<&str>,
+        annotation: String,
+    ) -> Result<Response<pb::Saga>, Status> {
+        let operated = store::operate(
+            self.driver.pool(),
+            store::Operation {
+                saga_id,
+                event: &event,
+                request_id,
+                annotation: Some(annotation),
+                now: store::now_millis(),
+            },
+        )
+        .await
+        .map_err(internal)?;
+        match operated {
+            Operated::UnknownSaga => {
+                return Err(Status::not_found(format!("saga_id: no saga {saga_id}")));
+            }
+            Operated::Refused(e) => return Err(refused(e)),
+            Operated::RequestIdReused { saga_id, action } => {
+                return Err(Status::already_exists(format!(
+                    "request_id: already used to {action} saga {saga_id}"
+                )));
+            }
+            Operated::Changed { ctx, effects } => {
+                tracing::info!(saga.id = %saga_id, ?event, "operator action applied");
+                self.driver.carry_out(&ctx, effects, None);
+            }
+            Operated::Repeated | Operated::Unchanged => {
+                tracing::info!(saga.id = %saga_id, ?event, "operator action repeated; nothing to do");
+            }
+        }
+        match views::get(self.driver.pool(), saga_id)
+            .await
+            .map_err(internal)?
+        {
+            Some(saga) => Ok(Response::new(saga)),
+            None => Err(Status::not_found(format!("saga_id: no saga {saga_id}"))),
+        }
+    }
+}
+
+/// "operator (request r-1): payment service restored".
+fn annotate(request_id: Option<&str>, reason: Option<&str>) -> String {
+    let who = match request_id {
+        Some(id) => format!("operator (request {id})"),
+        None => "operator".to_owned(),
+    };
+    match reason {
+        Some(r) => format!("{who}: {r}"),
+        None => who,
+    }
 }
 
 #[tonic::async_trait]
@@ -207,8 +329,7 @@ impl SagaService for Api {
         &self,
         request: Request<pb::GetSagaRequest>,
     ) -> Result<Response<pb::Saga>, Status> {
-        let id = Uuid::parse_str(request.get_ref().saga_id.trim())
-            .map_err(|_| invalid("saga_id", "is not a UUID"))?;
+        let id = saga_id_of(&request.get_ref().saga_id)?;
         match views::get(self.driver.pool(), id).await.map_err(internal)? {
             Some(saga) => Ok(Response::new(saga)),
             None => Err(Status::not_found(format!("saga_id: no saga {id}"))),
@@ -248,6 +369,44 @@ impl SagaService for Api {
             .map_err(internal)?;
         Ok(Response::new(resp))
     }
+
+    #[tracing::instrument(name = "saga.retry", skip_all, fields(saga.id = %request.get_ref().saga_id.trim(), otel.kind = "server"))]
+    async fn retry_saga(
+        &self,
+        request: Request<pb::RetrySagaRequest>,
+    ) -> Result<Response<pb::Saga>, Status> {
+        let req = request.into_inner();
+        let saga_id = saga_id_of(&req.saga_id)?;
+        let request_id = request_id_of(&req.request_id)?;
+        let reason = reason_of(&req.reason, false)?;
+        self.operate(
+            saga_id,
+            Event::Retry,
+            request_id,
+            annotate(request_id, reason),
+        )
+        .await
+    }
+
+    #[tracing::instrument(name = "saga.cancel", skip_all, fields(saga.id = %request.get_ref().saga_id.trim(), otel.kind = "server"))]
+    async fn cancel_saga(
+        &self,
+        request: Request<pb::CancelSagaRequest>,
+    ) -> Result<Response<pb::Saga>, Status> {
+        let req = request.into_inner();
+        let saga_id = saga_id_of(&req.saga_id)?;
+        let request_id = request_id_of(&req.request_id)?;
+        let reason = reason_of(&req.reason, true)?.unwrap_or_default();
+        self.operate(
+            saga_id,
+            Event::Cancel {
+                reason: reason.to_owned(),
+            },
+            request_id,
+            annotate(request_id, None),
+        )
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +444,52 @@ mod tests {
         let input = validate(&good()).unwrap();
         assert_eq!(input.currency, "EUR");
         assert_eq!(input.amount_cents, 1000);
+    }
+
+    #[test]
+    fn operator_fields_are_checked_and_named() {
+        let named = |r: Result<_, Status>, field: &str| {
+            let e = r.expect_err("must be refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(field), "{}", e.message());
+        };
+        named(saga_id_of("nope").map(|_| ()), "saga_id");
+        named(request_id_of(&"r".repeat(201)).map(|_| ()), "request_id");
+        named(request_id_of("a\nb").map(|_| ()), "request_id");
+        named(reason_of("  ", true).map(|_| ()), "reason");
+        named(reason_of(&"x".repeat(1001), false).map(|_| ()), "reason");
+        assert_eq!(request_id_of(" r-1 ").unwrap(), Some("r-1"));
+        assert_eq!(request_id_of("").unwrap(), None);
+        assert_eq!(reason_of("", false).unwrap(), None);
+    }
+
+    #[test]
+    fn refusals_of_the_machine_are_failed_preconditions() {
+        use crate::saga::Status as S;
+        let cases = [
+            (
+                saga::Error::NotRetryable { status: S::Running },
+                "saga_id: saga is RUNNING; only COMPENSATION_FAILED sagas can be retried",
+            ),
+            (
+                saga::Error::NotCancellable {
+                    status: S::Completed,
+                },
+                "saga_id: saga is COMPLETED; only RUNNING sagas can be cancelled",
+            ),
+            (
+                saga::Error::PastPivot {
+                    step: 3,
+                    name: "approve_order".into(),
+                },
+                "saga_id: saga is past its pivot: approve_order is in flight and cannot be undone",
+            ),
+        ];
+        for (e, message) in cases {
+            let status = refused(e);
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+            assert_eq!(status.message(), message);
+        }
     }
 
     #[test]

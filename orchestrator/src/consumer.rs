@@ -4,20 +4,23 @@
 //! transaction (see [`store::apply_event`]); the message is acked only after
 //! that commit, and the next command is sent after the ack. A message that
 //! can never apply (undecodable, unknown saga, impossible transition) is
-//! recorded in `rejected_events`, logged and acked: it never blocks or
-//! crashes the consumer. A database failure nacks it for redelivery.
+//! logged, published to the dead-letter topic with its reason and acked: it
+//! never blocks or crashes the consumer. A database failure nacks it for
+//! redelivery after a short backoff (the subscription's dead-letter policy
+//! bounds the redeliveries).
 
 use std::sync::Arc;
 
 use prost::Message as _;
 use sagaflow_common::outbox::attributes;
-use sagaflow_common::pubsub::ReceivedMessage;
+use sagaflow_common::pubsub::{EventPublisher, ReceivedMessage};
 use sagaflow_protos::events::v1::{CommandKind, EventEnvelope, Outcome as PbOutcome};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use crate::deadletter;
 use crate::driver::Driver;
 use crate::saga::{Event, Kind, Outcome};
 use crate::store::{self, Applied};
@@ -61,6 +64,7 @@ pub async fn run(
     driver: Driver,
     mut messages: tokio::sync::mpsc::Receiver<ReceivedMessage>,
     concurrency: usize,
+    dead_letters: Arc<EventPublisher>,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
@@ -73,8 +77,9 @@ pub async fn run(
             break;
         };
         let driver = driver.clone();
+        let dead_letters = dead_letters.clone();
         tokio::spawn(async move {
-            handle(&driver, msg).await;
+            handle(&driver, &dead_letters, msg).await;
             drop(permit);
         });
     }
@@ -82,7 +87,7 @@ pub async fn run(
     let _ = permits.acquire_many(concurrency as u32).await;
 }
 
-async fn handle(driver: &Driver, msg: ReceivedMessage) {
+async fn handle(driver: &Driver, dead_letters: &EventPublisher, msg: ReceivedMessage) {
     let traceparent = msg.attributes.get(attributes::TRACEPARENT).cloned();
     let span = tracing::info_span!(
         "saga.consume",
@@ -95,7 +100,7 @@ async fn handle(driver: &Driver, msg: ReceivedMessage) {
     async move {
         let decoded = match decode(&msg.data) {
             Ok(d) => d,
-            Err(reason) => return reject(driver, msg, None, &reason).await,
+            Err(reason) => return reject(dead_letters, msg, &reason).await,
         };
         let span = tracing::Span::current();
         span.record("saga.id", tracing::field::display(decoded.saga_id));
@@ -132,14 +137,19 @@ async fn handle(driver: &Driver, msg: ReceivedMessage) {
                 msg.ack();
             }
             Ok(Applied::UnknownSaga) => {
-                reject(driver, msg, Some(&decoded), "unknown saga").await;
+                reject(
+                    dead_letters,
+                    msg,
+                    &format!("unknown saga {}", decoded.saga_id),
+                )
+                .await;
             }
             Ok(Applied::Rejected(e)) => {
-                reject(driver, msg, Some(&decoded), &e.to_string()).await;
+                reject(dead_letters, msg, &e.to_string()).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "applying event failed; it will be redelivered");
-                msg.nack();
+                retry_later(msg).await;
             }
         }
     }
@@ -147,28 +157,23 @@ async fn handle(driver: &Driver, msg: ReceivedMessage) {
     .await
 }
 
-async fn reject(driver: &Driver, msg: ReceivedMessage, decoded: Option<&Decoded>, reason: &str) {
-    tracing::warn!(reason, "rejected event");
-    let event_id = decoded.map(|d| d.event_id.to_string());
-    let saga_id = decoded
-        .map(|d| d.saga_id.to_string())
-        .or_else(|| msg.attributes.get(attributes::SAGA_ID).cloned());
-    match store::record_rejection(
-        driver.pool(),
-        &msg.message_id,
-        event_id.as_deref(),
-        saga_id.as_deref(),
-        reason,
-        &msg.data,
-    )
-    .await
-    {
+async fn reject(dead_letters: &EventPublisher, msg: ReceivedMessage, reason: &str) {
+    tracing::warn!(reason, "poison message: dead-lettering it");
+    match deadletter::send(dead_letters, &msg, reason).await {
         Ok(()) => msg.ack(),
         Err(e) => {
-            tracing::warn!(error = %e, "recording a rejected event failed; it will be redelivered");
-            msg.nack();
+            tracing::warn!(error = %e, "dead-lettering failed; it will be redelivered");
+            retry_later(msg).await;
         }
     }
+}
+
+/// Nack after a pause that grows with the delivery attempt, so a short
+/// outage does not burn through the subscription's delivery attempts.
+async fn retry_later(msg: ReceivedMessage) {
+    let attempt = msg.delivery_attempt.unwrap_or(1).clamp(1, 6) as u32;
+    tokio::time::sleep(std::time::Duration::from_millis(250 << attempt)).await;
+    msg.nack();
 }
 
 #[cfg(test)]

@@ -21,10 +21,11 @@ use crate::participants::{ParticipantClient, SendError};
 use crate::saga::{Command, Effect, Kind, Status};
 use crate::store::{self, Applied, SagaContext};
 
-/// The command id of (saga, step, kind): the same on every re-send, so a
-/// participant's inbox recognises repeats.
-pub fn command_id(saga_id: Uuid, step: usize, kind: Kind) -> Uuid {
-    Uuid::new_v5(&saga_id, format!("{step}:{}", kind.as_str()).as_bytes())
+/// The command id of a command: derived from (saga, step, kind, and the
+/// compensation generation an operator retry bumps), so every re-send of the
+/// same command carries the same id and a participant's inbox recognises it.
+pub fn command_id(saga_id: Uuid, cmd: &Command) -> Uuid {
+    Uuid::new_v5(&saga_id, cmd.id_name().as_bytes())
 }
 
 /// Cheap to clone; shared by the API, the consumer and the timer loop.
@@ -115,7 +116,7 @@ impl Driver {
         );
         sagaflow_common::trace::set_parent(&span, parent.as_deref().or(ctx.traceparent.as_deref()));
         let command = StepCommand {
-            command_id: command_id(ctx.saga_id, cmd.step, cmd.kind).to_string(),
+            command_id: command_id(ctx.saga_id, &cmd).to_string(),
             saga_id: ctx.saga_id.to_string(),
             step: cmd.step as u32,
             step_name: step.name.clone(),

@@ -7,12 +7,15 @@
 //! - [`driver`]: carries out effects: sends commands, fires timers, resumes.
 //! - [`participants`]: the gRPC client that calls any step by method path.
 //! - [`consumer`]: Pub/Sub events in, transitions out.
+//! - [`deadletter`]: poison messages: the dead-letter topic, its table,
+//!   listing and re-driving.
 //! - [`api`] and [`views`]: the public gRPC API and its read models.
 //! - [`config`]: environment variables.
 
 pub mod api;
 pub mod config;
 pub mod consumer;
+pub mod deadletter;
 pub mod definitions;
 pub mod driver;
 pub mod participants;
@@ -39,21 +42,16 @@ pub async fn run(
         def.validate().map_err(anyhow::Error::msg)?;
     }
     let pool = sagaflow_common::db::pool(&config.database_url, config.pool_size)?;
-    sagaflow_common::db::migrate(&pool, store::MIGRATIONS).await?;
+    sagaflow_common::db::migrate(&pool, &migrations()).await?;
 
     let ps = PubSubConfig::from_env();
+    let (events_spec, dead_letter_spec) = subscriptions(&config);
     pubsub::ensure_topic(&ps, &config.events_topic).await?;
-    pubsub::ensure_subscription(
-        &ps,
-        &SubscriptionSpec {
-            id: config.events_subscription.clone(),
-            topic_id: config.events_topic.clone(),
-            ordering: config.subscription_ordering,
-            ack_deadline_secs: 30,
-            dead_letter: None,
-        },
-    )
-    .await?;
+    pubsub::ensure_topic(&ps, &config.dead_letter_topic).await?;
+    pubsub::ensure_subscription(&ps, &dead_letter_spec).await?;
+    pubsub::ensure_subscription(&ps, &events_spec).await?;
+    let dead_letters =
+        Arc::new(pubsub::EventPublisher::new(&ps, &config.dead_letter_topic, 64).await?);
 
     let participants =
         participants::GrpcParticipants::new(&config.participants, config.command_timeout)?;
@@ -79,6 +77,14 @@ pub async fn run(
         driver.clone(),
         messages,
         config.consumer_concurrency,
+        dead_letters.clone(),
+        work.clone(),
+    ));
+    let (dead_letter_subscriber, dead_letter_messages) =
+        pubsub::EventSubscriber::start(&ps, &config.dead_letter_subscription, 1).await?;
+    let drainer = tokio::spawn(deadletter::drain(
+        driver.pool().clone(),
+        dead_letter_messages,
         work.clone(),
     ));
 
@@ -96,8 +102,43 @@ pub async fn run(
         .await;
     work.cancel();
     let _ = consumer.await;
+    let _ = drainer.await;
     subscriber.shutdown().await;
+    dead_letter_subscriber.shutdown().await;
     let _ = timers.await;
     served?;
     Ok(())
+}
+
+/// Every migration of the orchestrator's database, in order.
+pub fn migrations() -> Vec<sagaflow_common::db::Migration> {
+    store::MIGRATIONS
+        .iter()
+        .chain(deadletter::MIGRATIONS)
+        .copied()
+        .collect()
+}
+
+/// The events subscription (with its dead-letter policy) and the
+/// dead-letter subscription.
+pub fn subscriptions(config: &Config) -> (SubscriptionSpec, SubscriptionSpec) {
+    (
+        SubscriptionSpec {
+            id: config.events_subscription.clone(),
+            topic_id: config.events_topic.clone(),
+            ordering: config.subscription_ordering,
+            ack_deadline_secs: 30,
+            dead_letter: Some((
+                config.dead_letter_topic.clone(),
+                config.max_delivery_attempts,
+            )),
+        },
+        SubscriptionSpec {
+            id: config.dead_letter_subscription.clone(),
+            topic_id: config.dead_letter_topic.clone(),
+            ordering: false,
+            ack_deadline_secs: 30,
+            dead_letter: None,
+        },
+    )
 }

@@ -7,6 +7,10 @@
 //! redelivered event a no-op. Each change appends a history row with the next
 //! sequence number and `NOTIFY sagaflow_saga` with the saga id, so any
 //! instance can stream any saga live.
+//!
+//! Operator actions (`RetrySaga`, `CancelSaga`) are state machine events
+//! applied the same way ([`operate`]); an optional request id, recorded in
+//! `operator_requests` in the same transaction, makes a repeat a no-op.
 
 use chrono::{DateTime, TimeZone, Utc};
 use deadpool_postgres::{GenericClient, Pool};
@@ -19,10 +23,11 @@ use crate::saga::{self, Effect, Event, Millis, Note, SagaState, Status};
 /// The channel history changes are announced on (payload: the saga id).
 pub const HISTORY_CHANNEL: &str = "sagaflow_saga";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "sagas",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "sagas",
+        sql: r#"
 CREATE TABLE sagas (
     saga_id            uuid PRIMARY KEY,
     saga_type          text NOT NULL,
@@ -58,18 +63,21 @@ CREATE TABLE processed_events (
     saga_id      uuid NOT NULL,
     processed_at timestamptz NOT NULL DEFAULT now()
 );
-
-CREATE TABLE rejected_events (
-    id          bigserial PRIMARY KEY,
-    message_id  text,
-    event_id    text,
-    saga_id     text,
-    reason      text NOT NULL,
-    data        bytea,
-    rejected_at timestamptz NOT NULL DEFAULT now()
+"#,
+    },
+    Migration {
+        version: 2,
+        name: "operator requests",
+        sql: r#"
+CREATE TABLE operator_requests (
+    request_id text PRIMARY KEY,
+    saga_id    uuid NOT NULL REFERENCES sagas (saga_id),
+    action     text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
 );
 "#,
-}];
+    },
+];
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +113,7 @@ pub struct NewSaga {
 pub enum Placed {
     Created {
         ctx: SagaContext,
-        state: SagaState,
+        state: Box<SagaState>,
         effects: Vec<Effect>,
     },
     /// The idempotency key was used before.
@@ -122,7 +130,8 @@ pub enum Applied {
     Duplicate,
     /// No saga has that id.
     UnknownSaga,
-    /// The state machine refused the event (recorded in `rejected_events`).
+    /// The state machine refused the event (nothing is recorded, so a
+    /// re-driven copy is judged again).
     Rejected(saga::Error),
     /// Applied; `effects` are to be carried out now that it is committed.
     Changed {
@@ -220,7 +229,7 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
             input: new.input,
             traceparent: new.traceparent,
         },
-        state: t.state,
+        state: Box::new(t.state),
         effects: t.effects,
     })
 }
@@ -296,19 +305,21 @@ async fn lock_saga(tx: &impl GenericClient, saga_id: Uuid) -> Result<Option<Lock
     }))
 }
 
-/// Apply `event` to a locked saga inside `tx` and persist the result.
+/// Apply `event` to a locked saga inside `tx` and persist the result;
+/// `annotation` is appended to the history entry's detail.
 async fn apply_locked(
     tx: &impl GenericClient,
     locked: Locked,
     event: &Event,
     now: Millis,
-) -> Result<Result<Applied, saga::Error>, Error> {
+    annotation: Option<&str>,
+) -> Result<Result<Persisted, saga::Error>, Error> {
     let t = match saga::apply(&locked.definition, &locked.state, event, now) {
         Ok(t) => t,
         Err(e) => return Ok(Err(e)),
     };
     let Some(note) = t.note else {
-        return Ok(Ok(Applied::Unchanged));
+        return Ok(Ok(Persisted::Unchanged));
     };
     let version = locked.version + 1;
     let state_json = serde_json::to_value(&t.state).expect("state serialises");
@@ -326,20 +337,52 @@ async fn apply_locked(
         ],
     )
     .await?;
+    let detail = match annotation {
+        Some(a) => format!("{}; {a}", note.detail),
+        None => note.detail,
+    };
     append_history(
         tx,
         locked.ctx.saga_id,
         version,
         note.kind,
         t.state.status,
-        &note.detail,
+        &detail,
     )
     .await?;
-    Ok(Ok(Applied::Changed {
+    Ok(Ok(Persisted::Changed {
         ctx: locked.ctx,
-        state: t.state,
+        state: Box::new(t.state),
         effects: t.effects,
     }))
+}
+
+/// What [`apply_locked`] did.
+enum Persisted {
+    Changed {
+        ctx: SagaContext,
+        state: Box<SagaState>,
+        effects: Vec<Effect>,
+    },
+    /// The machine changed nothing (duplicate, late or stale).
+    Unchanged,
+}
+
+impl From<Persisted> for Applied {
+    fn from(p: Persisted) -> Applied {
+        match p {
+            Persisted::Changed {
+                ctx,
+                state,
+                effects,
+            } => Applied::Changed {
+                ctx,
+                state: *state,
+                effects,
+            },
+            Persisted::Unchanged => Applied::Unchanged,
+        }
+    }
 }
 
 /// Apply an outcome event exactly once (by event id), in one transaction.
@@ -366,12 +409,16 @@ pub async fn apply_event(
         tx.rollback().await?;
         return Ok(Applied::UnknownSaga);
     };
-    let applied = match apply_locked(&tx, locked, event, now).await? {
-        Ok(a) => a,
-        Err(e) => Applied::Rejected(e),
-    };
-    tx.commit().await?;
-    Ok(applied)
+    match apply_locked(&tx, locked, event, now, None).await? {
+        Ok(p) => {
+            tx.commit().await?;
+            Ok(p.into())
+        }
+        Err(e) => {
+            tx.rollback().await?;
+            Ok(Applied::Rejected(e))
+        }
+    }
 }
 
 /// Fire every due timer (up to `limit`), each saga in its own transaction,
@@ -406,8 +453,8 @@ pub async fn fire_due_timers(pool: &Pool, now: Millis, limit: i64) -> Result<Vec
         let Some(locked) = lock_saga(&tx, saga_id).await? else {
             continue;
         };
-        match apply_locked(&tx, locked, &Event::Timeout, now).await? {
-            Ok(a) => out.push(a),
+        match apply_locked(&tx, locked, &Event::Timeout, now, None).await? {
+            Ok(p) => out.push(p.into()),
             Err(e) => {
                 tracing::error!(saga.id = %saga_id, error = %e, "timeout rejected");
                 // Don't spin on it: clear the wake-up; the saga stays visible.
@@ -421,6 +468,105 @@ pub async fn fire_due_timers(pool: &Pool, now: Millis, limit: i64) -> Result<Vec
         tx.commit().await?;
     }
     Ok(out)
+}
+
+/// An operator's action on one saga.
+pub struct Operation<'a> {
+    pub saga_id: Uuid,
+    /// [`Event::Retry`] or [`Event::Cancel`].
+    pub event: &'a Event,
+    /// The client's idempotency key, if it sent one.
+    pub request_id: Option<&'a str>,
+    /// Appended to the history entry ("operator: payment restored").
+    pub annotation: Option<String>,
+    pub now: Millis,
+}
+
+/// Outcome of an operator action.
+#[derive(Debug)]
+pub enum Operated {
+    /// No saga has that id.
+    UnknownSaga,
+    /// The request id was applied before, to this saga and action: nothing
+    /// was done again.
+    Repeated,
+    /// The request id was applied before to another saga or action.
+    RequestIdReused { saga_id: Uuid, action: String },
+    /// The state machine refused the action (nothing written).
+    Refused(saga::Error),
+    /// Applied; `effects` are to be carried out now that it is committed.
+    Changed {
+        ctx: SagaContext,
+        effects: Vec<Effect>,
+    },
+    /// Accepted, but nothing to do (a repeated cancel).
+    Unchanged,
+}
+
+/// The action a request id is recorded for (`operate` is called with
+/// operator events only).
+fn action_name(event: &Event) -> &'static str {
+    match event {
+        Event::Retry => "retry",
+        Event::Cancel { .. } => "cancel",
+        Event::Start | Event::Timeout | Event::Outcome { .. } => "event",
+    }
+}
+
+/// Apply an operator's event to a saga in one transaction: record the
+/// request id (if any; a repeat does nothing), lock the saga, apply, persist
+/// and append history. Nothing is written when the machine refuses.
+pub async fn operate(pool: &Pool, op: Operation<'_>) -> Result<Operated, Error> {
+    let action = action_name(op.event);
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(locked) = lock_saga(&tx, op.saga_id).await? else {
+        tx.rollback().await?;
+        return Ok(Operated::UnknownSaga);
+    };
+    if let Some(request_id) = op.request_id {
+        // A concurrent repeat on this saga waited for the row lock above; one
+        // naming another saga waits on this insert until the first commits
+        // (then sees its row) or rolls back.
+        let fresh = tx
+            .execute(
+                "INSERT INTO operator_requests (request_id, saga_id, action) VALUES ($1, $2, $3)
+                 ON CONFLICT (request_id) DO NOTHING",
+                &[&request_id, &op.saga_id, &action],
+            )
+            .await?;
+        if fresh == 0 {
+            let row = tx
+                .query_one(
+                    "SELECT saga_id, action FROM operator_requests WHERE request_id = $1",
+                    &[&request_id],
+                )
+                .await?;
+            let (saga_id, stored): (Uuid, String) = (row.get(0), row.get(1));
+            tx.rollback().await?;
+            return Ok(if (saga_id, stored.as_str()) == (op.saga_id, action) {
+                Operated::Repeated
+            } else {
+                Operated::RequestIdReused {
+                    saga_id,
+                    action: stored,
+                }
+            });
+        }
+    }
+    let operated =
+        match apply_locked(&tx, locked, op.event, op.now, op.annotation.as_deref()).await? {
+            Err(e) => {
+                // Not applied: forget the request id too, so a retry after the
+                // cause is fixed can use it.
+                tx.rollback().await?;
+                return Ok(Operated::Refused(e));
+            }
+            Ok(Persisted::Changed { ctx, effects, .. }) => Operated::Changed { ctx, effects },
+            Ok(Persisted::Unchanged) => Operated::Unchanged,
+        };
+    tx.commit().await?;
+    Ok(operated)
 }
 
 /// A page of non-terminal sagas after `after` (for resuming after a restart).
@@ -458,24 +604,4 @@ pub async fn in_flight_page(
             ))
         })
         .collect()
-}
-
-/// Record a message the orchestrator could not apply.
-pub async fn record_rejection(
-    pool: &Pool,
-    message_id: &str,
-    event_id: Option<&str>,
-    saga_id: Option<&str>,
-    reason: &str,
-    data: &[u8],
-) -> Result<(), Error> {
-    let client = pool.get().await?;
-    client
-        .execute(
-            "INSERT INTO rejected_events (message_id, event_id, saga_id, reason, data)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[&message_id, &event_id, &saga_id, &reason, &data],
-        )
-        .await?;
-    Ok(())
 }

@@ -90,12 +90,13 @@ fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
     };
     if let Some(state) = state {
         saga.state = state_of(state.status) as i32;
-        if state.status == Status::CompensationFailed {
-            saga.failed_step = state
-                .failed_step
-                .and_then(|i| def.as_ref().map(|d| d.steps[i].name.clone()))
-                .unwrap_or_default();
-        }
+        // Paused: the step whose undo failed (what RetrySaga re-sends).
+        // Compensating or compensated: the step whose failure, or
+        // cancellation, started it.
+        saga.failed_step = state
+            .failed_step
+            .and_then(|i| def.as_ref()?.steps.get(i).map(|s| s.name.clone()))
+            .unwrap_or_default();
         saga.steps = state
             .steps
             .iter()
@@ -109,6 +110,8 @@ fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
                     status: s.state.as_str().to_owned(),
                     attempts: s.attempts,
                     reason: s.reason.clone().unwrap_or_default(),
+                    compensation_attempts: s.compensation_attempts,
+                    compensation_generation: s.compensation_generation,
                 }
             })
             .collect();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use deadpool_postgres::Pool;
 use sagaflow_common::outbox::attributes;
-use sagaflow_common::pubsub::{EventPublisher, OutgoingMessage};
+use sagaflow_common::pubsub::{EventPublisher, OutgoingMessage, is_not_found};
 use sagaflow_common::trace;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -69,6 +69,8 @@ pub(crate) struct Failed {
     pub id: i64,
     /// Failed attempts so far, this one included.
     pub attempts: i32,
+    /// Pub/Sub said the topic does not exist (an emulator restart loses it).
+    pub topic_missing: bool,
 }
 
 /// What one round did.
@@ -160,6 +162,7 @@ async fn claim_and_publish(
                 failed.push(Failed {
                     id,
                     attempts: attempts + 1,
+                    topic_missing: is_not_found(&e),
                 });
             }
         }

@@ -16,10 +16,13 @@
 //! - `batch`: claim → publish concurrently → mark sent / failed → commit.
 //! - `listener`: `LISTEN sagaflow_outbox` wake-ups (polling is the fallback).
 //! - `cleanup`: deletes sent rows past the retention period.
+//! - `topic`: re-creates the topic when an emulator restart lost it.
 //! - `backoff`: exponential backoff with jitter.
 //!
 //! The relay does not create outbox tables (participants' migrations do); it
-//! waits for them. It creates the topic only on the emulator.
+//! waits for them. It creates the topic only on the emulator, at start and
+//! again whenever a publish finds it missing (the emulator forgets
+//! everything when restarted).
 
 pub mod config;
 
@@ -27,6 +30,7 @@ mod backoff;
 mod batch;
 mod cleanup;
 mod listener;
+mod topic;
 mod worker;
 
 use std::sync::Arc;
@@ -59,6 +63,11 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> anyhow::Re
         EventPublisher::new(&config.pubsub, &config.topic_id, config.max_in_flight).await?,
     );
 
+    let topic = Arc::new(topic::Topic::new(
+        config.pubsub.clone(),
+        config.topic_id.clone(),
+    ));
+
     let stop = shutdown.child_token();
     let mut workers = JoinSet::new();
     for url in &config.database_urls {
@@ -67,6 +76,7 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> anyhow::Re
             label: config::label(url),
             pool: db::pool(url, POOL_SIZE)?,
             publisher: publisher.clone(),
+            topic: topic.clone(),
             batch_size: config.batch_size,
             poll_interval: config.poll_interval,
             retention: config.retention,

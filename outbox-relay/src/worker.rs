@@ -7,6 +7,8 @@
 //! a round where every publish failed (Pub/Sub unreachable) backs off too.
 //! Rows whose publish failed are skipped by this worker for a while (growing
 //! with their attempts) so one poison row cannot stall or hot-loop the rest.
+//! Except when the topic was missing and has just been re-created (an
+//! emulator restart): those rows are retried at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, jitter};
 use crate::batch::{self, Failed};
+use crate::topic::Topic;
 use crate::{cleanup, listener};
 
 /// First delay before this worker retries a row whose publish failed.
@@ -38,6 +41,8 @@ pub(crate) struct Worker {
     pub pool: Pool,
     /// Shared by every worker of the relay.
     pub publisher: Arc<EventPublisher>,
+    /// Re-creates the topic when publishes find it missing (emulator only).
+    pub topic: Arc<Topic>,
     pub batch_size: i64,
     pub poll_interval: Duration,
     pub retention: Duration,
@@ -101,8 +106,20 @@ impl Worker {
             let wait = match outcome {
                 Ok(o) => {
                     db_backoff.reset();
+                    // The topic is gone (emulator restart): re-create it and
+                    // retry those rows at once rather than deferring them.
+                    let recreated = o.failed.iter().any(|f| f.topic_missing)
+                        && tokio::select! {
+                            r = self.topic.recreate() => r,
+                            () = shutdown.cancelled() => false,
+                        };
                     for f in &o.failed {
-                        deferred.defer(f);
+                        if !(recreated && f.topic_missing) {
+                            deferred.defer(f);
+                        }
+                    }
+                    if recreated {
+                        continue;
                     }
                     if o.sent == 0 && !o.failed.is_empty() {
                         Wait::Backoff(publish_backoff.next_delay())
@@ -197,7 +214,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn deferred_rows_come_back_after_their_delay() {
         let mut d = Deferred::default();
-        d.defer(&Failed { id: 7, attempts: 1 });
+        d.defer(&Failed {
+            id: 7,
+            attempts: 1,
+            topic_missing: false,
+        });
         assert_eq!(d.active(), vec![7]);
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert!(d.active().is_empty());

@@ -7,11 +7,19 @@
 //! - [`system`]: the services as child processes (killable with SIGKILL),
 //!   a client, and helpers to wait for sagas to settle.
 //! - [`invariants`]: cross-database business checks.
+//! - [`audit`]: where sagas ended, and whether anything happened twice.
+//! - [`placer`]: placing many orders while orchestrators come and go.
+//! - [`faults`]: a seeded schedule of process and emulator kills.
+//! - [`duplicator`]: duplicate and late event deliveries, injected.
 
+pub mod audit;
 pub mod databases;
+pub mod duplicator;
 pub mod emulator;
+pub mod faults;
 pub mod invariants;
 pub mod orders;
+pub mod placer;
 pub mod system;
 
 use std::time::{Duration, Instant};

@@ -1,12 +1,20 @@
-//! A whole Sagaflow system as child processes: three participants, an outbox
-//! relay and one or more orchestrators, over fresh databases and a Pub/Sub
-//! emulator (started here unless `PUBSUB_EMULATOR_HOST` is set).
+//! A whole Sagaflow system as child processes: three participants, one or
+//! more outbox relays and one or more orchestrators, over fresh databases and
+//! a Pub/Sub emulator (started here unless `PUBSUB_EMULATOR_HOST` is set).
+//!
+//! Process names: `order`, `payment`, `inventory`; `relay`, `relay-1`, ...;
+//! `orchestrator-0`, `orchestrator-1`, .... Any of them can be SIGKILLed
+//! ([`System::kill`]), SIGTERMed ([`System::terminate`]) and started again
+//! ([`System::spawn`], [`System::restart`]); the emulator can be restarted on
+//! the same port ([`System::restart_emulator`]), losing all its state.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
+
+use sagaflow_common::pubsub::PubSubConfig;
 
 use sagaflow_protos::orchestrator::v1::saga_service_client::SagaServiceClient;
 use sagaflow_protos::orchestrator::v1::{GetSagaRequest, ListSagasRequest, Saga, SagaState};
@@ -33,17 +41,12 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
                 .unwrap_or("debug")
                 .to_owned();
             // Make sure the service binaries are built and current (a no-op
-            // when they are); cargo's lock makes concurrent calls safe.
+            // when they are); cargo's lock makes concurrent calls safe. The
+            // same command as `.ci/run`'s, so features unify the same way
+            // and nothing is built twice.
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "--bins"]).args([
-                "-p",
-                "sagaflow-orchestrator",
-                "-p",
-                "sagaflow-participants",
-                "-p",
-                "sagaflow-outbox-relay",
-            ]);
+            cmd.args(["build", "--quiet", "--workspace", "--bins"]);
             if profile == "release" {
                 cmd.arg("--release");
             }
@@ -71,7 +74,23 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Use the default database names (kept) instead of fresh ones.
     pub default_databases: bool,
+    /// Orchestrators to start (`orchestrator-0` ..); 0 means 1.
+    pub orchestrators: usize,
+    /// Relays to start (`relay`, `relay-1`, ..); 0 means 1.
+    pub relays: usize,
 }
+
+/// The name of relay number `n`: `relay`, then `relay-1`, `relay-2`, ...
+pub fn relay_name(n: usize) -> String {
+    if n == 0 {
+        "relay".to_owned()
+    } else {
+        format!("relay-{n}")
+    }
+}
+
+/// How long a service may take to report SERVING after it is spawned.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Proc {
     child: Child,
@@ -94,8 +113,9 @@ pub struct System {
     pub log_dir: PathBuf,
     env: Vec<(String, String)>,
     procs: HashMap<String, Proc>,
-    // Declared last: processes die before the emulator does.
-    _emulator: Option<Emulator>,
+    // Declared last: processes die before the emulator does. `None` when an
+    // outside emulator (`PUBSUB_EMULATOR_HOST`) is used.
+    emulator: Option<Emulator>,
 }
 
 impl System {
@@ -173,7 +193,7 @@ impl System {
             log_dir,
             env,
             procs: HashMap::new(),
-            _emulator: emulator,
+            emulator,
         };
         for p in PARTICIPANTS {
             system.spawn(p)?;
@@ -182,14 +202,76 @@ impl System {
             let addr = system.addrs[p].clone();
             system.wait_healthy(&addr).await?;
         }
-        system.spawn("relay")?;
-        system.spawn_orchestrator(0)?;
-        system.wait_orchestrator(0).await?;
+        for n in 0..options.relays.max(1) {
+            system.spawn(&relay_name(n))?;
+        }
+        for n in 0..options.orchestrators.max(1) {
+            system.spawn_orchestrator(n)?;
+        }
+        for n in 0..options.orchestrators.max(1) {
+            system.wait_orchestrator(n).await?;
+        }
         Ok(system)
     }
 
-    /// Start (or restart) a process: a participant name, `relay`, `relay-N`.
+    /// Where this system's Pub/Sub is, for test-side clients.
+    pub fn pubsub(&self) -> PubSubConfig {
+        PubSubConfig {
+            project: std::env::var("SAGAFLOW_PUBSUB_PROJECT")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "sagaflow-local".to_owned()),
+            emulator_host: Some(self.emulator_host.clone()),
+        }
+    }
+
+    /// The log file of process `name` (every run appends to it).
+    pub fn log_of(&self, name: &str) -> PathBuf {
+        self.log_dir.join(format!("{name}.log"))
+    }
+
+    /// SIGKILL the emulator: every topic, subscription and unacknowledged
+    /// message is gone. Errors when the emulator is not ours to kill
+    /// (`PUBSUB_EMULATOR_HOST` was set).
+    pub fn kill_emulator(&mut self) -> anyhow::Result<()> {
+        self.emulator
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the emulator is external (PUBSUB_EMULATOR_HOST)"))?
+            .kill();
+        Ok(())
+    }
+
+    /// Start the emulator again, empty, on the same host:port, after
+    /// [`kill_emulator`](Self::kill_emulator); waits until it listens.
+    pub async fn start_emulator(&mut self) -> anyhow::Result<()> {
+        self.emulator
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the emulator is external (PUBSUB_EMULATOR_HOST)"))?
+            .start_again()
+            .await
+    }
+
+    /// Kill the emulator and start a fresh one on the same host:port; returns
+    /// how long it was unreachable. The services must re-create what they
+    /// need themselves.
+    pub async fn restart_emulator(&mut self) -> anyhow::Result<Duration> {
+        self.emulator
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the emulator is external (PUBSUB_EMULATOR_HOST)"))?
+            .restart()
+            .await
+    }
+
+    /// The emulator's log file, when the emulator is ours.
+    pub fn emulator_log(&self) -> Option<PathBuf> {
+        self.emulator.as_ref().map(|e| e.log.clone())
+    }
+
+    /// Start a process: a participant name, `relay`, `relay-N`,
+    /// `orchestrator-N` (see also [`spawn_orchestrator`](Self::spawn_orchestrator)).
+    /// A process of that name still running is SIGKILLed first.
     pub fn spawn(&mut self, name: &str) -> anyhow::Result<()> {
+        self.kill(name);
         let bins = bin_dir()?;
         let (bin, args): (&str, Vec<&str>) = if PARTICIPANTS.contains(&name) {
             ("sagaflow-participant", vec![name])
@@ -225,6 +307,60 @@ impl System {
         Ok(())
     }
 
+    /// SIGKILL process `name` (if running) and start it again; waits until it
+    /// is ready (see [`wait_ready`](Self::wait_ready)).
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        self.kill(name);
+        if name.starts_with("orchestrator") {
+            let n: usize = name
+                .trim_start_matches("orchestrator-")
+                .parse()
+                .map_err(|_| anyhow::anyhow!("bad orchestrator name {name}"))?;
+            self.spawn_orchestrator(n)?;
+        } else {
+            self.spawn(name)?;
+        }
+        self.wait_ready(name).await
+    }
+
+    /// Wait until process `name` serves gRPC health (participants and
+    /// orchestrators). Relays serve nothing: they are ready once spawned.
+    pub async fn wait_ready(&self, name: &str) -> anyhow::Result<()> {
+        if name.starts_with("relay") {
+            return Ok(());
+        }
+        let addr = self
+            .addrs
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("unknown process {name}"))?
+            .clone();
+        self.wait_healthy(&addr).await
+    }
+
+    /// The names of the processes started and not killed, sorted.
+    pub fn running(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.procs.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Processes that exited without being told to (a crash, or a clean exit
+    /// nobody asked for), with their exit status. They are forgotten: spawn
+    /// them again to bring them back.
+    pub fn reap(&mut self) -> Vec<(String, ExitStatus)> {
+        let mut exited = Vec::new();
+        for (name, p) in &mut self.procs {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                exited.push((name.clone(), status));
+            }
+        }
+        for (name, _) in &exited {
+            self.procs.remove(name);
+        }
+        exited.sort_by(|a, b| a.0.cmp(&b.0));
+        exited
+    }
+
     /// Start orchestrator number `n` on its own port.
     pub fn spawn_orchestrator(&mut self, n: usize) -> anyhow::Result<()> {
         let name = format!("orchestrator-{n}");
@@ -232,6 +368,23 @@ impl System {
             .entry(name.clone())
             .or_insert_with(|| format!("127.0.0.1:{}", free_port()));
         self.spawn(&name)
+    }
+
+    /// Run one of the service binaries as a command (e.g. the orchestrator's
+    /// `dead-letters list`) with this system's environment.
+    pub fn run_command(&self, bin: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let out = Command::new(bin_dir()?.join(bin))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{bin} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
     }
 
     /// SIGKILL a process, as a crash would.
@@ -242,8 +395,46 @@ impl System {
         }
     }
 
-    /// SIGTERM a process and wait (up to `timeout`) for it to exit by itself.
+    /// SIGSTOP a process: it holds its connections and its work but does
+    /// nothing until [`resume`](Self::resume).
+    pub fn pause(&self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// SIGCONT a process stopped by [`pause`](Self::pause).
+    pub fn resume(&self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, name: &str, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let p = self
+            .procs
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("{name} is not running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.child.id() as i32), signal)?;
+        Ok(())
+    }
+
+    /// SIGTERM a process and wait (up to `timeout`) for it to exit by itself;
+    /// returns its exit status. On timeout the process is SIGKILLed.
     pub async fn terminate(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        self.sigterm(name)?;
+        self.wait_exit(name, timeout).await
+    }
+
+    /// Send SIGTERM to a process without waiting (see
+    /// [`wait_exit`](Self::wait_exit)): several can shut down at once.
+    pub fn sigterm(&self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// Wait (up to `timeout`) for a process to exit, and forget it. On
+    /// timeout the process is SIGKILLed and an error returned.
+    pub async fn wait_exit(
         &mut self,
         name: &str,
         timeout: Duration,
@@ -252,9 +443,7 @@ impl System {
             .procs
             .remove(name)
             .ok_or_else(|| anyhow::anyhow!("{name} is not running"))?;
-        let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let status = wait_for(&format!("{name} to exit after SIGTERM"), timeout, || {
+        let status = wait_for(&format!("{name} to exit"), timeout, || {
             let r = p.child.try_wait();
             async move { Ok(r?) }
         })
@@ -310,8 +499,30 @@ impl System {
         Ok(SagaServiceClient::new(channel))
     }
 
+    /// A client of the first orchestrator still running (by number).
     pub async fn client(&self) -> anyhow::Result<SagaServiceClient<Channel>> {
-        self.client_of(0).await
+        let mut running: Vec<usize> = self
+            .procs
+            .keys()
+            .filter_map(|n| n.strip_prefix("orchestrator-")?.parse().ok())
+            .collect();
+        running.sort_unstable();
+        self.client_of(running.first().copied().unwrap_or(0)).await
+    }
+
+    /// The gRPC URLs of every orchestrator this system has started (running
+    /// or not), by number.
+    pub fn orchestrator_urls(&self) -> Vec<String> {
+        let mut numbered: Vec<(usize, String)> = self
+            .addrs
+            .iter()
+            .filter_map(|(name, addr)| {
+                let n = name.strip_prefix("orchestrator-")?.parse().ok()?;
+                Some((n, format!("http://{addr}")))
+            })
+            .collect();
+        numbered.sort();
+        numbered.into_iter().map(|(_, url)| url).collect()
     }
 
     /// Wait until every saga in `ids` is terminal; returns them in order.
@@ -396,6 +607,13 @@ impl System {
             }
             token = page.next_page_token;
         }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        // Stop the services before the databases are dropped under them.
+        self.procs.clear();
     }
 }
 

@@ -375,7 +375,7 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_messages_are_recorded_and_do_not_block_the_consumer() -> anyhow::Result<()> {
+async fn poison_messages_are_dead_lettered_listed_and_redriven() -> anyhow::Result<()> {
     let sys = System::start("poison", Options::default()).await?;
     let ps = sagaflow_common::pubsub::PubSubConfig {
         project: "sagaflow-local".into(),
@@ -410,19 +410,47 @@ async fn poison_messages_are_recorded_and_do_not_block_the_consumer() -> anyhow:
         .into_inner();
     let done = sys.wait_terminal(&[placed.saga_id], SETTLE).await?;
     assert_eq!(done[0].state, SagaState::Completed as i32);
-    let rejected = wait_for("both poison messages to be recorded", SETTLE, || async {
-        let c = db::connect(&sys.dbs.orchestrator).await?;
-        let rows = c
-            .query("SELECT reason FROM rejected_events ORDER BY id", &[])
-            .await?;
-        let reasons: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        Ok((reasons.len() >= 2).then_some(reasons))
+    // Both end on the dead-letter topic with their reason, stored and counted.
+    let dead = |min: usize| {
+        let url = sys.dbs.orchestrator.clone();
+        async move {
+            let c = db::connect(&url).await?;
+            let rows = c
+                .query("SELECT reason FROM dead_letters ORDER BY id", &[])
+                .await?;
+            let reasons: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            Ok((reasons.len() >= min).then_some(reasons))
+        }
+    };
+    let reasons = wait_for("both poison messages to be dead-lettered", SETTLE, || {
+        dead(2)
     })
     .await?;
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(
-        rejected.iter().any(|r| r.starts_with("undecodable")),
-        "{rejected:?}"
+        reasons.iter().any(|r| r.starts_with("undecodable")),
+        "{reasons:?}"
     );
-    assert!(rejected.iter().any(|r| r == "unknown saga"), "{rejected:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r == &format!("unknown saga {}", unknown.saga_id)),
+        "{reasons:?}"
+    );
+    // The documented commands list and re-drive them; a re-driven poison
+    // message comes back to the dead-letter table, nothing else changes.
+    let listed = sys.run_command("sagaflow-orchestrator", &["dead-letters", "list"])?;
+    let listed = String::from_utf8(listed.stdout)?;
+    assert!(listed.starts_with("dead letters: 2\n"), "{listed}");
+    assert!(listed.contains("unknown saga"), "{listed}");
+    let redriven = sys.run_command("sagaflow-orchestrator", &["dead-letters", "redrive"])?;
+    assert!(String::from_utf8(redriven.stdout)?.contains("re-drove 2 dead letters"));
+    let reasons = wait_for("re-driven poison to come back", SETTLE, || dead(4)).await?;
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    let again = sys.run_command("sagaflow-orchestrator", &["dead-letters", "redrive"])?;
+    assert!(
+        String::from_utf8(again.stdout)?.contains("re-drove 2 dead letters"),
+        "only the new ones"
+    );
     Ok(())
 }

@@ -5,6 +5,11 @@
 //! requested settings). Errors without a response from the service (the
 //! emulator still starting: connection refused) and `UNAVAILABLE`-like codes
 //! are retried with backoff for up to [`READY_TIMEOUT`].
+//!
+//! The emulator keeps everything in memory: after a restart its topics and
+//! subscriptions are gone. [`ensure_subscription_and_topics`] re-creates a
+//! subscription with every topic it needs, and [`is_not_found`] recognises
+//! the error that tells a client its resource has disappeared.
 
 use std::future::Future;
 use std::time::Duration;
@@ -81,6 +86,42 @@ pub async fn ensure_subscription(
         tracing::info!(subscription = %name, topic = %topic, "created Pub/Sub subscription");
     }
     Ok(())
+}
+
+/// Create, unless they exist, the subscription's dead-letter topic (if
+/// any), its topic, then the subscription: everything `spec` needs, in the
+/// order Pub/Sub requires. Used to re-create resources an emulator restart
+/// lost.
+pub async fn ensure_subscription_and_topics(
+    cfg: &PubSubConfig,
+    spec: &SubscriptionSpec,
+) -> anyhow::Result<()> {
+    if let Some((dead_letter_topic, _)) = &spec.dead_letter {
+        ensure_topic(cfg, dead_letter_topic).await?;
+    }
+    ensure_topic(cfg, &spec.topic_id).await?;
+    ensure_subscription(cfg, spec).await
+}
+
+/// Whether `err` (or any error in its chain) says the topic or subscription
+/// does not exist: gRPC `NOT_FOUND` or HTTP 404, also when wrapped in a
+/// failed publish.
+pub fn is_not_found(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        if let Some(e) = e.downcast_ref::<google_cloud_pubsub::Error>() {
+            return not_found(e);
+        }
+        if let Some(google_cloud_pubsub::error::PublishError::Rpc(e)) =
+            e.downcast_ref::<google_cloud_pubsub::error::PublishError>()
+        {
+            return not_found(e);
+        }
+        false
+    })
+}
+
+pub(crate) fn not_found(e: &google_cloud_pubsub::Error) -> bool {
+    e.status().is_some_and(|s| s.code == Code::NotFound) || e.http_status_code() == Some(404)
 }
 
 /// Run a create call until it succeeds (`true`), finds the resource already

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use google_cloud_gax::exponential_backoff::ExponentialBackoffBuilder;
 use google_cloud_gax::retry_policy::RetryPolicyExt as _;
 use google_cloud_pubsub::client::{BasePublisher, Publisher};
 use google_cloud_pubsub::model::Message;
@@ -29,6 +30,12 @@ use super::PubSubConfig;
 /// How long one publish keeps retrying transient errors before it fails
 /// (the crate's default is 10 minutes, too long to hold outbox row locks).
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest wait between two attempts of one publish. The crate's default
+/// grows by 4x up to a minute: after a short outage (an emulator restart)
+/// the queued events would wait long after Pub/Sub is back, and every
+/// second of that costs sagas a step deadline.
+pub const PUBLISH_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// Keyed messages sent through one `Publisher` before it is replaced (see
 /// the module docs).
@@ -123,7 +130,14 @@ impl EventPublisher {
     ) -> anyhow::Result<Self> {
         let topic = cfg.topic_path(topic_id);
         let mut b = BasePublisher::builder()
-            .with_retry_policy(RetryableErrors.with_time_limit(PUBLISH_TIMEOUT));
+            .with_retry_policy(RetryableErrors.with_time_limit(PUBLISH_TIMEOUT))
+            .with_backoff_policy(
+                ExponentialBackoffBuilder::new()
+                    .with_initial_delay(Duration::from_millis(100))
+                    .with_maximum_delay(PUBLISH_RETRY_MAX_DELAY)
+                    .with_scaling(2.0)
+                    .clamp(),
+            );
         if let Some(e) = cfg.endpoint() {
             b = b.with_endpoint(e);
         }

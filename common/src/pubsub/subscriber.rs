@@ -14,6 +14,21 @@
 //!
 //! Delivery is at least once: a [`ReceivedMessage`] that is dropped without
 //! `ack`/`nack` is nacked (redelivered).
+//!
+//! The emulator keeps subscriptions in memory, so a restarted emulator has
+//! none. [`EventSubscriber::start_recreating`] watches for that (emulator
+//! only): every [`RECREATE_CHECK`] it asks whether the subscription exists,
+//! and when it does not, re-creates it with its topics and re-opens every
+//! stream at once. It also re-opens them when the emulator answers again
+//! after being unreachable (another client may have re-created the
+//! subscription already). Polling, rather than waiting for a stream to
+//! report `NOT_FOUND`, because the crate re-opens a stream that lost its
+//! connection by itself, with a backoff that grows by 4x to a minute: a
+//! stream that lived through an emulator restart may sleep long after the
+//! emulator is back.
+//! Messages published while the subscription was missing are lost (Pub/Sub
+//! keeps messages only for existing subscriptions); Sagaflow recovers them
+//! with its step deadlines.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -22,11 +37,12 @@ use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use prost::bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::PubSubConfig;
+use super::admin::{self, SubscriptionSpec};
 use super::backoff::Backoff;
 
 /// Messages buffered between the pumps and the consumer.
@@ -35,6 +51,14 @@ pub const CHANNEL_CAPACITY: usize = 64;
 /// How long [`EventSubscriber::shutdown`] waits for outstanding messages to
 /// be acked or nacked and for the acks to be sent.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How often [`EventSubscriber::start_recreating`] checks, on the emulator,
+/// that its subscription still exists.
+pub const RECREATE_CHECK: Duration = Duration::from_millis(500);
+
+/// Longest wait between attempts to re-open a failed stream. Short: an
+/// attempt is cheap, and while no stream is open no event is consumed.
+const REOPEN_MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// A message handed to the consumer. Call [`ack`](Self::ack) once it is
 /// processed; [`nack`](Self::nack) (or dropping it) asks for redelivery.
@@ -99,6 +123,8 @@ pub struct EventSubscriber {
     stop: CancellationToken,
     /// One task per stream.
     pumps: Vec<JoinHandle<()>>,
+    /// Re-creates the subscription when it disappears (emulator only).
+    watchdog: Option<JoinHandle<()>>,
 }
 
 impl EventSubscriber {
@@ -110,10 +136,52 @@ impl EventSubscriber {
         subscription_id: &str,
         streams: usize,
     ) -> anyhow::Result<(Self, mpsc::Receiver<ReceivedMessage>)> {
+        Self::open(cfg, subscription_id, streams, None).await
+    }
+
+    /// Like [`start`](Self::start) on `spec.id`, and on the emulator
+    /// (`cfg.emulator_host` set) re-create the subscription and its topics
+    /// (see [`admin::ensure_subscription_and_topics`]) whenever it
+    /// disappears, which is what an emulator restart does, then re-open the
+    /// streams at once. Against production Pub/Sub this is [`start`]: a
+    /// subscription deleted there is an operator's decision to respect.
+    ///
+    /// [`start`]: Self::start
+    pub async fn start_recreating(
+        cfg: &PubSubConfig,
+        spec: &SubscriptionSpec,
+        streams: usize,
+    ) -> anyhow::Result<(Self, mpsc::Receiver<ReceivedMessage>)> {
+        let recreate = cfg.emulator_host.is_some().then(|| spec.clone());
+        Self::open(cfg, &spec.id, streams, recreate).await
+    }
+
+    async fn open(
+        cfg: &PubSubConfig,
+        subscription_id: &str,
+        streams: usize,
+        recreate: Option<SubscriptionSpec>,
+    ) -> anyhow::Result<(Self, mpsc::Receiver<ReceivedMessage>)> {
         let client = cfg.subscriber_client().await?;
         let subscription = cfg.subscription_path(subscription_id);
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let stop = CancellationToken::new();
+        // Bumped by the watchdog after it re-created the subscription.
+        let (reopen_tx, reopen_rx) = watch::channel(0u64);
+        let watchdog = match recreate {
+            Some(spec) => {
+                let dog = Watchdog {
+                    admin: cfg.subscription_admin().await?,
+                    cfg: cfg.clone(),
+                    subscription: subscription.clone(),
+                    spec,
+                    reopen: reopen_tx,
+                    stop: stop.clone(),
+                };
+                Some(tokio::spawn(dog.run()))
+            }
+            None => None,
+        };
         let pumps = (0..streams.max(1))
             .map(|index| {
                 let pump = Pump {
@@ -122,6 +190,7 @@ impl EventSubscriber {
                     index,
                     tx: tx.clone(),
                     stop: stop.clone(),
+                    reopen: reopen_rx.clone(),
                 };
                 tokio::spawn(pump.run())
             })
@@ -131,6 +200,7 @@ impl EventSubscriber {
                 subscription,
                 stop,
                 pumps,
+                watchdog,
             },
             rx,
         ))
@@ -143,6 +213,10 @@ impl EventSubscriber {
     /// receiver or drop it before (or while) awaiting this.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
+        if let Some(dog) = self.watchdog.take() {
+            // It only sleeps or makes admin calls: nothing to flush.
+            dog.abort();
+        }
         let pumps = futures::future::join_all(std::mem::take(&mut self.pumps));
         if tokio::time::timeout(SHUTDOWN_GRACE, pumps).await.is_err() {
             tracing::warn!(
@@ -156,6 +230,79 @@ impl EventSubscriber {
 impl Drop for EventSubscriber {
     fn drop(&mut self) {
         self.stop.cancel();
+        if let Some(dog) = self.watchdog.take() {
+            dog.abort();
+        }
+    }
+}
+
+/// Checks that the subscription exists and re-creates it when it does not.
+struct Watchdog {
+    admin: google_cloud_pubsub::client::SubscriptionAdmin,
+    cfg: PubSubConfig,
+    /// Full subscription path.
+    subscription: String,
+    spec: SubscriptionSpec,
+    /// Bumped after a re-creation: every pump re-opens its stream.
+    reopen: watch::Sender<u64>,
+    stop: CancellationToken,
+}
+
+impl Watchdog {
+    /// Longest wait for one existence check; an emulator that is down is
+    /// checked again next round.
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+    async fn run(self) {
+        // Whether the last check got no answer at all.
+        let mut was_unreachable = false;
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(RECREATE_CHECK) => {}
+            }
+            let probe = self
+                .admin
+                .get_subscription()
+                .set_subscription(self.subscription.clone())
+                .send();
+            let missing = match tokio::time::timeout(Self::PROBE_TIMEOUT, probe).await {
+                Ok(Ok(_)) => false,
+                Ok(Err(e)) if admin::not_found(&e) => true,
+                // Unreachable (or an error that says nothing): check again.
+                Ok(Err(_)) | Err(_) => {
+                    was_unreachable = true;
+                    continue;
+                }
+            };
+            let back = std::mem::take(&mut was_unreachable);
+            if !missing {
+                if back {
+                    tracing::info!(subscription = %self.subscription, "Pub/Sub is reachable again; re-opening the streams");
+                    self.reopen.send_modify(|generation| *generation += 1);
+                }
+                continue;
+            }
+            tracing::warn!(
+                subscription = %self.subscription,
+                "Pub/Sub subscription missing (emulator restarted?); re-creating it"
+            );
+            let recreated = tokio::select! {
+                () = self.stop.cancelled() => return,
+                r = admin::ensure_subscription_and_topics(&self.cfg, &self.spec) => r,
+            };
+            match recreated {
+                Ok(()) => {
+                    tracing::info!(subscription = %self.subscription, "re-created the Pub/Sub subscription; re-opening its streams");
+                    self.reopen.send_modify(|generation| *generation += 1);
+                }
+                Err(e) => tracing::warn!(
+                    subscription = %self.subscription,
+                    error = format!("{e:#}"),
+                    "re-creating the Pub/Sub subscription failed; will check again"
+                ),
+            }
+        }
     }
 }
 
@@ -166,24 +313,49 @@ struct Pump {
     index: usize,
     tx: mpsc::Sender<ReceivedMessage>,
     stop: CancellationToken,
+    /// Changes when the subscription was re-created: re-open at once.
+    reopen: watch::Receiver<u64>,
 }
 
 impl Pump {
-    async fn run(self) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), REOPEN_MAX_DELAY);
         // Failed streams whose lease loops are still finishing.
         let mut retired = JoinSet::new();
         let mut stream = self.client.subscribe(self.subscription.clone()).build();
+        // False once the watchdog is gone (or there is none).
+        let mut watched = true;
         loop {
             let next = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
+                changed = self.reopen.changed(), if watched => {
+                    if changed.is_err() {
+                        watched = false;
+                        continue;
+                    }
+                    tracing::debug!(subscription = %self.subscription, stream = self.index, "re-opening the stream on the re-created subscription");
+                    let token = stream.shutdown_token();
+                    retired.spawn(async move { token.shutdown().await });
+                    while retired.try_join_next().is_some() {}
+                    backoff.reset();
+                    stream = self.client.subscribe(self.subscription.clone()).build();
+                    continue;
+                }
                 next = stream.next() => next,
             };
             let failure = match next {
                 Some(Ok((message, handler))) => {
                     backoff.reset();
                     let message = ReceivedMessage::new(message, handler);
+                    tracing::trace!(
+                        subscription = %self.subscription,
+                        stream = self.index,
+                        message.id = %message.message_id,
+                        message.ordering_key = %message.ordering_key,
+                        message.delivery_attempt = message.delivery_attempt,
+                        "received"
+                    );
                     tokio::select! {
                         biased;
                         // Dropping the message nacks it.

@@ -3,6 +3,11 @@
 //! Pure: no clock, no I/O. Every (status, event) pair is an explicit arm.
 //! A duplicate or late event returns the state unchanged with no effects
 //! (`Transition::note == None`); a pair that cannot happen is an [`Error`].
+//!
+//! Operator events ([`Event::Retry`], [`Event::Cancel`]) that make no sense
+//! in the saga's status are errors too ([`Error::NotRetryable`],
+//! [`Error::NotCancellable`], [`Error::PastPivot`]), which the API turns into
+//! `FAILED_PRECONDITION`; a repeated cancel is a no-op.
 
 use super::definition::Definition;
 use super::state::{Command, Effect, Event, Kind, Millis, Outcome, SagaState, Status, StepState};
@@ -57,6 +62,20 @@ pub enum Error {
         saga_type: String,
         version: u32,
     },
+    #[error(
+        "[SF1005] saga is {}; only COMPENSATION_FAILED sagas can be retried",
+        status.as_str()
+    )]
+    NotRetryable { status: Status },
+    #[error(
+        "[SF1006] saga is {}; only RUNNING sagas can be cancelled",
+        status.as_str()
+    )]
+    NotCancellable { status: Status },
+    #[error(
+        "[SF1007] saga is past its pivot: {name} (step {step}) is in flight and cannot be undone"
+    )]
+    PastPivot { step: usize, name: String },
 }
 
 /// Apply `event` to `state` at time `now`.
@@ -83,6 +102,8 @@ pub fn apply(
     let note = match event {
         Event::Start => m.start(),
         Event::Timeout => m.timeout(),
+        Event::Retry => m.retry()?,
+        Event::Cancel { reason } => m.cancel(reason)?,
         Event::Outcome {
             step,
             kind,
@@ -165,17 +186,36 @@ impl Machine<'_> {
         )
     }
 
+    fn cancelled_why(&self, step: usize, reason: &str) -> String {
+        format!(
+            "cancelled by an operator while {} was in flight: {reason}",
+            self.name(step)
+        )
+    }
+
     /// The forward failure that started compensation, rebuilt from the
-    /// steps: nothing runs forward after a failure, so it is the last step
-    /// whose action was sent.
+    /// steps: nothing runs forward after a failure (or a cancel), so it is
+    /// the last step whose action was sent.
     fn forward_failure(&self) -> Option<(usize, String)> {
         let step = self.s.steps.iter().rposition(|r| r.attempts > 0)?;
         let rec = &self.s.steps[step];
-        let why = match rec.state {
-            StepState::Refused => self.refused_why(step, rec.reason.as_deref().unwrap_or_default()),
-            _ => self.unknown_why(step, rec.attempts),
+        let why = match (&self.s.cancelled, rec.state) {
+            (Some(reason), _) => self.cancelled_why(step, reason),
+            (None, StepState::Refused) => {
+                self.refused_why(step, rec.reason.as_deref().unwrap_or_default())
+            }
+            (None, _) => self.unknown_why(step, rec.attempts),
         };
         Some((step, why))
+    }
+
+    /// No longer paused: compensating again, reporting again why.
+    fn unpause(&mut self) {
+        self.s.status = Status::Compensating;
+        if let Some((failed, why)) = self.forward_failure() {
+            self.s.failed_step = Some(failed);
+            self.s.reason = Some(why);
+        }
     }
 
     fn start(&mut self) -> Option<Note> {
@@ -204,6 +244,7 @@ impl Machine<'_> {
             step,
             kind: Kind::Action,
             attempt,
+            generation: 0,
         }));
         self.effects.push(Effect::ScheduleTimeout { at: deadline });
     }
@@ -213,12 +254,14 @@ impl Machine<'_> {
         let rec = &mut self.s.steps[step];
         rec.state = StepState::Compensating;
         rec.compensation_attempts = attempt;
+        let generation = rec.compensation_generation;
         self.s.cursor = step;
         self.s.deadline = Some(deadline);
         self.effects.push(Effect::SendCommand(Command {
             step,
             kind: Kind::Compensation,
             attempt,
+            generation,
         }));
         self.effects.push(Effect::ScheduleTimeout { at: deadline });
     }
@@ -243,21 +286,24 @@ impl Machine<'_> {
     fn compensate_next(&mut self, from: Option<usize>) {
         let mut next = from;
         while let Some(i) = next {
-            let may_have_acted = matches!(
-                self.s.steps[i].state,
-                StepState::Succeeded | StepState::Unknown | StepState::Pending
-            );
-            if may_have_acted {
-                if self.def.steps[i].compensation.is_some() {
-                    self.send_compensation(i, 1);
-                    return;
-                }
-                self.s.steps[i].state = StepState::NotCompensated;
+            if may_have_acted(self.s.steps[i].state) && self.undo(i) {
+                return;
             }
             next = i.checked_sub(1);
         }
         self.s.cursor = 0;
         self.finish(Status::Compensated);
+    }
+
+    /// Undo step `i`, which may have acted: send its compensation (`true`),
+    /// or mark it not compensated when it has none (`false`).
+    fn undo(&mut self, i: usize) -> bool {
+        if self.def.steps[i].compensation.is_some() {
+            self.send_compensation(i, 1);
+            return true;
+        }
+        self.s.steps[i].state = StepState::NotCompensated;
+        false
     }
 
     fn action_succeeded(&mut self, step: usize) -> Result<Option<Note>, Error> {
@@ -425,12 +471,7 @@ impl Machine<'_> {
                 if step == self.s.cursor =>
             {
                 self.s.steps[step].state = StepState::Compensated;
-                self.s.status = Status::Compensating;
-                // No longer paused: report again why the saga compensates.
-                if let Some((failed, why)) = self.forward_failure() {
-                    self.s.failed_step = Some(failed);
-                    self.s.reason = Some(why);
-                }
+                self.unpause();
                 self.compensate_next(step.checked_sub(1));
                 note(
                     "step_compensated",
@@ -496,6 +537,9 @@ impl Machine<'_> {
             ) => {
                 return Err(self.never_sent(step, Kind::Compensation));
             }
+            // The answer to the undo of an earlier generation, arriving after
+            // an operator's retry of it succeeded: stale.
+            (_, StepState::Compensated) if self.s.steps[step].compensation_generation > 0 => None,
             (_, StepState::Compensated)
             | (
                 Status::Running | Status::Completed | Status::Compensated,
@@ -506,6 +550,129 @@ impl Machine<'_> {
                 return Err(self.contradiction(step, Kind::Compensation, "refused"));
             }
         })
+    }
+
+    /// An operator retries a paused saga: the failed undo is sent again as a
+    /// new command (the next generation, so a participant that stored a
+    /// refusal under the old command id decides afresh) with a fresh attempt
+    /// budget, and compensation carries on from there.
+    fn retry(&mut self) -> Result<Option<Note>, Error> {
+        let cursor = self.s.cursor;
+        match (self.s.status, self.s.steps[cursor].state) {
+            // The paused undo (any state whose undo is unconfirmed; only
+            // `CompensationFailed` is reachable).
+            (
+                Status::CompensationFailed,
+                StepState::CompensationFailed
+                | StepState::Compensating
+                | StepState::Pending
+                | StepState::Succeeded
+                | StepState::Unknown,
+            ) => {
+                let rec = &mut self.s.steps[cursor];
+                rec.compensation_generation += 1;
+                let generation = rec.compensation_generation;
+                self.unpause();
+                if self.undo(cursor) {
+                    return Ok(note(
+                        "retry_requested",
+                        format!(
+                            "compensation of {} sent again (retry {generation})",
+                            self.name(cursor)
+                        ),
+                    ));
+                }
+                self.compensate_next(cursor.checked_sub(1));
+                Ok(note(
+                    "retry_requested",
+                    format!(
+                        "{} has no compensation; compensation resumed below it",
+                        self.name(cursor)
+                    ),
+                ))
+            }
+            // Nothing of the cursor's step is left to undo (not reachable):
+            // carry on below it.
+            (
+                Status::CompensationFailed,
+                StepState::NotStarted
+                | StepState::Refused
+                | StepState::Compensated
+                | StepState::NotCompensated,
+            ) => {
+                self.unpause();
+                self.compensate_next(cursor.checked_sub(1));
+                Ok(note(
+                    "retry_requested",
+                    format!("compensation resumed below {}", self.name(cursor)),
+                ))
+            }
+            (
+                Status::Running | Status::Compensating | Status::Completed | Status::Compensated,
+                _,
+            ) => Err(Error::NotRetryable {
+                status: self.s.status,
+            }),
+        }
+    }
+
+    /// An operator cancels the saga: stop going forward and compensate. The
+    /// in-flight step's outcome is unknown, so it is treated like a step that
+    /// timed out: its own undo runs first (a no-op at a participant that
+    /// never acted, which then refuses the late action), then the earlier
+    /// steps' in reverse. Late outcomes of it are the usual late-outcome arms.
+    fn cancel(&mut self, reason: &str) -> Result<Option<Note>, Error> {
+        let cursor = self.s.cursor;
+        let state = self.s.steps[cursor].state;
+        let undoable = self.def.steps[cursor].compensation.is_some();
+        match (self.s.status, state) {
+            // The in-flight step may act and nothing could undo it.
+            (Status::Running, StepState::Pending | StepState::Succeeded | StepState::Unknown)
+                if !undoable =>
+            {
+                Err(Error::PastPivot {
+                    step: cursor,
+                    name: self.name(cursor).to_owned(),
+                })
+            }
+            (Status::Running, StepState::Pending) => {
+                let rec = &mut self.s.steps[cursor];
+                rec.state = StepState::Unknown;
+                rec.reason = Some("cancelled while in flight (outcome unknown)".to_owned());
+                Ok(self.begin_cancel(cursor, reason))
+            }
+            // Not started (before `Start`), or not reachable while running:
+            // undo whatever may have acted, from the cursor down.
+            (
+                Status::Running,
+                StepState::NotStarted
+                | StepState::Succeeded
+                | StepState::Unknown
+                | StepState::Refused
+                | StepState::Compensating
+                | StepState::Compensated
+                | StepState::NotCompensated
+                | StepState::CompensationFailed,
+            ) => Ok(self.begin_cancel(cursor, reason)),
+            // Already going backward: cancelling again changes nothing.
+            (Status::Compensating, _) => Ok(None),
+            // A repeat of the cancel that ended it.
+            (Status::Compensated | Status::CompensationFailed, _) if self.s.cancelled.is_some() => {
+                Ok(None)
+            }
+            (Status::Completed | Status::Compensated | Status::CompensationFailed, _) => {
+                Err(Error::NotCancellable {
+                    status: self.s.status,
+                })
+            }
+        }
+    }
+
+    fn begin_cancel(&mut self, cursor: usize, reason: &str) -> Option<Note> {
+        let why = self.cancelled_why(cursor, reason);
+        self.s.cancelled = Some(reason.to_owned());
+        self.begin_compensation(cursor, why.clone(), Some(cursor));
+        note("cancel_requested", why)
     }
 
     fn timeout(&mut self) -> Option<Note> {
@@ -562,6 +729,20 @@ impl Machine<'_> {
             (Status::Running | Status::Compensating, false)
             | (Status::Completed | Status::Compensated | Status::CompensationFailed, _) => None,
         }
+    }
+}
+
+/// Whether a step in this state may have taken effect and is not (known to
+/// be) undone: what compensation undoes.
+fn may_have_acted(state: StepState) -> bool {
+    match state {
+        StepState::Pending | StepState::Succeeded | StepState::Unknown => true,
+        StepState::NotStarted
+        | StepState::Refused
+        | StepState::Compensating
+        | StepState::Compensated
+        | StepState::NotCompensated
+        | StepState::CompensationFailed => false,
     }
 }
 

@@ -94,10 +94,36 @@ pub struct StepRecord {
     pub state: StepState,
     /// Sends of the action so far.
     pub attempts: u32,
-    /// Sends of the compensation so far.
+    /// Sends of the compensation so far, in the current generation.
     pub compensation_attempts: u32,
+    /// Operator retries of the compensation so far ([`Event::Retry`]). Part
+    /// of the compensation's command id: a participant stores the outcome of
+    /// a command id for good (a refused undo stays refused), so a retry must
+    /// be a new command. 0 (the default of states stored before it existed)
+    /// keeps the original command id.
+    #[serde(default)]
+    pub compensation_generation: u32,
     /// Why it was refused / is unknown / failed to compensate.
     pub reason: Option<String>,
+}
+
+impl StepRecord {
+    /// A step that has not been sent.
+    pub fn new() -> Self {
+        StepRecord {
+            state: StepState::NotStarted,
+            attempts: 0,
+            compensation_attempts: 0,
+            compensation_generation: 0,
+            reason: None,
+        }
+    }
+}
+
+impl Default for StepRecord {
+    fn default() -> Self {
+        StepRecord::new()
+    }
 }
 
 /// One saga instance's state. Serialised into the `sagas.state` column.
@@ -114,6 +140,10 @@ pub struct SagaState {
     pub reason: Option<String>,
     /// The step whose failure started compensation, or whose undo failed.
     pub failed_step: Option<usize>,
+    /// Why an operator cancelled the saga ([`Event::Cancel`]), if one did:
+    /// the forward "failure" it compensates for.
+    #[serde(default)]
+    pub cancelled: Option<String>,
 }
 
 impl SagaState {
@@ -122,18 +152,11 @@ impl SagaState {
         SagaState {
             status: Status::Running,
             cursor: 0,
-            steps: vec![
-                StepRecord {
-                    state: StepState::NotStarted,
-                    attempts: 0,
-                    compensation_attempts: 0,
-                    reason: None,
-                };
-                step_count
-            ],
+            steps: vec![StepRecord::new(); step_count],
             deadline: None,
             reason: None,
             failed_step: None,
+            cancelled: None,
         }
     }
 
@@ -146,11 +169,13 @@ impl SagaState {
                 step: self.cursor,
                 kind: Kind::Action,
                 attempt: step.attempts,
+                generation: 0,
             }),
             (Status::Compensating, StepState::Compensating) => Some(Command {
                 step: self.cursor,
                 kind: Kind::Compensation,
                 attempt: step.compensation_attempts,
+                generation: step.compensation_generation,
             }),
             _ => None,
         }
@@ -194,16 +219,40 @@ pub enum Event {
     /// A timer fired: if the in-flight command is overdue, re-send it or give
     /// up on it.
     Timeout,
+    /// An operator resumes a `CompensationFailed` saga once the cause is
+    /// fixed: the failed compensation is sent again as a new command (next
+    /// generation) with a fresh attempt budget.
+    Retry,
+    /// An operator stops a `Running` saga: the in-flight step's outcome is
+    /// unknown, so it is compensated like a timed-out step, then the earlier
+    /// steps. Refused when the in-flight step cannot be undone (the pivot).
+    Cancel { reason: String },
 }
 
-/// A command to send; its id is derived from (saga, step, kind), so every
-/// re-send carries the same id.
+/// A command to send; its id is derived from (saga, step, kind, generation),
+/// so every re-send carries the same id and an operator retry a new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     pub step: usize,
     pub kind: Kind,
-    /// 1 for the first send.
+    /// 1 for the first send (of this generation).
     pub attempt: u32,
+    /// 0 for an action and for a compensation never retried by an operator;
+    /// [`StepRecord::compensation_generation`] otherwise.
+    #[serde(default)]
+    pub generation: u32,
+}
+
+impl Command {
+    /// The name the command id is derived from (`Uuid::new_v5(saga_id,
+    /// name)`): `"{step}:{kind}"`, with `":{generation}"` appended from the
+    /// first retry on, so commands sent before retries existed keep their id.
+    pub fn id_name(&self) -> String {
+        match self.generation {
+            0 => format!("{}:{}", self.step, self.kind.as_str()),
+            g => format!("{}:{}:{g}", self.step, self.kind.as_str()),
+        }
+    }
 }
 
 /// What the driver must do after persisting the new state.
@@ -216,4 +265,43 @@ pub enum Effect {
     },
     /// The saga reached a terminal state.
     Finish(Status),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_id_names_keep_generation_zero_as_before() {
+        let cmd = |kind, generation| Command {
+            step: 1,
+            kind,
+            attempt: 3,
+            generation,
+        };
+        assert_eq!(cmd(Kind::Action, 0).id_name(), "1:action");
+        assert_eq!(cmd(Kind::Compensation, 0).id_name(), "1:compensation");
+        assert_eq!(cmd(Kind::Compensation, 2).id_name(), "1:compensation:2");
+    }
+
+    #[test]
+    fn states_stored_before_generations_and_cancels_still_load() {
+        let stored = serde_json::json!({
+            "status": "CompensationFailed",
+            "cursor": 1,
+            "steps": [
+                {"state": "Succeeded", "attempts": 1, "compensation_attempts": 0, "reason": null},
+                {"state": "CompensationFailed", "attempts": 1, "compensation_attempts": 10,
+                 "reason": "no outcome before the deadline"}
+            ],
+            "deadline": null,
+            "reason": "compensation of process_payment: no outcome after 10 attempts",
+            "failed_step": 1
+        });
+        let state: SagaState = serde_json::from_value(stored).expect("an old state loads");
+        assert_eq!(state.steps[1].compensation_generation, 0);
+        assert_eq!(state.cancelled, None);
+        let round = serde_json::to_value(&state).expect("serialises");
+        assert_eq!(serde_json::from_value::<SagaState>(round).ok(), Some(state));
+    }
 }

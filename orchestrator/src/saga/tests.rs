@@ -108,6 +108,21 @@ fn timeouts(n: u32) -> Vec<Event> {
     (0..n).map(|_| timeout()).collect()
 }
 
+/// An operator retries a paused saga.
+fn retry() -> Event {
+    Event::Retry
+}
+
+/// The reason every test cancel gives.
+const CANCEL_REASON: &str = "customer called to cancel";
+
+/// An operator cancels the saga.
+fn cancel() -> Event {
+    Event::Cancel {
+        reason: CANCEL_REASON.to_owned(),
+    }
+}
+
 fn outcome(step: usize, kind: Kind, refused: bool) -> Event {
     let outcome = if refused {
         Outcome::Refused {
@@ -150,14 +165,21 @@ fn action(step: usize, attempt: u32) -> Command {
         step,
         kind: Kind::Action,
         attempt,
+        generation: 0,
     }
 }
 
 fn undo(step: usize, attempt: u32) -> Command {
+    retried_undo(step, attempt, 0)
+}
+
+/// The compensation of `step` after `generation` operator retries.
+fn retried_undo(step: usize, attempt: u32, generation: u32) -> Command {
     Command {
         step,
         kind: Kind::Compensation,
         attempt,
+        generation,
     }
 }
 
@@ -911,6 +933,383 @@ fn compensation_failed_ignores_duplicates() {
 }
 
 // ---------------------------------------------------------------------------
+// Scenarios: an operator retries a paused saga
+// ---------------------------------------------------------------------------
+
+/// The order saga paused on payment's refund: it timed out on every attempt
+/// (the payment service was down) after the stock was short.
+fn order_paused_on_refund() -> (Vec<Event>, Saga) {
+    let (mut history, _) = order_with_refund_on_its_last_attempt();
+    history.push(timeout());
+    let saga = given(&order::definition(), &history);
+    assert_eq!(saga.state.status, Status::CompensationFailed);
+    (history, saga)
+}
+
+#[test]
+fn a_retry_resends_the_failed_undo_as_a_new_command_with_a_fresh_budget() {
+    let (_, saga) = order_paused_on_refund();
+    let undisturbed = given(&saga.def, &[start(), ok(0), ok(1), refused(2)]);
+
+    let t = saga.when(retry());
+
+    assert_eq!(
+        t.effects,
+        vec![
+            Effect::SendCommand(retried_undo(1, 1, 1)),
+            timer(saga.now + undo_deadline(&saga.def, 1))
+        ]
+    );
+    assert_eq!(t.state.status, Status::Compensating);
+    assert_eq!(t.state.cursor, 1);
+    assert_eq!(t.state.steps[1].state, S::Compensating);
+    assert_eq!(t.state.steps[1].compensation_attempts, 1);
+    assert_eq!(t.state.steps[1].compensation_generation, 1);
+    assert_eq!(t.state.in_flight(), Some(retried_undo(1, 1, 1)));
+    // Compensating again: it reports why it compensates, not the pause.
+    assert_eq!(t.state.failed_step, Some(2));
+    assert_eq!(t.state.reason, undisturbed.state.reason);
+    assert_eq!(note_kind(&t), Some("retry_requested"));
+}
+
+#[test]
+fn a_retry_of_a_refused_undo_sends_a_new_command() {
+    let def = order::definition();
+    let saga = given(&def, &[start(), ok(0), ok(1), refused(2), undo_refused(1)]);
+
+    let t = saga.when(retry());
+
+    // Generation 1: a command id the participant has not answered yet.
+    assert_eq!(t.effects[0], Effect::SendCommand(retried_undo(1, 1, 1)));
+    assert_eq!(t.state.steps[1].state, S::Compensating);
+}
+
+#[test]
+fn a_retried_undo_that_succeeds_runs_the_rest_to_compensated() {
+    let (mut history, _) = order_paused_on_refund();
+    history.extend([retry(), undone(1)]);
+    let saga = given(&order::definition(), &history);
+    assert_eq!(saga.state.in_flight(), Some(undo(0, 1)));
+
+    let t = saga.when(undone(0));
+
+    assert_eq!(t.effects, vec![finish(Status::Compensated)]);
+    assert_eq!(
+        states(&t.state),
+        [S::Compensated, S::Compensated, S::Refused, S::NotStarted]
+    );
+    assert_eq!(t.state.failed_step, Some(2));
+    assert!(
+        t.state
+            .reason
+            .clone()
+            .unwrap_or_default()
+            .contains("reserve_inventory")
+    );
+}
+
+#[test]
+fn a_retry_before_the_fix_pauses_again_and_the_next_retry_is_the_next_generation() {
+    let (mut history, saga) = order_paused_on_refund();
+    let max = undo_attempts(&saga.def, 1);
+    history.push(retry());
+    // Still down: every attempt of the fresh budget times out.
+    history.extend(timeouts(max - 1));
+    let saga = given(&saga.def, &history);
+    assert_eq!(saga.state.in_flight(), Some(retried_undo(1, max, 1)));
+    history.push(timeout());
+    let paused = given(&saga.def, &history);
+    assert_eq!(paused.state.status, Status::CompensationFailed);
+    assert_eq!(paused.state.failed_step, Some(1));
+
+    let t = paused.when(retry());
+
+    assert_eq!(t.effects[0], Effect::SendCommand(retried_undo(1, 1, 2)));
+}
+
+#[test]
+fn a_retry_of_the_first_steps_undo_ends_compensated() {
+    let def = order::definition();
+    let saga = given(&def, &[start(), ok(0), refused(1), undo_refused(0)]);
+    let t = saga.when(retry());
+    assert_eq!(t.state.in_flight(), Some(retried_undo(0, 1, 1)));
+
+    let done = given(
+        &def,
+        &[
+            start(),
+            ok(0),
+            refused(1),
+            undo_refused(0),
+            retry(),
+            undone(0),
+        ],
+    );
+    assert_eq!(done.state.status, Status::Compensated);
+    assert_eq!(done.state.failed_step, Some(1));
+}
+
+#[test]
+fn a_retry_is_refused_unless_the_saga_is_paused() {
+    let def = order::definition();
+    let (history, _) = order_paused_on_refund();
+    let resumed = [history, vec![retry()]].concat();
+    let cases = [
+        (vec![start()], Status::Running),
+        (vec![start(), ok(0), refused(1)], Status::Compensating),
+        // A second retry while the first is in flight.
+        (resumed, Status::Compensating),
+        (vec![start(), ok(0), ok(1), ok(2), ok(3)], Status::Completed),
+        (vec![start(), refused(0)], Status::Compensated),
+    ];
+    for (history, status) in cases {
+        let saga = given(&def, &history);
+        let e = saga.try_when(retry()).expect_err("refused");
+        assert_eq!(e, Error::NotRetryable { status });
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "[SF1005] saga is {}; only COMPENSATION_FAILED sagas can be retried",
+                status.as_str()
+            )
+        );
+    }
+}
+
+#[test]
+fn a_late_success_of_the_earlier_generation_counts_as_the_undo() {
+    // The refund did happen after all, answered under the old command id
+    // while the retry was in flight.
+    let (mut history, _) = order_paused_on_refund();
+    history.push(retry());
+    let saga = given(&order::definition(), &history);
+
+    let t = saga.when(undone(1));
+
+    assert_eq!(t.state.steps[1].state, S::Compensated);
+    assert_eq!(t.state.in_flight(), Some(undo(0, 1)));
+}
+
+#[test]
+fn a_stale_refusal_after_a_retried_undo_succeeded_is_ignored() {
+    let def = order::definition();
+    let history = [
+        start(),
+        ok(0),
+        ok(1),
+        refused(2),
+        undo_refused(1),
+        retry(),
+        undone(1),
+    ];
+    let saga = given(&def, &history);
+    saga.assert_ignores(undo_refused(1));
+    let done = given(&def, &[history.to_vec(), vec![undone(0)]].concat());
+    done.assert_ignores(undo_refused(1));
+    // Without a retry the same refusal contradicts the recorded success.
+    let never_retried = given(&def, &[start(), ok(0), ok(1), refused(2), undone(1)]);
+    assert!(matches!(
+        never_retried.try_when(undo_refused(1)),
+        Err(Error::Contradiction { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: an operator cancels a running saga
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_cancel_compensates_the_in_flight_step_first_then_the_earlier_ones() {
+    let def = order::definition();
+    let saga = given(&def, &[start(), ok(0), ok(1)]);
+
+    let t = saga.when(cancel());
+
+    // reserve_inventory's outcome is unknown: release first (a no-op, and a
+    // tombstone, if it never reserved), then refund, then cancel the order.
+    assert_eq!(
+        t.effects,
+        vec![send_undo(2, 1), timer(saga.now + undo_deadline(&def, 2))]
+    );
+    assert_eq!(t.state.status, Status::Compensating);
+    assert_eq!(
+        states(&t.state),
+        [S::Succeeded, S::Succeeded, S::Compensating, S::NotStarted]
+    );
+    assert_eq!(t.state.failed_step, Some(2));
+    assert_eq!(t.state.cancelled.as_deref(), Some(CANCEL_REASON));
+    let reason = t.state.reason.clone().expect("a reason");
+    assert!(
+        reason.contains("cancelled") && reason.contains("reserve_inventory"),
+        "{reason}"
+    );
+    assert!(reason.contains(CANCEL_REASON), "{reason}");
+    assert_eq!(note_kind(&t), Some("cancel_requested"));
+
+    let done = given(
+        &def,
+        &[
+            start(),
+            ok(0),
+            ok(1),
+            cancel(),
+            undone(2),
+            undone(1),
+            undone(0),
+        ],
+    );
+    assert_eq!(done.state.status, Status::Compensated);
+    assert_eq!(
+        states(&done.state),
+        [
+            S::Compensated,
+            S::Compensated,
+            S::Compensated,
+            S::NotStarted
+        ]
+    );
+    assert_eq!(done.state.reason, t.state.reason);
+}
+
+#[test]
+fn a_cancel_of_the_first_step_undoes_only_it() {
+    let def = order::definition();
+    let t = given(&def, &[start(), timeout()]).when(cancel());
+    assert_eq!(t.effects[0], send_undo(0, 1));
+    let done = given(&def, &[start(), timeout(), cancel(), undone(0)]);
+    assert_eq!(done.state.status, Status::Compensated);
+    assert_eq!(done.state.failed_step, Some(0));
+}
+
+#[test]
+fn a_late_action_outcome_of_the_cancelled_step_is_covered_by_its_compensation() {
+    let def = order::definition();
+    let cancelled = [start(), ok(0), ok(1), cancel()];
+    // While its undo is in flight.
+    let saga = given(&def, &cancelled);
+    saga.assert_ignores(ok(2));
+    // The participant saw the undo first and refused the action.
+    saga.assert_ignores(refused(2));
+    // Once it is undone, and once the saga is compensated.
+    let undone_2 = given(&def, &[cancelled.to_vec(), vec![undone(2)]].concat());
+    undone_2.assert_ignores(ok(2));
+    undone_2.assert_ignores(refused(2));
+    let done = given(
+        &def,
+        &[cancelled.to_vec(), vec![undone(2), undone(1), undone(0)]].concat(),
+    );
+    done.assert_ignores(ok(2));
+    done.assert_ignores(refused(2));
+}
+
+#[test]
+fn a_cancel_is_refused_past_the_pivot() {
+    let def = order::definition();
+    let saga = given(&def, &[start(), ok(0), ok(1), ok(2)]);
+    let e = saga.try_when(cancel()).expect_err("past the pivot");
+    assert_eq!(
+        e,
+        Error::PastPivot {
+            step: 3,
+            name: "approve_order".to_owned()
+        }
+    );
+    assert!(e.to_string().contains("past its pivot"), "{e}");
+}
+
+#[test]
+fn a_cancel_around_a_step_without_compensation() {
+    let def = shipment();
+    // print_label cannot be undone: it may be printing now.
+    let printing = given(&def, &[start(), ok(0)]);
+    assert!(matches!(
+        printing.try_when(cancel()),
+        Err(Error::PastPivot { step: 1, .. })
+    ));
+    // Once it is printed, a cancel of charge_fee undoes what it can, like a
+    // refusal of charge_fee would.
+    let t = given(&def, &[start(), ok(0), ok(1)]).when(cancel());
+    assert_eq!(t.effects[0], send_undo(2, 1));
+    let done = given(
+        &def,
+        &[start(), ok(0), ok(1), cancel(), undone(2), undone(0)],
+    );
+    assert_eq!(done.state.status, Status::Compensated);
+    assert_eq!(
+        states(&done.state),
+        [S::Compensated, S::NotCompensated, S::Compensated]
+    );
+}
+
+#[test]
+fn a_cancel_of_a_compensating_saga_is_a_no_op() {
+    let def = order::definition();
+    given(&def, &[start(), ok(0), refused(1)]).assert_ignores(cancel());
+}
+
+#[test]
+fn a_repeated_cancel_is_a_no_op_to_the_end() {
+    let def = order::definition();
+    let cancelled = [start(), ok(0), ok(1), cancel()];
+    given(&def, &cancelled).assert_ignores(cancel());
+    let done = [cancelled.to_vec(), vec![undone(2), undone(1), undone(0)]].concat();
+    assert_terminal_ignores_duplicates(&def, &done, Status::Compensated);
+    given(&def, &done).assert_ignores(cancel());
+    let paused = [cancelled.to_vec(), vec![undone(2), undo_refused(1)]].concat();
+    given(&def, &paused).assert_ignores(cancel());
+}
+
+#[test]
+fn a_cancel_of_a_finished_saga_is_refused() {
+    let def = order::definition();
+    let cases = [
+        (vec![start(), ok(0), ok(1), ok(2), ok(3)], Status::Completed),
+        (vec![start(), refused(0)], Status::Compensated),
+        (
+            vec![start(), ok(0), refused(1), undo_refused(0)],
+            Status::CompensationFailed,
+        ),
+    ];
+    for (history, status) in cases {
+        let e = given(&def, &history)
+            .try_when(cancel())
+            .expect_err("finished");
+        assert_eq!(e, Error::NotCancellable { status });
+        assert!(e.to_string().starts_with("[SF1006]"), "{e}");
+    }
+}
+
+#[test]
+fn a_cancelled_saga_whose_undo_fails_is_retried_and_still_reports_the_cancel() {
+    let def = order::definition();
+    let cancelled = [start(), ok(0), ok(1), cancel()];
+    let reason = given(&def, &cancelled).state.reason;
+    for undo_failed in [vec![undo_refused(2)], timeouts(undo_attempts(&def, 2))] {
+        let paused = [cancelled.to_vec(), undo_failed].concat();
+        let saga = given(&def, &paused);
+        assert_eq!(saga.state.status, Status::CompensationFailed);
+        assert_eq!(saga.state.failed_step, Some(2));
+
+        for resume in [retry(), undone(2)] {
+            let t = saga.when(resume.clone());
+            assert_eq!(t.state.status, Status::Compensating, "{resume:?}");
+            assert_eq!(t.state.failed_step, Some(2), "{resume:?}");
+            assert_eq!(t.state.reason, reason, "{resume:?}");
+        }
+    }
+}
+
+#[test]
+fn in_flight_carries_the_generation_of_a_retried_undo() {
+    let (mut history, _) = order_paused_on_refund();
+    history.extend([retry(), timeout()]);
+    let saga = given(&order::definition(), &history);
+    // What a restarted orchestrator re-sends: the retried command, not the
+    // one the participant may have answered already.
+    assert_eq!(saga.state.in_flight(), Some(retried_undo(1, 2, 1)));
+}
+
+// ---------------------------------------------------------------------------
 // Scenarios: restart
 // ---------------------------------------------------------------------------
 
@@ -1073,11 +1472,19 @@ fn errors_carry_their_codes() {
         saga.try_when(ok(2)),
         given(&def, &[start(), ok(0)]).try_when(refused(0)),
         apply(&def, &SagaState::new(1), &start(), T0),
+        saga.try_when(retry()),
+        given(&def, &[start(), refused(0)]).try_when(cancel()),
+        given(&def, &[start(), ok(0)]).try_when(cancel()),
     ]
     .into_iter()
     .map(|r| r.expect_err("an error").to_string()[..8].to_owned())
     .collect();
-    assert_eq!(codes, ["[SF1001]", "[SF1002]", "[SF1003]", "[SF1004]"]);
+    assert_eq!(
+        codes,
+        [
+            "[SF1001]", "[SF1002]", "[SF1003]", "[SF1004]", "[SF1005]", "[SF1006]", "[SF1007]"
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1109,22 +1516,26 @@ const STEP_STATES: [StepState; 9] = [
 enum Tag {
     Start,
     Timeout,
+    Retry,
+    Cancel,
     Outcome(Kind, bool),
 }
 
-const TAGS: [Tag; 6] = [
+const TAGS: [Tag; 8] = [
     Tag::Start,
     Tag::Timeout,
+    Tag::Retry,
+    Tag::Cancel,
     Tag::Outcome(Kind::Action, false),
     Tag::Outcome(Kind::Action, true),
     Tag::Outcome(Kind::Compensation, false),
     Tag::Outcome(Kind::Compensation, true),
 ];
 
-/// Every event: Start, Timeout, and each kind × outcome for every step and
-/// for one step past the end.
+/// Every event: Start, Timeout, the operator's Retry and Cancel, and each
+/// kind × outcome for every step and for one step past the end.
 fn every_event(def: &Definition) -> Vec<Event> {
-    let mut events = vec![start(), timeout()];
+    let mut events = vec![start(), timeout(), retry(), cancel()];
     for step in 0..=def.steps.len() {
         for tag in TAGS {
             if let Tag::Outcome(kind, refused) = tag {
@@ -1139,6 +1550,8 @@ fn tag_of(event: &Event) -> Tag {
     match event {
         Event::Start => Tag::Start,
         Event::Timeout => Tag::Timeout,
+        Event::Retry => Tag::Retry,
+        Event::Cancel { .. } => Tag::Cancel,
         Event::Outcome { kind, outcome, .. } => {
             Tag::Outcome(*kind, matches!(outcome, Outcome::Refused { .. }))
         }
@@ -1149,7 +1562,7 @@ fn tag_of(event: &Event) -> Tag {
 fn target_of(state: &SagaState, event: &Event) -> usize {
     match event {
         Event::Outcome { step, .. } => *step,
-        Event::Start | Event::Timeout => state.cursor,
+        Event::Start | Event::Timeout | Event::Retry | Event::Cancel { .. } => state.cursor,
     }
 }
 
@@ -1159,7 +1572,9 @@ fn times_for(state: &SagaState, event: &Event) -> Vec<Millis> {
     let due = state.deadline.unwrap_or(T0);
     match event {
         Event::Timeout => vec![due - 1, due, due + 1],
-        Event::Start | Event::Outcome { .. } => vec![due - 1],
+        Event::Start | Event::Retry | Event::Cancel { .. } | Event::Outcome { .. } => {
+            vec![due - 1]
+        }
     }
 }
 
@@ -1241,6 +1656,55 @@ fn check_any(def: &Definition, input: &SagaState, event: &Event, now: Millis) {
             );
             return;
         }
+        (Event::Retry, Err(ref e @ Error::NotRetryable { status })) => {
+            assert!(e.to_string().starts_with("[SF1005]"), "{ctx}: {e}");
+            assert_eq!(status, input.status, "{ctx}");
+            assert_ne!(
+                status,
+                Status::CompensationFailed,
+                "{ctx}: paused, yet not retried"
+            );
+            return;
+        }
+        (Event::Cancel { .. }, Err(ref e @ Error::NotCancellable { status })) => {
+            assert!(e.to_string().starts_with("[SF1006]"), "{ctx}: {e}");
+            assert_eq!(status, input.status, "{ctx}");
+            assert!(
+                status.is_terminal(),
+                "{ctx}: only a finished saga refuses a cancel"
+            );
+            assert!(
+                status == Status::Completed || input.cancelled.is_none(),
+                "{ctx}: a repeated cancel is a no-op"
+            );
+            return;
+        }
+        (Event::Cancel { .. }, Err(ref e @ Error::PastPivot { step, ref name })) => {
+            assert!(e.to_string().starts_with("[SF1007]"), "{ctx}: {e}");
+            assert_eq!(input.status, Status::Running, "{ctx}");
+            assert_eq!(step, input.cursor, "{ctx}");
+            assert_eq!(name, &def.steps[step].name, "{ctx}");
+            assert!(def.steps[step].compensation.is_none(), "{ctx}");
+            assert!(
+                matches!(
+                    input.steps[step].state,
+                    S::Pending | S::Succeeded | S::Unknown
+                ),
+                "{ctx}: only a step that may have acted blocks a cancel"
+            );
+            return;
+        }
+        (Event::Retry | Event::Cancel { .. }, Err(e)) => {
+            panic!("{ctx}: an operator event failed: {e}")
+        }
+        (
+            Event::Outcome { .. },
+            Err(
+                e @ (Error::NotRetryable { .. }
+                | Error::NotCancellable { .. }
+                | Error::PastPivot { .. }),
+            ),
+        ) => panic!("{ctx}: an outcome failed with an operator error: {e}"),
         (_, Ok(t)) => t,
     };
 
@@ -1280,12 +1744,15 @@ fn check_any(def: &Definition, input: &SagaState, event: &Event, now: Millis) {
         }
     }
 
-    // Terminal sagas stay put. The one exception is documented: a paused
-    // saga whose failed undo turns out to have succeeded resumes.
+    // Terminal sagas stay put. The exceptions are documented: a paused saga
+    // whose failed undo turns out to have succeeded resumes, and so does one
+    // an operator retries.
     match input.status {
         Status::Completed | Status::Compensated => {
             assert_eq!(t.note, None, "{ctx}: a terminal saga changed");
         }
+        // Or an operator retries it (checked below).
+        Status::CompensationFailed if t.note.is_some() && *event == retry() => {}
         Status::CompensationFailed if t.note.is_some() => {
             let cursor = input.cursor;
             assert_eq!(
@@ -1303,6 +1770,81 @@ fn check_any(def: &Definition, input: &SagaState, event: &Event, now: Millis) {
             }
         }
         Status::CompensationFailed | Status::Running | Status::Compensating => {}
+    }
+
+    check_operator_event(def, input, event, &t, &ctx);
+}
+
+/// What an accepted Retry or Cancel must have done.
+fn check_operator_event(
+    def: &Definition,
+    input: &SagaState,
+    event: &Event,
+    t: &Transition,
+    ctx: &str,
+) {
+    let cursor = input.cursor;
+    let sent: Vec<Command> = t
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::SendCommand(cmd) => Some(*cmd),
+            Effect::ScheduleTimeout { .. } | Effect::Finish(_) => None,
+        })
+        .collect();
+    match event {
+        Event::Retry => {
+            // Refusals returned earlier: only a paused saga gets here, and
+            // it always resumes, sending nothing forward.
+            assert_eq!(input.status, Status::CompensationFailed, "{ctx}");
+            assert!(t.note.is_some(), "{ctx}: a retry did nothing");
+            assert_eq!(note_kind(t), Some("retry_requested"), "{ctx}");
+            assert!(
+                matches!(t.state.status, Status::Compensating | Status::Compensated),
+                "{ctx}"
+            );
+            for cmd in &sent {
+                assert_eq!(cmd.kind, Kind::Compensation, "{ctx}");
+                assert!(cmd.step <= cursor, "{ctx}");
+                assert_eq!(cmd.attempt, 1, "{ctx}: a retry has a fresh budget");
+                if cmd.step == cursor {
+                    // A new command: the participant decides afresh.
+                    assert_eq!(
+                        cmd.generation,
+                        input.steps[cursor].compensation_generation + 1,
+                        "{ctx}"
+                    );
+                }
+            }
+        }
+        Event::Cancel { reason } => match input.status {
+            Status::Running => {
+                assert_eq!(note_kind(t), Some("cancel_requested"), "{ctx}");
+                assert_eq!(t.state.cancelled.as_deref(), Some(reason.as_str()), "{ctx}");
+                assert_eq!(t.state.failed_step, Some(cursor), "{ctx}");
+                let why = t.state.reason.clone().unwrap_or_default();
+                assert!(why.contains(reason.as_str()), "{ctx}: reason {why}");
+                assert!(
+                    matches!(t.state.status, Status::Compensating | Status::Compensated),
+                    "{ctx}"
+                );
+                for cmd in &sent {
+                    assert_eq!(cmd.kind, Kind::Compensation, "{ctx}");
+                    assert!(cmd.step <= cursor, "{ctx}");
+                    assert!(def.steps[cmd.step].compensation.is_some(), "{ctx}");
+                }
+                // The in-flight step is undone first.
+                if input.steps[cursor].state == S::Pending {
+                    assert_eq!(sent.first().map(|c| c.step), Some(cursor), "{ctx}");
+                }
+            }
+            // Already going backward, or a repeat of the cancel that ended it.
+            Status::Compensating | Status::Compensated | Status::CompensationFailed => {
+                assert_eq!(t.note, None, "{ctx}: a repeated cancel changed the saga");
+            }
+            Status::Completed => panic!("{ctx}: a completed saga accepted a cancel"),
+        },
+        Event::Start | Event::Timeout | Event::Outcome { .. } => {}
     }
 }
 
@@ -1364,6 +1906,7 @@ fn hand_built_states(def: &Definition) -> Vec<SagaState> {
                                     },
                                     attempts: [0, 1, action_attempts(def, i)][spent],
                                     compensation_attempts: [0, 1, undo_attempts(def, i)][spent],
+                                    compensation_generation: spent as u32,
                                     reason: None,
                                 })
                                 .collect();
@@ -1375,6 +1918,7 @@ fn hand_built_states(def: &Definition) -> Vec<SagaState> {
                                 deadline,
                                 reason: (!running).then(|| "built by hand".to_owned()),
                                 failed_step: (!running).then_some(cursor),
+                                cancelled: (spent == 1).then(|| "built by hand".to_owned()),
                             });
                         }
                     }
@@ -1410,9 +1954,14 @@ fn every_status_step_state_and_event_is_handled() {
 /// Every state a fresh saga can reach by events the machine accepts, with
 /// deadlines relative to an outcome arriving just before them.
 fn reachable_states(def: &Definition) -> Vec<SagaState> {
+    // Deadlines are relative; retries beyond the first add nothing new but
+    // would never end.
     let key = |s: &SagaState| {
         let mut s = s.clone();
         s.deadline = s.deadline.map(|_| 0);
+        for r in &mut s.steps {
+            r.compensation_generation = r.compensation_generation.min(1);
+        }
         format!("{s:?}")
     };
     let fresh = SagaState::new(def.steps.len());
@@ -1492,6 +2041,25 @@ fn check_reachable_shape(def: &Definition, s: &SagaState) {
             );
             assert!(s.deadline.is_none() && s.failed_step.is_some(), "{ctx}");
         }
+    }
+    // A cancelled saga never runs forward again, and only its steps that
+    // were undone (or are being) were retried.
+    if s.cancelled.is_some() {
+        assert!(
+            !matches!(s.status, Status::Running | Status::Completed),
+            "{ctx}"
+        );
+        assert_eq!(s.cancelled.as_deref(), Some(CANCEL_REASON), "{ctx}");
+    }
+    for r in &s.steps {
+        assert!(
+            r.compensation_generation == 0
+                || matches!(
+                    r.state,
+                    S::Compensating | S::Compensated | S::CompensationFailed
+                ),
+            "{ctx}"
+        );
     }
     // Nothing else is pending, and no step is left unknown.
     for (i, r) in s.steps.iter().enumerate() {
@@ -1590,10 +2158,13 @@ impl World {
     /// The outcome event a participant publishes for `cmd`, if any, and
     /// whether it is held back until the saga gives up on the command. It is
     /// the same for every send of one command (the participant dedupes).
+    /// An operator's first retry of an undo comes before the cause is fixed
+    /// (the same answer); from the second on, the undo succeeds.
     fn reply(&self, cmd: Command) -> Option<(Event, bool)> {
-        let reply = match cmd.kind {
-            Kind::Action => self.action[cmd.step],
-            Kind::Compensation => self.undo[cmd.step],
+        let reply = match (cmd.kind, cmd.generation) {
+            (Kind::Action, _) => self.action[cmd.step],
+            (Kind::Compensation, 0 | 1) => self.undo[cmd.step],
+            (Kind::Compensation, _) => Reply::Succeeds,
         };
         match reply {
             Reply::Succeeds => Some((outcome(cmd.step, cmd.kind, false), false)),
@@ -1678,10 +2249,20 @@ struct Run<'w> {
     known_refused: Vec<bool>,
     /// The scheduler may fire a due timer while an answer is in flight.
     impatient: bool,
+    /// An operator may cancel, and retries paused sagas.
+    operator: bool,
+    /// An operator's cancel changed the saga.
+    cancelled: bool,
+    /// Operator retries applied.
+    retries: u32,
 }
 
+/// More than any run needs: each retry after the first succeeds unless a
+/// stale refusal of an earlier generation pauses it again.
+const MAX_RETRIES: u32 = 1_000;
+
 impl<'w> Run<'w> {
-    fn start(world: &'w World, impatient: bool) -> Result<Run<'w>, TestCaseError> {
+    fn start(world: &'w World, impatient: bool, operator: bool) -> Result<Run<'w>, TestCaseError> {
         let mut run = Run {
             world,
             state: SagaState::new(world.def.steps.len()),
@@ -1694,6 +2275,9 @@ impl<'w> Run<'w> {
             compensation_began: false,
             known_refused: vec![false; world.def.steps.len()],
             impatient,
+            operator,
+            cancelled: false,
+            retries: 0,
         };
         let note = run.deliver(start())?;
         prop_assert!(note.is_some(), "Start did nothing");
@@ -1738,12 +2322,76 @@ impl<'w> Run<'w> {
         if t.state.status != Status::Running {
             self.compensation_began = true;
         }
+        // What at-least-once delivery may repeat: the participants' events,
+        // and an operator's cancel (a client retrying its call).
+        let repeatable = match event {
+            Event::Start | Event::Outcome { .. } => true,
+            Event::Cancel { .. } => t.note.is_some(),
+            Event::Timeout | Event::Retry => false,
+        };
         self.state = t.state;
         self.release_held();
-        if event != Event::Timeout {
+        if repeatable {
             self.delivered.push(event);
         }
         Ok(t.note)
+    }
+
+    /// An operator's event: applied if the machine accepts it, else the
+    /// refusal must be the documented one.
+    fn operate(&mut self, event: Event) -> Result<(), TestCaseError> {
+        let def = &self.world.def;
+        match apply(def, &self.state, &event, self.now) {
+            Ok(_) => {
+                let note = self.deliver(event.clone())?;
+                match event {
+                    Event::Cancel { .. } => self.cancelled |= note.is_some(),
+                    Event::Retry => {
+                        prop_assert!(note.is_some(), "a retry of a paused saga did nothing");
+                        self.retries += 1;
+                    }
+                    Event::Start | Event::Timeout | Event::Outcome { .. } => {}
+                }
+                Ok(())
+            }
+            Err(Error::PastPivot { step, .. }) => {
+                prop_assert!(def.steps[step].compensation.is_none());
+                prop_assert_eq!(self.state.status, Status::Running);
+                Ok(())
+            }
+            Err(Error::NotCancellable { status }) => {
+                prop_assert!(status.is_terminal() && !self.cancelled);
+                Ok(())
+            }
+            Err(Error::NotRetryable { status }) => {
+                prop_assert_ne!(status, Status::CompensationFailed);
+                Ok(())
+            }
+            Err(e) => Err(fail(format!(
+                "{event:?} failed: {e}\nstate: {:?}",
+                self.state
+            ))),
+        }
+    }
+
+    /// A repeat of a compensation outcome for a step an operator retried:
+    /// the store drops it by event id, and the machine cannot tell it from
+    /// the answer to the retried command (events carry no generation).
+    fn answer_of_an_earlier_generation(&self, event: &Event) -> bool {
+        match event {
+            Event::Outcome {
+                step,
+                kind: Kind::Compensation,
+                ..
+            } => self.state.steps[*step].compensation_generation > 0,
+            Event::Outcome {
+                kind: Kind::Action, ..
+            }
+            | Event::Start
+            | Event::Timeout
+            | Event::Retry
+            | Event::Cancel { .. } => false,
+        }
     }
 
     fn on_send(&mut self, cmd: Command, new: &SagaState) -> Result<(), TestCaseError> {
@@ -1780,19 +2428,29 @@ impl<'w> Run<'w> {
                     .rev()
                     .find(|c| c.kind == Kind::Compensation);
                 match last {
-                    Some(last) if last.step == cmd.step => prop_assert_eq!(
-                        cmd.attempt,
-                        last.attempt + 1,
-                        "(c) undo of step {} resent out of turn",
-                        cmd.step
-                    ),
+                    Some(last) if last.step == cmd.step && last.generation == cmd.generation => {
+                        prop_assert_eq!(
+                            cmd.attempt,
+                            last.attempt + 1,
+                            "(c) undo of step {} resent out of turn",
+                            cmd.step
+                        )
+                    }
+                    // An operator's retry: a new command, a fresh budget.
+                    Some(last) if last.step == cmd.step => {
+                        prop_assert_eq!(cmd.generation, last.generation + 1);
+                        prop_assert_eq!(cmd.attempt, 1);
+                    }
                     Some(last) => {
                         prop_assert!(cmd.step < last.step, "(c) undo {:?} after {:?}", cmd, last);
                         prop_assert_eq!(cmd.attempt, 1);
                     }
                     None => prop_assert_eq!(cmd.attempt, 1),
                 }
-                if cmd.attempt == 1 {
+                prop_assert_eq!(cmd.generation, new.steps[cmd.step].compensation_generation);
+                // (An operator's retry re-sends an undo the saga already
+                // committed to: a no-op at a participant that refused.)
+                if cmd.attempt == 1 && cmd.generation == 0 {
                     prop_assert!(
                         !self.known_refused[cmd.step],
                         "(c) undo of step {} known to be refused",
@@ -1813,11 +2471,14 @@ impl<'w> Run<'w> {
 
     /// Publish the late answers of commands the saga has given up on.
     fn release_held(&mut self) {
-        let in_flight = self.state.in_flight().map(|c| (c.step, c.kind));
+        let in_flight = self
+            .state
+            .in_flight()
+            .map(|c| (c.step, c.kind, c.generation));
         let (still, late): (Vec<_>, Vec<_>) = self
             .held
             .drain(..)
-            .partition(|(cmd, _)| Some((cmd.step, cmd.kind)) == in_flight);
+            .partition(|(cmd, _)| Some((cmd.step, cmd.kind, cmd.generation)) == in_flight);
         self.held = still;
         self.pool.extend(late.into_iter().map(|(_, event)| event));
     }
@@ -1861,6 +2522,9 @@ impl<'w> Run<'w> {
             3 => {
                 if !self.delivered.is_empty() {
                     let event = self.delivered[pick % self.delivered.len()].clone();
+                    if self.answer_of_an_earlier_generation(&event) {
+                        return Ok(());
+                    }
                     let note = self.deliver(event.clone())?;
                     prop_assert!(note.is_none(), "redelivered {:?} changed the saga", event);
                 }
@@ -1894,6 +2558,18 @@ impl<'w> Run<'w> {
                     prop_assert!(note.is_none(), "an early timer acted");
                 }
             }
+            // An operator cancels, now and then.
+            8 if self.operator => {
+                if pick % 8 == 0 {
+                    self.operate(cancel())?;
+                }
+            }
+            // An operator retries a paused saga.
+            9 if self.operator => {
+                if self.state.status == Status::CompensationFailed && self.retries < MAX_RETRIES {
+                    self.operate(retry())?;
+                }
+            }
             // The timer fires when due.
             _ => {
                 self.fire_due_timer((pick % 3) as Millis)?;
@@ -1909,6 +2585,11 @@ impl<'w> Run<'w> {
             if !self.pool.is_empty() {
                 let event = self.pool.remove(0);
                 self.deliver(event)?;
+            } else if self.operator
+                && self.state.status == Status::CompensationFailed
+                && self.retries < MAX_RETRIES
+            {
+                self.operate(retry())?;
             } else if !self.state.status.is_terminal() {
                 prop_assert!(
                     self.state.deadline.is_some(),
@@ -1943,7 +2624,7 @@ impl<'w> Run<'w> {
 /// The world's events delivered once, in order; timers only when nothing
 /// is in flight.
 fn clean_run(world: &World) -> Result<Run<'_>, TestCaseError> {
-    let mut run = Run::start(world, false)?;
+    let mut run = Run::start(world, false, false)?;
     run.drain()?;
     Ok(run)
 }
@@ -1953,7 +2634,18 @@ fn scheduled_run<'w>(
     schedule: &[(u8, u16)],
     impatient: bool,
 ) -> Result<Run<'w>, TestCaseError> {
-    let mut run = Run::start(world, impatient)?;
+    operated_run(world, schedule, impatient, false)
+}
+
+/// A scheduled run in which an operator may also cancel (moves 8) and
+/// retries paused sagas (moves 9, and whenever the saga pauses at the end).
+fn operated_run<'w>(
+    world: &'w World,
+    schedule: &[(u8, u16)],
+    impatient: bool,
+    operator: bool,
+) -> Result<Run<'w>, TestCaseError> {
+    let mut run = Run::start(world, impatient, operator)?;
     for &(mv, pick) in schedule {
         run.step(mv, pick)?;
     }
@@ -1988,6 +2680,11 @@ fn any_world() -> impl Strategy<Value = World> {
 
 fn any_schedule() -> impl Strategy<Value = Vec<(u8, u16)>> {
     vec((0u8..8, any::<u16>()), 0..300)
+}
+
+/// A schedule with operator moves too.
+fn any_operator_schedule() -> impl Strategy<Value = Vec<(u8, u16)>> {
+    vec((0u8..10, any::<u16>()), 0..300)
 }
 
 proptest! {
@@ -2056,5 +2753,57 @@ proptest! {
             }
             Status::Running | Status::Compensating => unreachable!(),
         }
+    }
+
+    /// With an operator who cancels at random moments and retries paused
+    /// sagas (the first retry of an undo comes before its cause is fixed,
+    /// later ones after), every saga ends COMPLETED or COMPENSATED: never
+    /// stuck or paused for good, nothing sent out of turn, everything that
+    /// may have acted undone, and the reason names the failure or the cancel.
+    #[test]
+    fn an_operator_who_cancels_and_retries_ends_every_saga(
+        world in any_world(),
+        schedule in any_operator_schedule(),
+        impatient in any::<bool>(),
+    ) {
+        let run = operated_run(&world, &schedule, impatient, true)?;
+
+        let end = run.state.status;
+        prop_assert!(matches!(end, Status::Completed | Status::Compensated), "ended {:?}", end);
+        prop_assert_eq!(run.finishes.last(), Some(&end));
+        let undos = run.sends.iter().any(|c| c.kind == Kind::Compensation);
+        let last_sent = run.sends.iter().filter(|c| c.kind == Kind::Action).map(|c| c.step).max();
+        if end == Status::Completed {
+            prop_assert!(!undos && !run.cancelled && run.retries == 0);
+        } else {
+            prop_assert_eq!(run.state.failed_step, last_sent);
+            let failed = &world.def.steps[last_sent.expect("an action was sent")].name;
+            let reason = run.state.reason.clone().unwrap_or_default();
+            let expected = if run.cancelled {
+                format!("cancelled by an operator while {failed} was in flight: {CANCEL_REASON}")
+            } else {
+                failed.clone()
+            };
+            prop_assert!(reason.starts_with(&expected), "reason: {}", reason);
+            prop_assert_eq!(run.state.cancelled.is_some(), run.cancelled);
+            for (i, rec) in run.state.steps.iter().enumerate() {
+                let sent = run.sends.iter().any(|c| c.kind == Kind::Action && c.step == i);
+                let undoable = world.def.steps[i].compensation.is_some();
+                prop_assert!(
+                    !sent || matches!(rec.state, S::Refused | S::Compensated)
+                        || (rec.state == S::NotCompensated && !undoable),
+                    "step {} ends {:?}", i, rec.state
+                );
+            }
+        }
+        // Every retry was a new command.
+        let generations = run
+            .sends
+            .iter()
+            .filter(|c| c.kind == Kind::Compensation)
+            .map(|c| c.generation)
+            .max()
+            .unwrap_or(0);
+        prop_assert!(generations <= run.retries);
     }
 }

@@ -1,0 +1,132 @@
+//! Placing many orders while orchestrators come and go: each order is
+//! retried (same idempotency key, so at most one saga per order) against
+//! the next orchestrator until one accepts it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sagaflow_protos::orchestrator::v1::PlaceOrderRequest;
+use sagaflow_protos::orchestrator::v1::saga_service_client::SagaServiceClient;
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+
+use crate::orders::Expect;
+
+/// One accepted order.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    /// Its position in the batch.
+    pub index: usize,
+    pub saga_id: uuid::Uuid,
+    pub expect: Expect,
+    /// Calls it took (1 when the first was accepted).
+    pub calls: u32,
+}
+
+/// How to place a batch.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    /// Orders started per second (0: all at once).
+    pub per_second: f64,
+    /// Calls in flight at most.
+    pub concurrency: usize,
+    /// Longest time one order may keep being retried.
+    pub give_up_after: Duration,
+    /// Timeout of one PlaceOrder call.
+    pub call_timeout: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            per_second: 0.0,
+            concurrency: 32,
+            give_up_after: Duration::from_secs(120),
+            call_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Place `orders` through the orchestrators at `urls` (order `i` starts
+/// with orchestrator `i % urls.len()`, and moves to the next one after a
+/// failed call). Returns the accepted orders in batch order.
+pub async fn place_all(
+    urls: &[String],
+    orders: Vec<(PlaceOrderRequest, Expect)>,
+    pace: Pace,
+) -> anyhow::Result<Vec<Placed>> {
+    anyhow::ensure!(!urls.is_empty(), "no orchestrator to place orders with");
+    let clients: Arc<Vec<SagaServiceClient<Channel>>> = Arc::new(
+        urls.iter()
+            .map(|u| {
+                // Lazy: an orchestrator that is down now is retried later.
+                Ok(SagaServiceClient::new(
+                    Channel::from_shared(u.clone())?.connect_lazy(),
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let permits = Arc::new(Semaphore::new(pace.concurrency.max(1)));
+    let mut ticker = (pace.per_second > 0.0).then(|| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / pace.per_second));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (req, expect)) in orders.into_iter().enumerate() {
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        let permit = permits.clone().acquire_owned().await?;
+        let clients = clients.clone();
+        let pace = pace.clone();
+        tasks.spawn(async move {
+            let placed = place_one(&clients, index, req, expect, &pace).await;
+            drop(permit);
+            placed
+        });
+    }
+    let mut placed = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        placed.push(r??);
+    }
+    placed.sort_by_key(|p| p.index);
+    Ok(placed)
+}
+
+async fn place_one(
+    clients: &[SagaServiceClient<Channel>],
+    index: usize,
+    req: PlaceOrderRequest,
+    expect: Expect,
+    pace: &Pace,
+) -> anyhow::Result<Placed> {
+    let start = Instant::now();
+    let mut calls = 0u32;
+    loop {
+        let mut client = clients[(index + calls as usize) % clients.len()].clone();
+        calls += 1;
+        let last =
+            match tokio::time::timeout(pace.call_timeout, client.place_order(req.clone())).await {
+                Ok(Ok(resp)) => {
+                    let saga_id = uuid::Uuid::parse_str(&resp.into_inner().saga_id)?;
+                    return Ok(Placed {
+                        index,
+                        saga_id,
+                        expect,
+                        calls,
+                    });
+                }
+                // Bad input will not get better.
+                Ok(Err(s)) if s.code() == tonic::Code::InvalidArgument => {
+                    anyhow::bail!("order {index} refused: {s}")
+                }
+                Ok(Err(s)) => format!("{}: {}", s.code(), s.message()),
+                Err(_) => format!("no answer within {:?}", pace.call_timeout),
+            };
+        if start.elapsed() > pace.give_up_after {
+            anyhow::bail!("order {index} not accepted after {calls} calls: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
