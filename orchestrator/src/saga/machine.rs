@@ -234,7 +234,11 @@ impl Machine<'_> {
     }
 
     fn send_action(&mut self, step: usize, attempt: u32) {
-        let deadline = self.now + millis(self.def.steps[step].policy.deadline);
+        self.send_action_within(step, attempt, self.def.steps[step].policy.deadline);
+    }
+
+    fn send_action_within(&mut self, step: usize, attempt: u32, wait: std::time::Duration) {
+        let deadline = self.now + millis(wait);
         let rec = &mut self.s.steps[step];
         rec.state = StepState::Pending;
         rec.attempts = attempt;
@@ -311,6 +315,8 @@ impl Machine<'_> {
         Ok(match (self.s.status, state) {
             (Status::Running, StepState::Pending) if step == self.s.cursor => {
                 self.s.steps[step].state = StepState::Succeeded;
+                // A running saga's reason only ever says a step is overdue.
+                self.s.reason = None;
                 if step + 1 < self.def.steps.len() {
                     self.send_action(step + 1, 1);
                     note(
@@ -675,6 +681,29 @@ impl Machine<'_> {
         note("cancel_requested", why)
     }
 
+    /// A step without compensation ran out of attempts. Its outcome is
+    /// unknown and nothing could undo it, so turning back is not safe: had it
+    /// acted (its outcome only late), undoing the steps before it would leave
+    /// its effect standing on top of undone ones (an approved order whose
+    /// payment was refunded). It is re-sent instead, as the same command (a
+    /// participant that did act answers with its recorded outcome), with a
+    /// deadline that doubles up to [`OVERDUE_MAX_FACTOR`] times the policy's,
+    /// until its outcome is known. The saga stays RUNNING with the reason
+    /// shown, so it is visible rather than silently stuck.
+    fn overdue(&mut self, cursor: usize, attempts: u32) -> Option<Note> {
+        let policy = &self.def.steps[cursor].policy;
+        let over = attempts.saturating_sub(policy.max_attempts).min(5);
+        let factor = (1u32 << (over + 1)).min(OVERDUE_MAX_FACTOR);
+        let wait = policy.deadline.saturating_mul(factor);
+        let why = format!(
+            "{}: no outcome after {attempts} attempts; it cannot be undone, so it is re-sent until its outcome is known",
+            self.name(cursor)
+        );
+        self.s.reason = Some(why.clone());
+        self.send_action_within(cursor, attempts + 1, wait);
+        note("step_overdue", why)
+    }
+
     fn timeout(&mut self) -> Option<Note> {
         let overdue = matches!(self.s.deadline, Some(d) if self.now >= d);
         let cursor = self.s.cursor;
@@ -692,6 +721,9 @@ impl Machine<'_> {
                             attempts + 1
                         ),
                     );
+                }
+                if self.def.steps[cursor].compensation.is_none() {
+                    return self.overdue(cursor, attempts);
                 }
                 let why = self.unknown_why(cursor, attempts);
                 let rec = &mut self.s.steps[cursor];
@@ -731,6 +763,10 @@ impl Machine<'_> {
         }
     }
 }
+
+/// How far [`Machine::overdue`] stretches a step's deadline: 2, 4, ... up to
+/// this many times the policy's deadline.
+pub const OVERDUE_MAX_FACTOR: u32 = 32;
 
 /// Whether a step in this state may have taken effect and is not (known to
 /// be) undone: what compensation undoes.

@@ -570,7 +570,9 @@ fn after_max_attempts_the_step_is_unknown_and_its_own_compensation_runs_first() 
 #[test]
 fn a_lost_step_at_each_position_compensates_itself_then_the_earlier_steps() {
     for def in [order::definition(), shipment()] {
-        for k in 0..def.steps.len() {
+        // (A step without compensation is never given up on: see
+        // `a_step_without_compensation_is_resent_until_its_outcome_is_known`.)
+        for k in (0..def.steps.len()).filter(|&k| def.steps[k].compensation.is_some()) {
             let mut world = World::uniform(&def, Reply::Succeeds, Reply::Succeeds);
             world.action[k] = Reply::Lost;
 
@@ -592,30 +594,113 @@ fn a_lost_step_at_each_position_compensates_itself_then_the_earlier_steps() {
     }
 }
 
-#[test]
-fn an_unknown_pivot_without_compensation_is_not_compensated_and_skipped() {
+/// The order saga's pivot (approve_order, no compensation), with every
+/// attempt spent.
+fn order_with_pivot_out_of_attempts() -> (Vec<Event>, Saga) {
     let def = order::definition();
     let mut history = vec![start(), ok(0), ok(1), ok(2)];
-    history.extend(timeouts(action_attempts(&def, 3) - 1));
+    history.extend(timeouts(action_attempts(&def, 3)));
     let saga = given(&def, &history);
+    (history, saga)
+}
 
+#[test]
+fn a_step_without_compensation_is_resent_until_its_outcome_is_known() {
+    let def = order::definition();
+    let max = action_attempts(&def, 3);
+    let mut history = vec![start(), ok(0), ok(1), ok(2)];
+    history.extend(timeouts(max - 1));
+    let saga = given(&def, &history);
     let due = saga.state.deadline.expect("a deadline");
-    let t = saga.when(timeout());
 
-    assert_eq!(
-        t.effects,
-        vec![send_undo(2, 1), timer(due + undo_deadline(&def, 2))]
-    );
+    // Out of attempts: approve_order may have approved and nothing could
+    // undo it, so nothing before it is undone either. It is sent again, the
+    // same command, and the wait doubles.
+    let t = saga.when(timeout());
+    let deadline = action_deadline(&def, 3);
+    assert_eq!(t.effects, vec![send(3, max + 1), timer(due + 2 * deadline)]);
+    assert_eq!(note_kind(&t), Some("step_overdue"));
+    assert_eq!(t.state.status, Status::Running);
     assert_eq!(
         states(&t.state),
-        [
-            S::Succeeded,
-            S::Succeeded,
-            S::Compensating,
-            S::NotCompensated
-        ]
+        [S::Succeeded, S::Succeeded, S::Succeeded, S::Pending]
     );
+    let reason = t.state.reason.clone().expect("the saga says why it waits");
+    assert!(
+        reason.starts_with("approve_order: no outcome after 5 attempts")
+            && reason.contains("cannot be undone"),
+        "{reason}"
+    );
+    assert_eq!(t.state.failed_step, None);
+
+    // 2x, 4x, ... then capped at 32x the step's deadline.
+    let mut history = history;
+    history.push(timeout());
+    let mut saga = given(&def, &history);
+    for (attempt, factor) in (max + 2..).zip([4, 8, 16, 32, 32, 32]) {
+        let due = saga.state.deadline.expect("a deadline");
+        let t = saga.when(timeout());
+        assert_eq!(
+            t.effects,
+            vec![send(3, attempt), timer(due + factor * deadline)],
+            "attempt {attempt}"
+        );
+        history.push(timeout());
+        saga = given(&def, &history);
+    }
+}
+
+#[test]
+fn an_overdue_step_without_compensation_ends_with_its_outcome() {
+    let def = order::definition();
+    let (_, saga) = order_with_pivot_out_of_attempts();
+    assert_eq!(saga.state.in_flight(), Some(action(3, action_attempts(&def, 3) + 1)));
+
+    // It approved after all: the saga completes, and the reason goes.
+    let t = saga.when(ok(3));
+    assert_eq!(t.effects, vec![finish(Status::Completed)]);
+    assert_eq!(t.state.reason, None);
+    assert_eq!(t.state.steps[3].state, S::Succeeded);
+
+    // It was refused: the steps before it are undone, as for any refusal.
+    let t = saga.when(refused(3));
+    assert_eq!(t.state.status, Status::Compensating);
     assert_eq!(t.state.failed_step, Some(3));
+    assert_eq!(t.state.in_flight(), Some(undo(2, 1)));
+    assert!(
+        t.state
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("approve_order refused")),
+        "{:?}",
+        t.state.reason
+    );
+}
+
+#[test]
+fn an_overdue_step_without_compensation_cannot_be_cancelled() {
+    let (_, saga) = order_with_pivot_out_of_attempts();
+    assert!(matches!(
+        saga.try_when(cancel()),
+        Err(Error::PastPivot { step: 3, .. })
+    ));
+}
+
+#[test]
+fn a_middle_step_without_compensation_is_not_given_up_on_either() {
+    let def = shipment();
+    let mut history = vec![start(), ok(0)];
+    history.extend(timeouts(action_attempts(&def, 1) + 3));
+    let saga = given(&def, &history);
+    assert_eq!(saga.state.status, Status::Running);
+    assert_eq!(
+        saga.state.in_flight(),
+        Some(action(1, action_attempts(&def, 1) + 4))
+    );
+    // Printed in the end: the saga goes on.
+    let t = saga.when(ok(1));
+    assert_eq!(t.state.in_flight(), Some(action(2, 1)));
+    assert_eq!(t.state.reason, None);
 }
 
 #[test]
@@ -805,17 +890,6 @@ fn late_outcomes_of_a_timed_out_step_are_ignored_once_it_is_compensated() {
     let saga = given(&def, &history);
     saga.assert_ignores(ok(1));
     saga.assert_ignores(refused(1));
-}
-
-#[test]
-fn late_outcomes_of_an_unknown_pivot_are_ignored() {
-    let def = order::definition();
-    let mut history = vec![start(), ok(0), ok(1), ok(2)];
-    history.extend(timeouts(action_attempts(&def, 3)));
-    let saga = given(&def, &history);
-    assert_eq!(saga.state.steps[3].state, S::NotCompensated);
-    saga.assert_ignores(ok(3));
-    saga.assert_ignores(refused(3));
 }
 
 /// A compensating saga with an `Unknown` step above the cursor. Runs never
@@ -1316,7 +1390,7 @@ fn in_flight_carries_the_generation_of_a_retried_undo() {
 #[test]
 fn in_flight_names_the_command_to_resend_after_a_restart() {
     let def = order::definition();
-    let pivot_unknown: Vec<Event> = [start(), ok(0), ok(1), ok(2)]
+    let pivot_overdue: Vec<Event> = [start(), ok(0), ok(1), ok(2)]
         .into_iter()
         .chain(timeouts(action_attempts(&def, 3)))
         .collect();
@@ -1344,9 +1418,9 @@ fn in_flight_names_the_command_to_resend_after_a_restart() {
             Some(undo(0, 3)),
         ),
         (
-            "undo below an unknown pivot",
-            pivot_unknown,
-            Some(undo(2, 1)),
+            "overdue pivot resent",
+            pivot_overdue,
+            Some(action(3, action_attempts(&def, 3) + 1)),
         ),
         ("completed", vec![start(), ok(0), ok(1), ok(2), ok(3)], None),
         ("compensated", vec![start(), refused(0)], None),
@@ -1726,8 +1800,19 @@ fn check_any(def: &Definition, input: &SagaState, event: &Event, now: Millis) {
                         Kind::Action => def.steps[cmd.step].policy,
                         Kind::Compensation => def.steps[cmd.step].compensation_policy,
                     };
-                    assert_eq!(*at, now + ms(p.deadline), "{ctx}");
-                    assert!((1..=p.max_attempts).contains(&cmd.attempt), "{ctx}");
+                    if cmd.attempt > p.max_attempts {
+                        // Only a step that cannot be undone goes on past its
+                        // attempts, waiting 2x, 4x, ... up to 32x as long.
+                        assert_eq!(cmd.kind, Kind::Action, "{ctx}");
+                        assert!(def.steps[cmd.step].compensation.is_none(), "{ctx}");
+                        assert_eq!(note_kind(&t), Some("step_overdue"), "{ctx}");
+                        let factor = 1i64 << (cmd.attempt - p.max_attempts).min(5);
+                        assert_eq!(*at, now + factor * ms(p.deadline), "{ctx}");
+                        assert!(t.state.reason.is_some(), "{ctx}");
+                    } else {
+                        assert_eq!(*at, now + ms(p.deadline), "{ctx}");
+                        assert!(cmd.attempt >= 1, "{ctx}");
+                    }
                     let status = match cmd.kind {
                         Kind::Action => Status::Running,
                         Kind::Compensation => Status::Compensating,
@@ -1959,9 +2044,12 @@ fn reachable_states(def: &Definition) -> Vec<SagaState> {
     let key = |s: &SagaState| {
         let mut s = s.clone();
         s.deadline = s.deadline.map(|_| 0);
-        for r in &mut s.steps {
+        for (i, r) in s.steps.iter_mut().enumerate() {
             r.compensation_generation = r.compensation_generation.min(1);
+            // An overdue step is re-sent for ever: two re-sends show it all.
+            r.attempts = r.attempts.min(action_attempts(def, i) + 2);
         }
+        s.reason = s.reason.map(|r| r.replace(|c: char| c.is_ascii_digit(), ""));
         format!("{s:?}")
     };
     let fresh = SagaState::new(def.steps.len());
@@ -2014,6 +2102,12 @@ fn check_reachable_shape(def: &Definition, s: &SagaState) {
                 s.steps[c].state == S::Pending,
                 "{ctx}"
             );
+            // A running saga gives a reason only while a step that cannot
+            // be undone is overdue.
+            let overdue = s.steps[c].attempts > action_attempts(def, c);
+            assert_eq!(s.reason.is_some(), overdue, "{ctx}");
+            assert!(!overdue || def.steps[c].compensation.is_none(), "{ctx}");
+            assert_eq!(s.failed_step, None, "{ctx}");
         }
         Status::Compensating => {
             assert!(below_ok && above_done, "{ctx}");
@@ -2067,7 +2161,10 @@ fn check_reachable_shape(def: &Definition, s: &SagaState) {
             i == c || !matches!(r.state, S::Pending | S::Compensating | S::Unknown),
             "{ctx}"
         );
-        assert!(r.attempts <= action_attempts(def, i), "{ctx}");
+        assert!(
+            r.attempts <= action_attempts(def, i) || def.steps[i].compensation.is_none(),
+            "{ctx}"
+        );
         assert!(r.compensation_attempts <= undo_attempts(def, i), "{ctx}");
     }
     assert_eq!(
@@ -2162,6 +2259,15 @@ impl World {
     /// (the same answer); from the second on, the undo succeeds.
     fn reply(&self, cmd: Command) -> Option<(Event, bool)> {
         let reply = match (cmd.kind, cmd.generation) {
+            // A step that cannot be undone is re-sent until it answers: its
+            // outage ends (one that never does leaves the saga RUNNING, see
+            // the scenarios).
+            (Kind::Action, _)
+                if self.action[cmd.step] == Reply::Lost
+                    && self.def.steps[cmd.step].compensation.is_none() =>
+            {
+                Reply::LateSucceeds
+            }
             (Kind::Action, _) => self.action[cmd.step],
             (Kind::Compensation, 0 | 1) => self.undo[cmd.step],
             (Kind::Compensation, _) => Reply::Succeeds,
@@ -2187,6 +2293,17 @@ impl World {
                     sends.push(action(i, 1));
                     undo_from = Some(i.checked_sub(1));
                     break;
+                }
+                // A step that cannot be undone is sent once more after its
+                // attempts, and then its late outcome arrives.
+                reply @ (Reply::Lost | Reply::LateSucceeds | Reply::LateRefuses)
+                    if self.def.steps[i].compensation.is_none() =>
+                {
+                    sends.extend((1..=action_attempts(&self.def, i) + 1).map(|a| action(i, a)));
+                    if reply == Reply::LateRefuses {
+                        undo_from = Some(i.checked_sub(1));
+                        break;
+                    }
                 }
                 // A late outcome arrives once the step is already unknown.
                 Reply::Lost | Reply::LateSucceeds | Reply::LateRefuses => {
@@ -2412,7 +2529,9 @@ impl<'w> Run<'w> {
                     cmd
                 );
                 prop_assert_eq!(cmd.attempt as usize, earlier(Kind::Action) + 1);
-                prop_assert!(cmd.attempt <= step.policy.max_attempts);
+                prop_assert!(
+                    cmd.attempt <= step.policy.max_attempts || step.compensation.is_none()
+                );
             }
             Kind::Compensation => {
                 // (c)
@@ -2469,16 +2588,22 @@ impl<'w> Run<'w> {
         Ok(())
     }
 
-    /// Publish the late answers of commands the saga has given up on.
+    /// Publish the late answers of commands the saga has given up on, or
+    /// (for a step that cannot be undone) has run out of attempts for.
     fn release_held(&mut self) {
         let in_flight = self
             .state
             .in_flight()
             .map(|c| (c.step, c.kind, c.generation));
-        let (still, late): (Vec<_>, Vec<_>) = self
-            .held
-            .drain(..)
-            .partition(|(cmd, _)| Some((cmd.step, cmd.kind, cmd.generation)) == in_flight);
+        let def = &self.world.def;
+        let state = &self.state;
+        let overdue = |cmd: &Command| {
+            cmd.kind == Kind::Action
+                && state.steps[cmd.step].attempts > def.steps[cmd.step].policy.max_attempts
+        };
+        let (still, late): (Vec<_>, Vec<_>) = self.held.drain(..).partition(|(cmd, _)| {
+            Some((cmd.step, cmd.kind, cmd.generation)) == in_flight && !overdue(cmd)
+        });
         self.held = still;
         self.pool.extend(late.into_iter().map(|(_, event)| event));
     }
