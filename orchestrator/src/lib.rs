@@ -38,6 +38,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    definitions::order::check_env()?;
     for def in definitions::registry() {
         def.validate().map_err(anyhow::Error::msg)?;
     }
@@ -71,7 +72,7 @@ pub async fn run(
     tracing::info!(resumed, "resumed in-flight sagas");
 
     let (subscriber, messages) =
-        pubsub::EventSubscriber::start(&ps, &config.events_subscription, config.subscriber_streams)
+        pubsub::EventSubscriber::start_recreating(&ps, &events_spec, config.subscriber_streams)
             .await?;
     let consumer = tokio::spawn(consumer::run(
         driver.clone(),
@@ -81,7 +82,7 @@ pub async fn run(
         work.clone(),
     ));
     let (dead_letter_subscriber, dead_letter_messages) =
-        pubsub::EventSubscriber::start(&ps, &config.dead_letter_subscription, 1).await?;
+        pubsub::EventSubscriber::start_recreating(&ps, &dead_letter_spec, 1).await?;
     let drainer = tokio::spawn(deadletter::drain(
         driver.pool().clone(),
         dead_letter_messages,

@@ -20,9 +20,12 @@ const SAGAS: usize = 400;
 fn env() -> Vec<(String, String)> {
     [
         // Recovery of the dead instance's work waits for step deadlines.
+        // Attempts cover well over the minute for which the emulator keeps
+        // the messages it leases to the dead instance's streams (see
+        // common/src/pubsub/subscriber.rs).
         ("SAGAFLOW_STEP_DEADLINE_MS", "3000"),
-        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "10"),
-        ("SAGAFLOW_COMPENSATION_MAX_ATTEMPTS", "40"),
+        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "30"),
+        ("SAGAFLOW_COMPENSATION_MAX_ATTEMPTS", "60"),
         ("SAGAFLOW_TIMER_POLL_MS", "250"),
         // Two of everything on one Postgres shared with other tests.
         ("SAGAFLOW_DB_POOL_SIZE", "6"),
@@ -74,7 +77,7 @@ async fn two_orchestrators_and_two_relays_survive_losing_one_of_each() -> anyhow
                     )
                     .await?;
                 let (all, in_flight): (i64, i64) = (r.get(0), r.get(1));
-                Ok((all >= SAGAS as i64 * 2 / 5 && in_flight >= 20).then_some(in_flight))
+                Ok((all >= SAGAS as i64 * 2 / 5 && in_flight >= 5).then_some(in_flight))
             },
         )
         .await?;

@@ -634,7 +634,6 @@ fn a_step_without_compensation_is_resent_until_its_outcome_is_known() {
     assert_eq!(t.state.failed_step, None);
 
     // 2x, 4x, ... then capped at 32x the step's deadline.
-    let mut history = history;
     history.push(timeout());
     let mut saga = given(&def, &history);
     for (attempt, factor) in (max + 2..).zip([4, 8, 16, 32, 32, 32]) {
@@ -654,7 +653,10 @@ fn a_step_without_compensation_is_resent_until_its_outcome_is_known() {
 fn an_overdue_step_without_compensation_ends_with_its_outcome() {
     let def = order::definition();
     let (_, saga) = order_with_pivot_out_of_attempts();
-    assert_eq!(saga.state.in_flight(), Some(action(3, action_attempts(&def, 3) + 1)));
+    assert_eq!(
+        saga.state.in_flight(),
+        Some(action(3, action_attempts(&def, 3) + 1))
+    );
 
     // It approved after all: the saga completes, and the reason goes.
     let t = saga.when(ok(3));
@@ -2049,7 +2051,9 @@ fn reachable_states(def: &Definition) -> Vec<SagaState> {
             // An overdue step is re-sent for ever: two re-sends show it all.
             r.attempts = r.attempts.min(action_attempts(def, i) + 2);
         }
-        s.reason = s.reason.map(|r| r.replace(|c: char| c.is_ascii_digit(), ""));
+        s.reason = s
+            .reason
+            .map(|r| r.replace(|c: char| c.is_ascii_digit(), ""));
         format!("{s:?}")
     };
     let fresh = SagaState::new(def.steps.len());
