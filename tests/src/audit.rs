@@ -157,6 +157,21 @@ pub async fn not_terminal(orchestrator_url: &str, ids: &[uuid::Uuid]) -> anyhow:
         .count())
 }
 
+/// Wait (up to `bound`) until every one of `ids` is terminal, reading the
+/// orchestrator's database.
+pub async fn wait_all_terminal(
+    orchestrator_url: &str,
+    ids: &[uuid::Uuid],
+    bound: std::time::Duration,
+) -> anyhow::Result<()> {
+    crate::wait_for(
+        &format!("{} sagas to reach a terminal state", ids.len()),
+        bound,
+        || async move { Ok((not_terminal(orchestrator_url, ids).await? == 0).then_some(())) },
+    )
+    .await
+}
+
 /// Lines of `path` containing `needle` (0 when the file is missing).
 pub fn count_in_log(path: &std::path::Path, needle: &str) -> usize {
     std::fs::read_to_string(path)

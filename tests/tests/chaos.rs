@@ -188,15 +188,7 @@ async fn sagas_survive_a_seeded_fault_schedule() -> anyhow::Result<()> {
 
     // Settle: every saga terminal, measured from the last fault's recovery.
     let last_fault = report.last_recovered.unwrap_or(started);
-    let settled = wait_for("every saga to reach a terminal state", settle_bound, || {
-        let url = sys.dbs.orchestrator.clone();
-        let ids = &ids;
-        async move {
-            let left = audit::not_terminal(&url, ids).await?;
-            Ok((left == 0).then_some(()))
-        }
-    })
-    .await;
+    let settled = audit::wait_all_terminal(&sys.dbs.orchestrator, &ids, settle_bound).await;
     let settle = last_fault.elapsed();
     let after_placement = placed_at.elapsed();
     let lost = audit::not_terminal(&sys.dbs.orchestrator, &ids).await?;
@@ -322,12 +314,9 @@ async fn unsent_outbox_rows(sys: &System) -> anyhow::Result<i64> {
 
 async fn wait_all_terminal(sys: &System, ids: &[uuid::Uuid]) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    wait_for("every saga to finish", Duration::from_secs(180), || {
-        let url = sys.dbs.orchestrator.clone();
-        async move { Ok((audit::not_terminal(&url, ids).await? == 0).then_some(())) }
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}; logs in {}", sys.log_dir.display()))?;
+    audit::wait_all_terminal(&sys.dbs.orchestrator, ids, Duration::from_secs(180))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; logs in {}", sys.log_dir.display()))?;
     Ok(t.elapsed())
 }
 
@@ -532,11 +521,7 @@ async fn a_pivot_whose_outcome_is_late_is_not_compensated() -> anyhow::Result<()
     order_db
         .batch_execute("DROP TRIGGER lose_approvals ON outbox")
         .await?;
-    wait_for("the saga to finish", Duration::from_secs(60), || {
-        let url = sys.dbs.orchestrator.clone();
-        async move { Ok((audit::not_terminal(&url, &[id]).await? == 0).then_some(())) }
-    })
-    .await?;
+    audit::wait_all_terminal(&sys.dbs.orchestrator, &[id], Duration::from_secs(60)).await?;
     let status = audit::statuses(&sys.dbs.orchestrator, &[id]).await?[&id].clone();
     let inv = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
     println!("pivot: saga {status}; invariants {:?}", inv.violations);

@@ -100,12 +100,8 @@ async fn two_orchestrators_and_two_relays_survive_losing_one_of_each() -> anyhow
         .filter(|p| p.index % 2 == 1 && p.calls == 1)
         .count();
 
-    let settled = wait_for("every saga to finish", Duration::from_secs(240), || {
-        let url = sys.dbs.orchestrator.clone();
-        let ids = &ids;
-        async move { Ok((audit::not_terminal(&url, ids).await? == 0).then_some(())) }
-    })
-    .await;
+    let settled =
+        audit::wait_all_terminal(&sys.dbs.orchestrator, &ids, Duration::from_secs(240)).await;
     let settle = killed_instant.elapsed();
     let lost = audit::not_terminal(&sys.dbs.orchestrator, &ids).await?;
     let audit = audit::audit(&sys.dbs).await?;

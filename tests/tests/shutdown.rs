@@ -7,10 +7,10 @@
 use std::time::{Duration, Instant};
 
 use sagaflow_tests::audit;
+use sagaflow_tests::invariants;
 use sagaflow_tests::orders::mixed;
 use sagaflow_tests::placer::{Pace, place_all};
 use sagaflow_tests::system::{Options, PARTICIPANTS, System};
-use sagaflow_tests::{invariants, wait_for};
 
 /// How long a binary may take to exit after SIGTERM.
 const EXIT_BOUND: Duration = Duration::from_secs(15);
@@ -116,13 +116,9 @@ async fn sigterm_mid_flight_exits_cleanly_and_nothing_is_lost() -> anyhow::Resul
         sys.restart(name).await?;
     }
     let t = Instant::now();
-    wait_for("every saga to finish", Duration::from_secs(180), || {
-        let url = sys.dbs.orchestrator.clone();
-        let ids = &ids;
-        async move { Ok((audit::not_terminal(&url, ids).await? == 0).then_some(())) }
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}; logs in {}", sys.log_dir.display()))?;
+    audit::wait_all_terminal(&sys.dbs.orchestrator, &ids, Duration::from_secs(180))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; logs in {}", sys.log_dir.display()))?;
     let audit = audit::audit(&sys.dbs).await?;
     let inv = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
     println!(
