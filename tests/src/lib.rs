@@ -13,6 +13,7 @@
 //! - [`duplicator`]: duplicate and late event deliveries, injected.
 
 pub mod audit;
+pub mod business;
 pub mod databases;
 pub mod duplicator;
 pub mod emulator;

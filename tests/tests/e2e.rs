@@ -9,6 +9,7 @@ use sagaflow_protos::events::v1::EventEnvelope;
 use sagaflow_protos::orchestrator::v1::{
     GetSagaRequest, ListSagasRequest, PlaceOrderRequest, SagaState,
 };
+use sagaflow_tests::business::{available, order_status, payment_status, stock};
 use sagaflow_tests::orders::order;
 use sagaflow_tests::system::{Options, System};
 use sagaflow_tests::{invariants, wait_for};
@@ -18,37 +19,13 @@ type Mutation = Box<dyn Fn(&mut PlaceOrderRequest)>;
 
 const SETTLE: Duration = Duration::from_secs(90);
 
-async fn one(db_url: &str, sql: &str, id: &uuid::Uuid) -> anyhow::Result<Option<String>> {
-    let c = db::connect(db_url).await?;
-    Ok(c.query_opt(sql, &[id]).await?.map(|r| r.get(0)))
-}
-
-async fn stock(sys: &System, sku: &str) -> anyhow::Result<i64> {
-    let c = db::connect(&sys.dbs.inventory).await?;
-    Ok(
-        c.query_one("SELECT stock FROM items WHERE sku = $1", &[&sku])
-            .await?
-            .get(0),
-    )
-}
-
-async fn available(sys: &System, customer: &str) -> anyhow::Result<i64> {
-    let c = db::connect(&sys.dbs.payment).await?;
-    Ok(c.query_one(
-        "SELECT available_cents FROM customers WHERE customer_id = $1",
-        &[&customer],
-    )
-    .await?
-    .get(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_saga_outcomes_end_to_end() -> anyhow::Result<()> {
     let sys = System::start("e2e", Options::default()).await?;
     let mut client = sys.client().await?;
-    let widget_before = stock(&sys, "sku-widget").await?;
-    let soldout_before = stock(&sys, "sku-soldout").await?;
-    let alice_before = available(&sys, "cust-alice").await?;
+    let widget_before = stock(&sys.dbs, "sku-widget").await?;
+    let soldout_before = stock(&sys.dbs, "sku-soldout").await?;
+    let alice_before = available(&sys.dbs, "cust-alice").await?;
 
     let happy = client
         .place_order(order("cust-alice", &[("sku-widget", 2)], 2_500))
@@ -74,7 +51,7 @@ async fn order_saga_outcomes_end_to_end() -> anyhow::Result<()> {
     let done = sys.wait_terminal(&ids, SETTLE).await?;
 
     // Happy path: order APPROVED, payment CHARGED, stock decremented, COMPLETED.
-    let id = uuid::Uuid::parse_str(&happy.saga_id)?;
+    let saga_id = happy.saga_id.clone();
     assert_eq!(done[0].state, SagaState::Completed as i32, "{:?}", done[0]);
     assert!(
         done[0].steps.iter().all(|s| s.status == "SUCCEEDED"),
@@ -82,28 +59,16 @@ async fn order_saga_outcomes_end_to_end() -> anyhow::Result<()> {
         done[0].steps
     );
     assert_eq!(
-        one(
-            &sys.dbs.order,
-            "SELECT status FROM orders WHERE saga_id = $1",
-            &id
-        )
-        .await?
-        .as_deref(),
+        order_status(&sys.dbs, &saga_id).await?.as_deref(),
         Some("APPROVED")
     );
     assert_eq!(
-        one(
-            &sys.dbs.payment,
-            "SELECT status FROM payments WHERE saga_id = $1",
-            &id
-        )
-        .await?
-        .as_deref(),
+        payment_status(&sys.dbs, &saga_id).await?.as_deref(),
         Some("CHARGED")
     );
 
     // Payment refused: order CANCELLED, no charge, COMPENSATED.
-    let id = uuid::Uuid::parse_str(&refused.saga_id)?;
+    let saga_id = refused.saga_id.clone();
     assert_eq!(
         done[1].state,
         SagaState::Compensated as i32,
@@ -116,23 +81,11 @@ async fn order_saga_outcomes_end_to_end() -> anyhow::Result<()> {
         done[1].reason
     );
     assert_eq!(
-        one(
-            &sys.dbs.order,
-            "SELECT status FROM orders WHERE saga_id = $1",
-            &id
-        )
-        .await?
-        .as_deref(),
+        order_status(&sys.dbs, &saga_id).await?.as_deref(),
         Some("CANCELLED")
     );
     assert_ne!(
-        one(
-            &sys.dbs.payment,
-            "SELECT status FROM payments WHERE saga_id = $1",
-            &id
-        )
-        .await?
-        .as_deref(),
+        payment_status(&sys.dbs, &saga_id).await?.as_deref(),
         Some("CHARGED")
     );
     assert_eq!(done[1].steps[1].status, "REFUSED");
@@ -140,7 +93,7 @@ async fn order_saga_outcomes_end_to_end() -> anyhow::Result<()> {
     assert_eq!(done[1].steps[2].status, "NOT_STARTED");
 
     // Stock short: payment REFUNDED, order CANCELLED, stock unchanged, COMPENSATED.
-    let id = uuid::Uuid::parse_str(&short.saga_id)?;
+    let saga_id = short.saga_id.clone();
     assert_eq!(
         done[2].state,
         SagaState::Compensated as i32,
@@ -149,30 +102,21 @@ async fn order_saga_outcomes_end_to_end() -> anyhow::Result<()> {
     );
     assert!(done[2].reason.contains("stock_short"), "{}", done[2].reason);
     assert_eq!(
-        one(
-            &sys.dbs.payment,
-            "SELECT status FROM payments WHERE saga_id = $1",
-            &id
-        )
-        .await?
-        .as_deref(),
+        payment_status(&sys.dbs, &saga_id).await?.as_deref(),
         Some("REFUNDED")
     );
     assert_eq!(
-        one(
-            &sys.dbs.order,
-            "SELECT status FROM orders WHERE saga_id = $1",
-            &id
-        )
-        .await?
-        .as_deref(),
+        order_status(&sys.dbs, &saga_id).await?.as_deref(),
         Some("CANCELLED")
     );
-    assert_eq!(stock(&sys, "sku-soldout").await?, soldout_before);
+    assert_eq!(stock(&sys.dbs, "sku-soldout").await?, soldout_before);
 
     // Money and stock: only the happy order's effects remain.
-    assert_eq!(stock(&sys, "sku-widget").await?, widget_before - 2);
-    assert_eq!(available(&sys, "cust-alice").await?, alice_before - 2_500);
+    assert_eq!(stock(&sys.dbs, "sku-widget").await?, widget_before - 2);
+    assert_eq!(
+        available(&sys.dbs, "cust-alice").await?,
+        alice_before - 2_500
+    );
     let report = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
     assert!(report.ok(), "{:?}", report.violations);
 
@@ -205,6 +149,7 @@ async fn order_saga_outcomes_end_to_end() -> anyhow::Result<()> {
     // Trace context: every outbox row of the saga carries a traceparent of
     // the saga's trace.
     assert_eq!(full.trace_id.len(), 32, "saga has a trace id");
+    let id = uuid::Uuid::parse_str(&short.saga_id)?;
     for url in [&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory] {
         let c = db::connect(url).await?;
         for row in c

@@ -10,12 +10,12 @@
 
 use std::time::Duration;
 
-use sagaflow_common::db;
 use sagaflow_protos::orchestrator::v1::saga_service_client::SagaServiceClient;
 use sagaflow_protos::orchestrator::v1::{
     CancelSagaRequest, GetSagaRequest, ListSagasRequest, RetrySagaRequest, Saga, SagaState,
     StepStatus,
 };
+use sagaflow_tests::business::{order_status, payment_status, reservation_status, stock};
 use sagaflow_tests::orders::order;
 use sagaflow_tests::system::{Options, System};
 use sagaflow_tests::{invariants, wait_for};
@@ -112,44 +112,6 @@ fn kinds(saga: &Saga) -> Vec<&str> {
     saga.history.iter().map(|h| h.kind.as_str()).collect()
 }
 
-async fn one(db_url: &str, sql: &str, saga_id: &str) -> anyhow::Result<Option<String>> {
-    let id = uuid::Uuid::parse_str(saga_id)?;
-    let c = db::connect(db_url).await?;
-    Ok(c.query_opt(sql, &[&id]).await?.map(|r| r.get(0)))
-}
-
-async fn payment_status(sys: &System, saga_id: &str) -> anyhow::Result<Option<String>> {
-    one(
-        &sys.dbs.payment,
-        "SELECT status FROM payments WHERE saga_id = $1",
-        saga_id,
-    )
-    .await
-}
-
-async fn order_status(sys: &System, saga_id: &str) -> anyhow::Result<Option<String>> {
-    one(
-        &sys.dbs.order,
-        "SELECT status FROM orders WHERE saga_id = $1",
-        saga_id,
-    )
-    .await
-}
-
-async fn stock(sys: &System, sku: &str) -> anyhow::Result<i64> {
-    let c = db::connect(&sys.dbs.inventory).await?;
-    Ok(
-        c.query_one("SELECT stock FROM items WHERE sku = $1", &[&sku])
-            .await?
-            .get(0),
-    )
-}
-
-async fn restart(sys: &mut System, name: &str) -> anyhow::Result<()> {
-    sys.spawn(name)?;
-    sys.wait_ready(name).await
-}
-
 /// Place an order while `payment` is down, so it stops at process_payment
 /// until payment is back: the caller decides what else is down by then.
 async fn place_with_payment_down(
@@ -169,6 +131,24 @@ async fn place_with_payment_down(
     })
     .await?;
     Ok(placed.saga_id)
+}
+
+/// Place an order that gets charged and then stalls at reserve_inventory:
+/// inventory is down (the caller starts it again).
+async fn place_stalled_at_inventory(
+    sys: &mut System,
+    client: &Client,
+    items: &[(&str, i64)],
+    amount_cents: i64,
+) -> anyhow::Result<String> {
+    let id = place_with_payment_down(sys, client, items, amount_cents).await?;
+    sys.kill("inventory");
+    sys.restart("payment").await?;
+    wait_saga(client, &id, "charged, reserve_inventory stalled", |s| {
+        step_is(s, "process_payment", "SUCCEEDED") && step_is(s, "reserve_inventory", "PENDING")
+    })
+    .await?;
+    Ok(id)
 }
 
 fn retry(saga_id: &str, request_id: &str, reason: &str) -> RetrySagaRequest {
@@ -209,19 +189,13 @@ async fn a_paused_saga_is_retried_after_the_fix() -> anyhow::Result<()> {
     )
     .await?;
     let client = sys.client().await?;
-    let soldout_before = stock(&sys, "sku-soldout").await?;
+    let soldout_before = stock(&sys.dbs, "sku-soldout").await?;
 
     // Charged, then refused at reserve_inventory (sold out) while payment is
     // down: the refund cannot be delivered.
-    let id = place_with_payment_down(&mut sys, &client, &[("sku-soldout", 1)], 700).await?;
-    sys.kill("inventory");
-    restart(&mut sys, "payment").await?;
-    wait_saga(&client, &id, "charged, reserve_inventory stalled", |s| {
-        step_is(s, "process_payment", "SUCCEEDED") && step_is(s, "reserve_inventory", "PENDING")
-    })
-    .await?;
+    let id = place_stalled_at_inventory(&mut sys, &client, &[("sku-soldout", 1)], 700).await?;
     sys.kill("payment");
-    restart(&mut sys, "inventory").await?;
+    sys.restart("inventory").await?;
 
     let paused = wait_saga(&client, &id, "COMPENSATION_FAILED", |s| {
         is(s, SagaState::CompensationFailed)
@@ -244,7 +218,10 @@ async fn a_paused_saga_is_retried_after_the_fix() -> anyhow::Result<()> {
     );
     assert_eq!(step(&paused, "reserve_inventory").status, "REFUSED");
     assert_eq!(step(&paused, "create_order").status, "SUCCEEDED");
-    assert_eq!(payment_status(&sys, &id).await?.as_deref(), Some("CHARGED"));
+    assert_eq!(
+        payment_status(&sys.dbs, &id).await?.as_deref(),
+        Some("CHARGED")
+    );
 
     // An operator finds it by state, with the step and the reason.
     let listed = client
@@ -288,7 +265,7 @@ async fn a_paused_saga_is_retried_after_the_fix() -> anyhow::Result<()> {
     );
 
     // Fixed: payment is back. The retry compensates the saga.
-    restart(&mut sys, "payment").await?;
+    sys.restart("payment").await?;
     let resumed = client
         .clone()
         .retry_saga(retry(&id, "retry-2", "payment service restored"))
@@ -315,11 +292,14 @@ async fn a_paused_saga_is_retried_after_the_fix() -> anyhow::Result<()> {
     assert_eq!(done.failed_step, "reserve_inventory");
     assert!(done.reason.contains("stock_short"), "{}", done.reason);
     assert_eq!(
-        payment_status(&sys, &id).await?.as_deref(),
+        payment_status(&sys.dbs, &id).await?.as_deref(),
         Some("REFUNDED")
     );
-    assert_eq!(order_status(&sys, &id).await?.as_deref(), Some("CANCELLED"));
-    assert_eq!(stock(&sys, "sku-soldout").await?, soldout_before);
+    assert_eq!(
+        order_status(&sys.dbs, &id).await?.as_deref(),
+        Some("CANCELLED")
+    );
+    assert_eq!(stock(&sys.dbs, "sku-soldout").await?, soldout_before);
     let report = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
     assert!(report.ok(), "{:?}", report.violations);
 
@@ -388,16 +368,10 @@ async fn a_running_saga_is_cancelled_and_compensated() -> anyhow::Result<()> {
     )
     .await?;
     let client = sys.client().await?;
-    let widget_before = stock(&sys, "sku-widget").await?;
+    let widget_before = stock(&sys.dbs, "sku-widget").await?;
 
     // Charged, and stalled at reserve_inventory: inventory is down.
-    let id = place_with_payment_down(&mut sys, &client, &[("sku-widget", 1)], 900).await?;
-    sys.kill("inventory");
-    restart(&mut sys, "payment").await?;
-    wait_saga(&client, &id, "reserve_inventory stalled", |s| {
-        step_is(s, "process_payment", "SUCCEEDED") && step_is(s, "reserve_inventory", "PENDING")
-    })
-    .await?;
+    let id = place_stalled_at_inventory(&mut sys, &client, &[("sku-widget", 1)], 900).await?;
 
     let cancelled = client
         .clone()
@@ -441,7 +415,7 @@ async fn a_running_saga_is_cancelled_and_compensated() -> anyhow::Result<()> {
         "saga is COMPENSATING; only COMPENSATION_FAILED sagas can be retried",
     );
 
-    restart(&mut sys, "inventory").await?;
+    sys.restart("inventory").await?;
     let done = sys.wait_terminal(std::slice::from_ref(&id), SETTLE).await?;
     let done = &done[0];
     assert!(is(done, SagaState::Compensated), "{}", describe(done));
@@ -455,22 +429,20 @@ async fn a_running_saga_is_cancelled_and_compensated() -> anyhow::Result<()> {
         kinds(done)
     );
     assert_eq!(
-        payment_status(&sys, &id).await?.as_deref(),
+        payment_status(&sys.dbs, &id).await?.as_deref(),
         Some("REFUNDED")
     );
-    assert_eq!(order_status(&sys, &id).await?.as_deref(), Some("CANCELLED"));
+    assert_eq!(
+        order_status(&sys.dbs, &id).await?.as_deref(),
+        Some("CANCELLED")
+    );
     // Released, or voided before the reservation could happen.
-    let reservation = one(
-        &sys.dbs.inventory,
-        "SELECT status FROM reservations WHERE saga_id = $1",
-        &id,
-    )
-    .await?;
+    let reservation = reservation_status(&sys.dbs, &id).await?;
     assert!(
         matches!(reservation.as_deref(), Some("RELEASED" | "VOIDED")),
         "{reservation:?}"
     );
-    assert_eq!(stock(&sys, "sku-widget").await?, widget_before);
+    assert_eq!(stock(&sys.dbs, "sku-widget").await?, widget_before);
     // A repeated cancel of a cancelled saga is still a no-op.
     let again = client
         .clone()
@@ -482,7 +454,7 @@ async fn a_running_saga_is_cancelled_and_compensated() -> anyhow::Result<()> {
     // Past the pivot: approve_order is in flight (order is down).
     let pivot = place_with_payment_down(&mut sys, &client, &[("sku-widget", 1)], 400).await?;
     sys.kill("order");
-    restart(&mut sys, "payment").await?;
+    sys.restart("payment").await?;
     wait_saga(&client, &pivot, "approve_order stalled", |s| {
         step_is(s, "reserve_inventory", "SUCCEEDED") && step_is(s, "approve_order", "PENDING")
     })
@@ -493,7 +465,7 @@ async fn a_running_saga_is_cancelled_and_compensated() -> anyhow::Result<()> {
         .await
         .expect_err("past the pivot");
     assert_failed_precondition(&e, "saga is past its pivot");
-    restart(&mut sys, "order").await?;
+    sys.restart("order").await?;
     let completed = sys
         .wait_terminal(std::slice::from_ref(&pivot), SETTLE)
         .await?;
