@@ -107,7 +107,7 @@ async fn create(tx: &Tx<'_>, saga_id: Uuid, input: &OrderInput) -> Result<Decisi
              ON CONFLICT (saga_id) DO NOTHING",
         )
         .await?;
-    let items = json!(lines(input));
+    let items = json!(lines(input)?);
     let inserted = tx
         .execute(
             &insert,
