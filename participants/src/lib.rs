@@ -19,6 +19,7 @@
 //! - [`config`]: [`Kind`] and [`ParticipantConfig`] from the environment.
 //! - [`server`]: [`serve`] — migrate, then serve the service and gRPC health
 //!   until the shutdown token is cancelled.
+//! - [`retention`]: forgetting inbox rows older than their retention.
 //!
 //! # Races
 //!
@@ -65,7 +66,8 @@
 //!
 //! Every participant applies, in order: `1 outbox` (shared, from
 //! `sagaflow_common::outbox`), `2 inbox` (shared, from [`command`]), then its
-//! own business tables (`3`) and seeds (`4`, payment and inventory only).
+//! own business tables (`3`) and seeds (`4`, payment and inventory only),
+//! and the index inbox retention walks (`10`, from [`retention`]).
 
 pub mod command;
 pub mod config;
@@ -73,6 +75,7 @@ pub mod error;
 pub mod inventory;
 pub mod order;
 pub mod payment;
+pub mod retention;
 pub mod server;
 
 pub use config::{Kind, ParticipantConfig};

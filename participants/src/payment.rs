@@ -30,7 +30,13 @@ use crate::command::{
 };
 
 /// Every migration of the payment database, in order.
-pub const MIGRATIONS: [Migration; 4] = [outbox::MIGRATION, INBOX_MIGRATION, TABLES, SEEDS];
+pub const MIGRATIONS: [Migration; 5] = [
+    outbox::MIGRATION,
+    INBOX_MIGRATION,
+    TABLES,
+    SEEDS,
+    crate::retention::MIGRATION,
+];
 
 /// A `VOIDED` row with no customer is a tombstone: the refund arrived before
 /// (or instead of) the charge.

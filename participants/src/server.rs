@@ -48,6 +48,13 @@ pub async fn serve(
         () = shutdown.cancelled() => return Ok(()),
     }
 
+    let sweeper = tokio::spawn(crate::retention::run(
+        pool.clone(),
+        config.inbox_retention,
+        config.retention_interval,
+        shutdown.child_token(),
+    ));
+
     let (health, health_service) = tonic_health::server::health_reporter();
     let router = Server::builder().add_service(health_service);
     let router = match kind {
@@ -83,6 +90,9 @@ pub async fn serve(
         )
         .await
         .with_context(|| format!("serving {kind} on {addr}"))?;
+    sweeper
+        .await
+        .context("the inbox retention sweeper failed")?;
     tracing::info!(participant = kind.name(), "stopped");
     Ok(())
 }

@@ -25,7 +25,7 @@ use crate::emulator::Emulator;
 use crate::{free_port, wait_for};
 
 /// The service binaries, built by cargo next to the running executable.
-fn bin_dir() -> anyhow::Result<PathBuf> {
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {

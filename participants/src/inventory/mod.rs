@@ -23,7 +23,13 @@ use crate::Error;
 use crate::command::{Executor, INBOX_MIGRATION, Rpc, key};
 
 /// Every migration of the inventory database, in order.
-pub const MIGRATIONS: [Migration; 4] = [outbox::MIGRATION, INBOX_MIGRATION, TABLES, SEEDS];
+pub const MIGRATIONS: [Migration; 5] = [
+    outbox::MIGRATION,
+    INBOX_MIGRATION,
+    TABLES,
+    SEEDS,
+    crate::retention::MIGRATION,
+];
 
 /// A `VOIDED` row with no items is a tombstone: the release arrived before
 /// (or instead of) the reservation.
