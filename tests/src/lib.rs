@@ -10,6 +10,7 @@
 //! - [`audit`]: where sagas ended, and whether anything happened twice.
 //! - [`placer`]: placing many orders while orchestrators come and go.
 //! - [`faults`]: a seeded schedule of process and emulator kills.
+//! - [`history`]: step latencies and re-sends, from sagas' histories.
 //! - [`duplicator`]: duplicate and late event deliveries, injected.
 
 pub mod audit;
@@ -18,6 +19,7 @@ pub mod databases;
 pub mod duplicator;
 pub mod emulator;
 pub mod faults;
+pub mod history;
 pub mod invariants;
 pub mod orders;
 pub mod placer;

@@ -112,6 +112,8 @@ pub struct System {
     pub subscription: String,
     pub log_dir: PathBuf,
     env: Vec<(String, String)>,
+    /// Extra environment of one process (by name), on top of `env`.
+    process_env: HashMap<String, Vec<(String, String)>>,
     procs: HashMap<String, Proc>,
     // Declared last: processes die before the emulator does. `None` when an
     // outside emulator (`PUBSUB_EMULATOR_HOST`) is used.
@@ -192,6 +194,7 @@ impl System {
             subscription,
             log_dir,
             env,
+            process_env: HashMap::new(),
             procs: HashMap::new(),
             emulator,
         };
@@ -300,11 +303,25 @@ impl System {
         {
             cmd.env("SAGAFLOW_ORCHESTRATOR_LISTEN", addr);
         }
+        if let Some(extra) = self.process_env.get(name) {
+            cmd.envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("spawning {bin}: {e}"))?;
         self.procs.insert(name.to_owned(), Proc { child });
         Ok(())
+    }
+
+    /// Give process `name` extra environment from its next start on (see
+    /// [`restart`](Self::restart)), e.g. a skewed clock for one instance.
+    pub fn set_process_env(&mut self, name: &str, vars: &[(&str, &str)]) {
+        self.process_env.insert(
+            name.to_owned(),
+            vars.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
     }
 
     /// SIGKILL process `name` (if running) and start it again; waits until it

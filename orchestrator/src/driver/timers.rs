@@ -16,7 +16,7 @@ use crate::store::{self, Committed, Fired, InFlight};
 const BATCH: i64 = 200;
 
 /// How often due sagas of unknown definition versions are counted.
-const UNKNOWN_COUNT_EVERY: Duration = Duration::from_secs(30);
+const UNKNOWN_COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// What the resume scan did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
