@@ -13,7 +13,6 @@ use sagaflow_tests::system::bin_dir;
 fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(bin_dir().expect("binaries built").join(bin));
     cmd.args(args)
-        .envs(env.iter().copied())
         // Nothing reachable: a binary that tried to work would fail late,
         // not at once with the expected message.
         .env(
@@ -22,6 +21,7 @@ fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         )
         .env("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
         .env("RUST_LOG", "error")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -188,4 +188,48 @@ fn sagaflow_participant_vars() -> &'static [sagaflow_common::config::Var] {
 
 fn sagaflow_relay_vars() -> &'static [sagaflow_common::config::Var] {
     outbox_relay::config::VARS
+}
+
+/// Run by hand against a fresh server, the orchestrator creates its own
+/// database (as the participants do) and migrates it, before it looks for
+/// Pub/Sub (unreachable here, so it goes no further).
+#[tokio::test]
+async fn the_orchestrator_creates_its_own_database() -> anyhow::Result<()> {
+    let name = format!("sf_created_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let mut child = Command::new(bin_dir()?.join("sagaflow-orchestrator"))
+        .env("SAGAFLOW_ORCHESTRATOR_DATABASE_URL", &url)
+        .env("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let migrated = sagaflow_tests::wait_for(
+        "the orchestrator to create and migrate its database",
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                let Ok(c) = sagaflow_common::db::connect(&url).await else {
+                    return Ok(None);
+                };
+                let n: i64 = c
+                    .query_one("SELECT count(*) FROM sagaflow_migrations", &[])
+                    .await
+                    .map(|r| r.get(0))
+                    .unwrap_or(0);
+                Ok((n > 0).then_some(n))
+            }
+        },
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let admin = sagaflow_common::db::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await?;
+    migrated?;
+    Ok(())
 }
