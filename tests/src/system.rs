@@ -24,11 +24,16 @@ use crate::databases::Databases;
 use crate::emulator::Emulator;
 use crate::{free_port, wait_for};
 
-/// The service binaries, built by cargo next to the running executable.
+/// The service binaries: those in `SAGAFLOW_BIN_DIR` when it is set (a
+/// release build, say, or another build to compare with), else built by
+/// cargo next to the running executable.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(dir) = std::env::var_os("SAGAFLOW_BIN_DIR").filter(|d| !d.is_empty()) {
+                return Ok(PathBuf::from(dir));
+            }
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             // target/<profile>/deps/<test> or target/<profile>/<bin>
             let mut dir = exe.parent().map(PathBuf::from).ok_or("no exe dir")?;
