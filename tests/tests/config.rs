@@ -233,3 +233,19 @@ async fn the_orchestrator_creates_its_own_database() -> anyhow::Result<()> {
     migrated?;
     Ok(())
 }
+
+/// The settings page documents every variable the binaries read.
+#[test]
+fn every_variable_is_documented() {
+    let page = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/settings.md");
+    let page = std::fs::read_to_string(&page).expect("docs/settings.md");
+    let missing: Vec<&str> = sagaflow_common::config::COMMON_VARS
+        .iter()
+        .chain(sagaflow_orchestrator_vars())
+        .chain(sagaflow_participant_vars())
+        .chain(sagaflow_relay_vars())
+        .map(|v| v.name)
+        .filter(|name| !page.contains(&format!("`{name}`")))
+        .collect();
+    assert!(missing.is_empty(), "docs/settings.md lacks {missing:?}");
+}
