@@ -9,12 +9,21 @@
 //! | `SAGAFLOW_PAYMENT_LISTEN`          | `127.0.0.1:50062`                                         |
 //! | `SAGAFLOW_INVENTORY_LISTEN`        | `127.0.0.1:50063`                                         |
 //! | `SAGAFLOW_DB_POOL_SIZE`            | `16`                                                      |
+//! | `SAGAFLOW_TLS_CERT`, `SAGAFLOW_TLS_KEY` | required: the participant's certificate and key (PEM)  |
+//! | `SAGAFLOW_TLS_CLIENT_CA`           | required: CA a client certificate must chain to (PEM)     |
+//! | `SAGAFLOW_ALLOWED_CLIENT`          | `sagaflow-orchestrator`: the one client identity accepted |
+//! | `SAGAFLOW_INSECURE`                | `false`; `true` serves plaintext to anyone (demo only)    |
+//!
+//! See docs/security.md for what each check refuses.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
 use sagaflow_common::config::{self as env, databases};
+use sagaflow_common::security::identity::{self, DEFAULT_CLIENT};
+use sagaflow_common::security::tls::{self, KeyPair, ServerTls};
+use sagaflow_common::security::{self, Required};
 
 /// The three participant services this crate can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,20 +105,68 @@ pub struct ParticipantConfig {
     /// Most connections the pool opens. Each in-flight command holds one for
     /// its transaction, so this bounds concurrent commands against Postgres.
     pub pool_size: usize,
+    /// Who may call it, and over what.
+    pub security: Security,
+}
+
+/// How a participant's gRPC is protected.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// Mutual TLS: the handshake requires a client certificate from the
+    /// client CA, and every call of the participant's service must come from
+    /// `allowed_client` (gRPC health excepted).
+    Mutual {
+        tls: ServerTls,
+        allowed_client: String,
+    },
+    /// Plaintext, and anyone may call (`SAGAFLOW_INSECURE=true`).
+    Insecure,
+}
+
+impl Security {
+    /// From `SAGAFLOW_INSECURE`, or the TLS settings it then requires.
+    pub fn from_env() -> anyhow::Result<Self> {
+        if security::insecure_from_env()? {
+            return Ok(Security::Insecure);
+        }
+        let mut required = Required::new("sagaflow-participant");
+        let cert = required.var("SAGAFLOW_TLS_CERT");
+        let key = required.var("SAGAFLOW_TLS_KEY");
+        let ca = required.var("SAGAFLOW_TLS_CLIENT_CA");
+        required.check()?;
+        let (cert, key, ca) = (
+            cert.unwrap_or_default(),
+            key.unwrap_or_default(),
+            ca.unwrap_or_default(),
+        );
+        Ok(Security::Mutual {
+            tls: ServerTls {
+                identity: KeyPair::read(("SAGAFLOW_TLS_CERT", &cert), ("SAGAFLOW_TLS_KEY", &key))?,
+                client_ca_pem: Some(tls::read_pem("SAGAFLOW_TLS_CLIENT_CA", &ca, "CERTIFICATE")?),
+            },
+            allowed_client: identity::parse_identity(
+                "SAGAFLOW_ALLOWED_CLIENT",
+                &env::var_or("SAGAFLOW_ALLOWED_CLIENT", DEFAULT_CLIENT),
+            )?,
+        })
+    }
 }
 
 impl ParticipantConfig {
-    /// Defaults for `kind`, with its database at `database_url`.
-    pub fn new(kind: Kind, database_url: impl Into<String>) -> Self {
+    /// Defaults for `kind`, with its database at `database_url`, protected
+    /// as `security` says.
+    pub fn new(kind: Kind, database_url: impl Into<String>, security: Security) -> Self {
         Self {
             database_url: database_url.into(),
             listen: kind.default_listen(),
             pool_size: 16,
+            security,
         }
     }
 
-    /// Read `SAGAFLOW_<KIND>_DATABASE_URL`, `SAGAFLOW_<KIND>_LISTEN` and
-    /// `SAGAFLOW_DB_POOL_SIZE`; unset or empty variables take their defaults.
+    /// Read `SAGAFLOW_<KIND>_DATABASE_URL`, `SAGAFLOW_<KIND>_LISTEN`,
+    /// `SAGAFLOW_DB_POOL_SIZE` (unset or empty variables take their
+    /// defaults) and the security settings ([`Security::from_env`]).
     pub fn from_env(kind: Kind) -> anyhow::Result<Self> {
         let prefix = kind.env_prefix();
         let default_url = env::default_database_url(kind.default_database());
@@ -119,6 +176,7 @@ impl ParticipantConfig {
             database_url: env::var_or(&format!("{prefix}_DATABASE_URL"), &default_url),
             listen: env::parse_or(&format!("{prefix}_LISTEN"), kind.default_listen())?,
             pool_size,
+            security: Security::from_env()?,
         })
     }
 }
@@ -137,7 +195,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_design() {
-        let config = ParticipantConfig::new(Kind::Payment, "postgres://x/y");
+        let config = ParticipantConfig::new(Kind::Payment, "postgres://x/y", Security::Insecure);
         assert_eq!(config.listen.to_string(), "127.0.0.1:50062");
         assert_eq!(config.pool_size, 16);
         assert_eq!(Kind::Inventory.default_database(), "sagaflow_inventory");

@@ -16,9 +16,12 @@
 //!   migrations, its business rules and its tonic service.
 //! - [`error`]: the crate's one error type and its single conversion to
 //!   `tonic::Status` (invalid argument / unavailable / internal).
-//! - [`config`]: [`Kind`] and [`ParticipantConfig`] from the environment.
+//! - [`config`]: [`Kind`], [`ParticipantConfig`] and its [`Security`] from
+//!   the environment.
 //! - [`server`]: [`serve`] — migrate, then serve the service and gRPC health
-//!   until the shutdown token is cancelled.
+//!   until the shutdown token is cancelled: over mutual TLS, every call of
+//!   the service pinned to the orchestrator's identity
+//!   (`sagaflow_common::security`), unless configured insecure.
 //!
 //! # Races
 //!
@@ -75,6 +78,6 @@ pub mod order;
 pub mod payment;
 pub mod server;
 
-pub use config::{Kind, ParticipantConfig};
+pub use config::{Kind, ParticipantConfig, Security};
 pub use error::Error;
 pub use server::serve;
