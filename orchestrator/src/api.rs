@@ -1,12 +1,19 @@
 //! The public gRPC API: `PlaceOrder`, `GetSaga`, `ListSagas`, and the
-//! operator actions `RetrySaga` and `CancelSaga`.
+//! operator actions `RetrySaga`, `CancelSaga` and the dead-letter RPCs
+//! ([`deadletters`]). Tokens are checked before any of this runs
+//! ([`crate::auth`]).
 //!
 //! Bad input is answered with `INVALID_ARGUMENT` naming the field and the
 //! reason, before anything is written. An operator action the saga's state
 //! does not allow is `FAILED_PRECONDITION` (the state machine decides; see
 //! [`refused`]).
 
+mod deadletters;
+
+use std::sync::Arc;
+
 use prost::Message as _;
+use sagaflow_common::pubsub::EventPublisher;
 use sagaflow_protos::orchestrator::v1 as pb;
 use sagaflow_protos::orchestrator::v1::saga_service_server::SagaService;
 use sagaflow_protos::participant::v1::{
@@ -26,12 +33,15 @@ pub struct Api {
     pub driver: Driver,
     /// The inventory participant, whose catalogue validates order items.
     pub inventory: Channel,
+    /// Publishes re-driven dead letters to the events topic.
+    pub redrive: Arc<EventPublisher>,
+    pub events_topic: String,
 }
 
 const MAX_KEY_LEN: usize = 200;
 const MAX_ITEMS: usize = 100;
 
-fn invalid(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> Status {
+pub(crate) fn invalid(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
 }
 
@@ -192,7 +202,7 @@ fn refused(e: saga::Error) -> Status {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "request failed");
     Status::unavailable(format!("orchestrator storage unavailable: {e}"))
 }
@@ -406,6 +416,21 @@ impl SagaService for Api {
             annotate(request_id, None),
         )
         .await
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        self.list_letters(request.into_inner()).await
+    }
+
+    #[tracing::instrument(name = "saga.redrive_dead_letters", skip_all, fields(otel.kind = "server"))]
+    async fn redrive_dead_letters(
+        &self,
+        request: Request<pb::RedriveDeadLettersRequest>,
+    ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
+        self.redrive_letters(request.into_inner()).await
     }
 }
 

@@ -1,10 +1,14 @@
-//! Orchestrator configuration, from environment variables (see the README).
+//! Orchestrator configuration, from environment variables (see the README
+//! and, for [`Security`], docs/security.md).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use sagaflow_common::config::{self, databases, default_database_url, millis_or, parse_or, var_or};
+use sagaflow_common::security::tls::{self, ClientTls, KeyPair, ServerTls};
+use sagaflow_common::security::{self, Required};
 
+use crate::auth::Tokens;
 use crate::definitions::order;
 
 #[derive(Debug, Clone)]
@@ -29,26 +33,94 @@ pub struct Config {
     /// (5..=100).
     pub max_delivery_attempts: i32,
     pub timer_poll: Duration,
+    pub security: Security,
+}
+
+/// How the orchestrator listens and calls participants.
+#[derive(Debug, Clone)]
+pub enum Security {
+    Secure(Box<Secured>),
+    /// Plaintext both ways and no tokens (`SAGAFLOW_INSECURE=true`).
+    Insecure,
+}
+
+/// The settings of a secure orchestrator; all required.
+#[derive(Debug, Clone)]
+pub struct Secured {
+    /// The public API's certificate (`SAGAFLOW_TLS_CERT`, `SAGAFLOW_TLS_KEY`).
+    pub api_tls: ServerTls,
+    /// The public API's bearer tokens.
+    pub tokens: Tokens,
+    /// The CA participants' certificates chain to (`SAGAFLOW_PARTICIPANT_CA`)
+    /// and the orchestrator's client certificate (`SAGAFLOW_CLIENT_CERT`,
+    /// `SAGAFLOW_CLIENT_KEY`), whose name participants pin.
+    pub participants_tls: ClientTls,
+}
+
+impl Security {
+    pub fn from_env() -> anyhow::Result<Security> {
+        if security::insecure_from_env()? {
+            return Ok(Security::Insecure);
+        }
+        let mut required = Required::new("sagaflow-orchestrator");
+        let cert = required.var("SAGAFLOW_TLS_CERT");
+        let key = required.var("SAGAFLOW_TLS_KEY");
+        let ca = required.var("SAGAFLOW_PARTICIPANT_CA");
+        let client_cert = required.var("SAGAFLOW_CLIENT_CERT");
+        let client_key = required.var("SAGAFLOW_CLIENT_KEY");
+        let tokens = Tokens::from_env(&mut required)?;
+        required.check()?;
+        let path = |v: Option<String>| v.unwrap_or_default();
+        Ok(Security::Secure(Box::new(Secured {
+            api_tls: ServerTls {
+                identity: KeyPair::read(
+                    ("SAGAFLOW_TLS_CERT", &path(cert)),
+                    ("SAGAFLOW_TLS_KEY", &path(key)),
+                )?,
+                client_ca_pem: None,
+            },
+            tokens,
+            participants_tls: ClientTls {
+                server_ca_pem: tls::read_pem("SAGAFLOW_PARTICIPANT_CA", &path(ca), "CERTIFICATE")?,
+                identity: Some(KeyPair::read(
+                    ("SAGAFLOW_CLIENT_CERT", &path(client_cert)),
+                    ("SAGAFLOW_CLIENT_KEY", &path(client_key)),
+                )?),
+            },
+        })))
+    }
+
+    /// The URL scheme participants are called with.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Security::Secure(_) => "https",
+            Security::Insecure => "http",
+        }
+    }
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let participants = [
-            (order::ORDER, "SAGAFLOW_ORDER_URL", "http://127.0.0.1:50061"),
-            (
-                order::PAYMENT,
-                "SAGAFLOW_PAYMENT_URL",
-                "http://127.0.0.1:50062",
-            ),
-            (
-                order::INVENTORY,
-                "SAGAFLOW_INVENTORY_URL",
-                "http://127.0.0.1:50063",
-            ),
-        ]
-        .into_iter()
-        .map(|(k, var, default)| (k.to_owned(), var_or(var, default)))
-        .collect();
+        let security = Security::from_env()?;
+        let scheme = security.scheme();
+        let mut participants = HashMap::new();
+        for (key, var, port) in [
+            (order::ORDER, "SAGAFLOW_ORDER_URL", 50061),
+            (order::PAYMENT, "SAGAFLOW_PAYMENT_URL", 50062),
+            (order::INVENTORY, "SAGAFLOW_INVENTORY_URL", 50063),
+        ] {
+            let url = var_or(var, &format!("{scheme}://127.0.0.1:{port}"));
+            if !url.starts_with(&format!("{scheme}://")) {
+                anyhow::bail!(
+                    "{var} must be an {scheme}:// URL {}",
+                    match security {
+                        Security::Secure(_) => "(participants are called over TLS)",
+                        Security::Insecure => "in insecure mode",
+                    }
+                );
+            }
+            participants.insert(key.to_owned(), url);
+        }
         let events_topic = var_or("SAGAFLOW_EVENTS_TOPIC", "sagaflow-events");
         let events_subscription = var_or("SAGAFLOW_EVENTS_SUBSCRIPTION", "sagaflow-orchestrator");
         let max_delivery_attempts = parse_or("SAGAFLOW_MAX_DELIVERY_ATTEMPTS", 5)?;
@@ -81,6 +153,7 @@ impl Config {
             max_concurrent_sends: parse_or("SAGAFLOW_MAX_CONCURRENT_SENDS", 256)?,
             command_timeout: millis_or("SAGAFLOW_COMMAND_TIMEOUT_MS", 5000)?,
             timer_poll: millis_or("SAGAFLOW_TIMER_POLL_MS", 500)?,
+            security,
         })
     }
 }
