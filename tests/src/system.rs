@@ -76,6 +76,12 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// A command for service binary `bin` (built and current), with no
+/// settings of any system: for tests of how a binary starts.
+pub fn binary(bin: &str) -> anyhow::Result<Command> {
+    Ok(Command::new(bin_dir()?.join(bin)))
+}
+
 /// The kinds of process a system runs.
 pub const PARTICIPANTS: [&str; 3] = ["order", "payment", "inventory"];
 
@@ -399,7 +405,7 @@ impl System {
     /// A command for one of the service binaries with the environment every
     /// process of this system shares (no process's own certificate).
     pub fn command(&self, bin: &str) -> anyhow::Result<Command> {
-        let mut cmd = Command::new(bin_dir()?.join(bin));
+        let mut cmd = binary(bin)?;
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         Ok(cmd)
     }
@@ -548,6 +554,13 @@ impl System {
                 api_client(channel, self.token(Caller::Client).as_ref())
             })
             .collect()
+    }
+
+    /// A lazily connected channel to orchestrator `n`'s API, with no token
+    /// (gRPC health needs none).
+    pub fn orchestrator_channel(&self, n: usize) -> anyhow::Result<Channel> {
+        let addr = &self.addrs[&format!("orchestrator-{n}")];
+        Ok(self.orchestrator_endpoint(addr)?.connect_lazy())
     }
 
     /// A lazily connected channel to participant `name`, presenting `peer`
