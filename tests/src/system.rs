@@ -25,10 +25,9 @@ use std::time::Duration;
 use sagaflow_common::pubsub::PubSubConfig;
 
 use sagaflow_protos::orchestrator::v1::{GetSagaRequest, ListSagasRequest, Saga, SagaState};
-use tonic::transport::Channel;
 
+use crate::clients::serving;
 pub use crate::clients::{Caller, Client};
-use crate::clients::{api_client, endpoint, serving};
 use crate::credentials::Credentials;
 pub use crate::credentials::Peer;
 use crate::databases::Databases;
@@ -132,7 +131,7 @@ pub struct System {
     pub subscription: String,
     pub log_dir: PathBuf,
     /// `None` when insecure.
-    credentials: Option<Credentials>,
+    pub(crate) credentials: Option<Credentials>,
     env: Vec<(String, String)>,
     procs: HashMap<String, Proc>,
     // Declared last: processes die before the emulator does. `None` when an
@@ -524,107 +523,8 @@ impl System {
         self.wait_healthy(&format!("orchestrator-{n}")).await
     }
 
-    /// A client of orchestrator `n` with the operator token (it may do
-    /// anything, operator actions included).
-    pub async fn client_of(&self, n: usize) -> anyhow::Result<Client> {
-        self.client_as(n, Caller::Operator).await
-    }
-
-    /// A client of the first orchestrator still running (by number), with
-    /// the operator token.
-    pub async fn client(&self) -> anyhow::Result<Client> {
-        self.client_of(self.first_orchestrator()).await
-    }
-
-    /// A client of orchestrator `n` sending `caller`'s token (connected).
-    pub async fn client_as(&self, n: usize, caller: Caller) -> anyhow::Result<Client> {
-        let addr = &self.addrs[&format!("orchestrator-{n}")];
-        let channel = self.orchestrator_endpoint(addr)?.connect().await?;
-        api_client(channel, self.token(caller).as_ref())
-    }
-
-    /// Lazily connected clients of every orchestrator started (running or
-    /// not), by number, with the client token: enough to place orders.
-    pub fn orchestrator_clients(&self) -> anyhow::Result<Vec<Client>> {
-        self.orchestrator_numbers()
-            .into_iter()
-            .map(|n| {
-                let addr = &self.addrs[&format!("orchestrator-{n}")];
-                let channel = self.orchestrator_endpoint(addr)?.connect_lazy();
-                api_client(channel, self.token(Caller::Client).as_ref())
-            })
-            .collect()
-    }
-
-    /// A lazily connected channel to orchestrator `n`'s API, with no token
-    /// (gRPC health needs none).
-    pub fn orchestrator_channel(&self, n: usize) -> anyhow::Result<Channel> {
-        let addr = &self.addrs[&format!("orchestrator-{n}")];
-        Ok(self.orchestrator_endpoint(addr)?.connect_lazy())
-    }
-
-    /// A lazily connected channel to participant `name`, presenting `peer`
-    /// (over plaintext when the system is insecure).
-    pub fn participant_channel(&self, name: &str, peer: Peer<'_>) -> anyhow::Result<Channel> {
-        Ok(self.participant_endpoint(name, peer)?.connect_lazy())
-    }
-
-    /// A plaintext channel to process `name`, whatever the system's mode.
-    pub fn plaintext_channel(&self, name: &str) -> anyhow::Result<Channel> {
-        let addr = self
-            .addrs
-            .get(name)
-            .ok_or_else(|| anyhow::anyhow!("unknown process {name}"))?;
-        Ok(endpoint(&format!("http://{addr}"), None)?.connect_lazy())
-    }
-
-    /// The system's certificates and tokens (`None` when insecure).
-    pub fn credentials(&self) -> Option<&Credentials> {
-        self.credentials.as_ref()
-    }
-
-    fn token(&self, caller: Caller) -> Option<sagaflow_common::security::secret::Secret> {
-        use sagaflow_common::security::secret::Secret;
-        let creds = self.credentials.as_ref()?;
-        match caller {
-            Caller::Operator => Some(creds.operator_token.clone()),
-            Caller::Client => Some(creds.client_token.clone()),
-            Caller::NoToken => None,
-            Caller::Token(t) => Some(Secret::new(t)),
-        }
-    }
-
-    fn scheme(&self) -> &'static str {
-        if self.credentials.is_some() {
-            "https"
-        } else {
-            "http"
-        }
-    }
-
-    fn orchestrator_endpoint(&self, addr: &str) -> anyhow::Result<tonic::transport::Endpoint> {
-        let tls = self.credentials.as_ref().map(|c| c.api_tls());
-        endpoint(&format!("{}://{addr}", self.scheme()), tls.as_ref())
-    }
-
-    fn participant_endpoint(
-        &self,
-        name: &str,
-        peer: Peer<'_>,
-    ) -> anyhow::Result<tonic::transport::Endpoint> {
-        let addr = self
-            .addrs
-            .get(name)
-            .ok_or_else(|| anyhow::anyhow!("unknown participant {name}"))?;
-        let tls = match &self.credentials {
-            Some(c) => Some(c.participant_tls(peer)?),
-            None => None,
-        };
-        endpoint(&format!("{}://{addr}", self.scheme()), tls.as_ref())
-    }
-
     /// Numbers of the orchestrators started, in order.
-    fn orchestrator_numbers(&self) -> Vec<usize> {
+    pub(crate) fn orchestrator_numbers(&self) -> Vec<usize> {
         let mut numbers: Vec<usize> = self
             .addrs
             .keys()
@@ -635,7 +535,7 @@ impl System {
     }
 
     /// The lowest-numbered orchestrator still running (0 if none is).
-    fn first_orchestrator(&self) -> usize {
+    pub(crate) fn first_orchestrator(&self) -> usize {
         let mut running: Vec<usize> = self
             .procs
             .keys()
@@ -645,7 +545,7 @@ impl System {
         running.first().copied().unwrap_or(0)
     }
 
-    fn orchestrator_url(&self, n: usize) -> String {
+    pub(crate) fn orchestrator_url(&self, n: usize) -> String {
         format!(
             "{}://{}",
             self.scheme(),
