@@ -85,8 +85,22 @@ async fn a_client_without_a_certificate_fails_the_handshake() {
         .await
         .unwrap_err();
 
-    assert_ne!(failed.code(), tonic::Code::Ok);
-    assert_ne!(failed.code(), tonic::Code::PermissionDenied, "{failed:?}");
-    let detail = format!("{failed:?}");
-    assert!(detail.contains("CertificateRequired"), "{detail}");
+    // A transport error, no status from the service: the server ends the
+    // handshake with an alert (under TLS 1.3 the gRPC client may see it or
+    // just the closed connection; the raw handshake always sees it).
+    assert!(
+        matches!(
+            failed.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
+        "{failed:?}"
+    );
+    let handshake = sagaflow_common::security::probe::without_certificate(
+        &p.addr.to_string(),
+        "localhost",
+        support::certs().ca_pem.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(handshake.contains("CertificateRequired"), "{handshake}");
 }

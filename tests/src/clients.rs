@@ -108,6 +108,26 @@ impl System {
         Ok(self.participant_endpoint(name, peer)?.connect_lazy())
     }
 
+    /// What participant `name` answers a TLS client without a client
+    /// certificate: the first read after the handshake, i.e. the server's
+    /// alert ("received fatal alert: CertificateRequired").
+    pub async fn handshake_without_certificate(&self, name: &str) -> anyhow::Result<String> {
+        let creds = self
+            .credentials
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the system is insecure"))?;
+        let addr = self
+            .addrs
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("unknown process {name}"))?;
+        sagaflow_common::security::probe::without_certificate(
+            addr,
+            "localhost",
+            creds.ca_pem().as_bytes(),
+        )
+        .await
+    }
+
     /// A plaintext channel to process `name`, whatever the system's mode.
     pub fn plaintext_channel(&self, name: &str) -> anyhow::Result<Channel> {
         let addr = self

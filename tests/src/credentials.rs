@@ -149,6 +149,11 @@ impl Credentials {
         ]
     }
 
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     /// TLS of a client of the orchestrator's API.
     pub fn api_tls(&self) -> ClientTls {
         ClientTls {

@@ -17,11 +17,14 @@
 //! certificate or a token setting refuses to start and names what is
 //! missing ([`Required`]).
 //!
-//! [`pki`] (feature `pki`) makes a throw-away CA, certificates and tokens.
+//! [`pki`] (feature `pki`) makes a throw-away CA, certificates and tokens;
+//! [`probe`] shows what a server answers a client without a certificate.
 
 pub mod identity;
 #[cfg(feature = "pki")]
 pub mod pki;
+#[cfg(feature = "pki")]
+pub mod probe;
 pub mod secret;
 pub mod tls;
 
