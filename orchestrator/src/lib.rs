@@ -52,6 +52,19 @@ pub async fn run(
     for def in definitions::registry() {
         def.validate().map_err(anyhow::Error::msg)?;
     }
+    // TLS settings are checked before anything else is touched.
+    let (mut server, tokens, participants_tls) = match &config.security {
+        Security::Secure(secured) => (
+            tonic::transport::Server::builder()
+                .tls_config(secured.api_tls.config())
+                .map_err(|e| {
+                    anyhow::anyhow!("API TLS (SAGAFLOW_TLS_CERT, SAGAFLOW_TLS_KEY): {e}")
+                })?,
+            Some(secured.tokens.clone()),
+            Some(&secured.participants_tls),
+        ),
+        Security::Insecure => (tonic::transport::Server::builder(), None, None),
+    };
     // Best effort, as the participants do: a managed server may not allow it.
     if let Err(e) = sagaflow_common::db::ensure_database(&config.database_url).await {
         tracing::warn!(
@@ -72,18 +85,6 @@ pub async fn run(
         Arc::new(pubsub::EventPublisher::new(&ps, &config.dead_letter_topic, 64).await?);
     let redrive = Arc::new(pubsub::EventPublisher::new(&ps, &config.events_topic, 64).await?);
 
-    let (server, tokens, participants_tls) = match &config.security {
-        Security::Secure(secured) => (
-            tonic::transport::Server::builder()
-                .tls_config(secured.api_tls.config())
-                .map_err(|e| {
-                    anyhow::anyhow!("API TLS (SAGAFLOW_TLS_CERT, SAGAFLOW_TLS_KEY): {e}")
-                })?,
-            Some(secured.tokens.clone()),
-            Some(&secured.participants_tls),
-        ),
-        Security::Insecure => (tonic::transport::Server::builder(), None, None),
-    };
     let participants = participants::GrpcParticipants::new(
         &config.participants,
         config.command_timeout,
@@ -132,7 +133,6 @@ pub async fn run(
     };
     let tls = tokens.is_some();
     tracing::info!(addr = %listener.local_addr()?, tls, "orchestrator listening");
-    let mut server = server;
     let served = server
         .add_service(health_service)
         .add_service(auth::Guarded::new(SagaServiceServer::new(api), tokens))

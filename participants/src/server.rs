@@ -47,6 +47,19 @@ pub async fn serve(
             "plaintext gRPC, and any client can command this participant",
         );
     }
+    // TLS settings are checked before anything else is touched.
+    let (mut builder, pin) = match &config.security {
+        Security::Mutual {
+            tls,
+            allowed_client,
+        } => (
+            Server::builder().tls_config(tls.config()).context(
+                "TLS settings (SAGAFLOW_TLS_CERT, SAGAFLOW_TLS_KEY, SAGAFLOW_TLS_CLIENT_CA)",
+            )?,
+            ClientPin::Only(allowed_client.clone()),
+        ),
+        Security::Insecure => (Server::builder(), ClientPin::Off),
+    };
     if let Err(e) = db::ensure_database(&config.database_url).await {
         tracing::warn!(
             error = format!("{e:#}"),
@@ -60,20 +73,7 @@ pub async fn serve(
         () = shutdown.cancelled() => return Ok(()),
     }
 
-    let (builder, pin) = match &config.security {
-        Security::Mutual {
-            tls,
-            allowed_client,
-        } => (
-            Server::builder().tls_config(tls.config()).context(
-                "TLS settings (SAGAFLOW_TLS_CERT, SAGAFLOW_TLS_KEY, SAGAFLOW_TLS_CLIENT_CA)",
-            )?,
-            ClientPin::Only(allowed_client.clone()),
-        ),
-        Security::Insecure => (Server::builder(), ClientPin::Off),
-    };
     let (health, health_service) = tonic_health::server::health_reporter();
-    let mut builder = builder;
     let router = builder.add_service(health_service);
     let router = match kind {
         Kind::Order => {
