@@ -10,12 +10,15 @@
 //! - [`telemetry`]: one `init` for logs and traces (OTLP when configured).
 //! - [`trace`]: W3C `traceparent` in and out of gRPC metadata and strings.
 //! - [`shutdown`]: SIGTERM / SIGINT as a cancellation token.
+//! - [`security`]: mutual TLS and the client identity pin for participants,
+//!   bearer tokens for the public API, the insecure switch.
 
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod outbox;
 pub mod pubsub;
+pub mod security;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

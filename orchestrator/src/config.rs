@@ -1,14 +1,18 @@
 //! Orchestrator configuration, from environment variables ([`VARS`], also
-//! in the README and `sagaflow-orchestrator --help`). Every value is checked
-//! when read: a bad one stops the process with a message naming it.
+//! in docs/settings.md and `sagaflow-orchestrator --help`; [`Security`] in
+//! docs/security.md). Every value is checked when read: a bad one stops the
+//! process with a message naming it.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use sagaflow_common::config::{
-    Var, bool_or, databases, default_database_url, int_in, millis_in, secs_in, var_or,
+    self, Var, bool_or, databases, default_database_url, int_in, millis_in, secs_in, var_or,
 };
+use sagaflow_common::security::tls::{self, ClientTls, KeyPair, ServerTls};
+use sagaflow_common::security::{self, Required};
 
+use crate::auth::Tokens;
 use crate::definitions::order;
 use crate::driver::Limits;
 use crate::retention::Retention;
@@ -27,18 +31,88 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "SAGAFLOW_ORDER_URL",
-        default: "http://127.0.0.1:50061",
-        meaning: "the order participant",
+        default: "https://127.0.0.1:50061",
+        meaning: "the order participant (http:// in insecure mode)",
     },
     Var {
         name: "SAGAFLOW_PAYMENT_URL",
-        default: "http://127.0.0.1:50062",
-        meaning: "the payment participant",
+        default: "https://127.0.0.1:50062",
+        meaning: "the payment participant (http:// in insecure mode)",
     },
     Var {
         name: "SAGAFLOW_INVENTORY_URL",
-        default: "http://127.0.0.1:50063",
-        meaning: "the inventory participant",
+        default: "https://127.0.0.1:50063",
+        meaning: "the inventory participant (http:// in insecure mode)",
+    },
+    Var {
+        name: "SAGAFLOW_INSECURE",
+        default: "false",
+        meaning: "true: plaintext API without tokens, plaintext to participants (local demos only; warns loudly)",
+    },
+    Var {
+        name: "SAGAFLOW_TLS_CERT",
+        default: "required",
+        meaning: "the public API's server certificate, PEM",
+    },
+    Var {
+        name: "SAGAFLOW_TLS_KEY",
+        default: "required",
+        meaning: "its private key, PEM",
+    },
+    Var {
+        name: "SAGAFLOW_PARTICIPANT_CA",
+        default: "required",
+        meaning: "CA participants' server certificates must chain to",
+    },
+    Var {
+        name: "SAGAFLOW_CLIENT_CERT",
+        default: "required",
+        meaning: "the orchestrator's client certificate for participants; its DNS name is the identity they pin",
+    },
+    Var {
+        name: "SAGAFLOW_CLIENT_KEY",
+        default: "required",
+        meaning: "its private key",
+    },
+    Var {
+        name: "SAGAFLOW_API_TOKENS",
+        default: "required (or _FILE)",
+        meaning: "client bearer tokens, comma-separated",
+    },
+    Var {
+        name: "SAGAFLOW_API_TOKENS_FILE",
+        default: "unset",
+        meaning: "client bearer tokens, one per line",
+    },
+    Var {
+        name: "SAGAFLOW_OPERATOR_TOKENS",
+        default: "required (or _FILE)",
+        meaning: "operator bearer tokens, comma-separated",
+    },
+    Var {
+        name: "SAGAFLOW_OPERATOR_TOKENS_FILE",
+        default: "unset",
+        meaning: "operator bearer tokens, one per line",
+    },
+    Var {
+        name: "SAGAFLOW_API_URL",
+        default: "https:// + the listen address",
+        meaning: "dead-letters commands: the orchestrator to call",
+    },
+    Var {
+        name: "SAGAFLOW_API_CA",
+        default: "required",
+        meaning: "dead-letters commands: the CA of the API's certificate",
+    },
+    Var {
+        name: "SAGAFLOW_API_TOKEN",
+        default: "required (or _FILE)",
+        meaning: "dead-letters commands: one operator token",
+    },
+    Var {
+        name: "SAGAFLOW_API_TOKEN_FILE",
+        default: "unset",
+        meaning: "dead-letters commands: the operator token, in a file",
     },
     Var {
         name: "SAGAFLOW_EVENTS_TOPIC",
@@ -197,28 +271,96 @@ pub struct Config {
     pub max_delivery_attempts: i32,
     pub timer_poll: Duration,
     pub retention: Retention,
+    pub security: Security,
+}
+
+/// How the orchestrator listens and calls participants.
+#[derive(Debug, Clone)]
+pub enum Security {
+    Secure(Box<Secured>),
+    /// Plaintext both ways and no tokens (`SAGAFLOW_INSECURE=true`).
+    Insecure,
+}
+
+/// The settings of a secure orchestrator; all required.
+#[derive(Debug, Clone)]
+pub struct Secured {
+    /// The public API's certificate (`SAGAFLOW_TLS_CERT`, `SAGAFLOW_TLS_KEY`).
+    pub api_tls: ServerTls,
+    /// The public API's bearer tokens.
+    pub tokens: Tokens,
+    /// The CA participants' certificates chain to (`SAGAFLOW_PARTICIPANT_CA`)
+    /// and the orchestrator's client certificate (`SAGAFLOW_CLIENT_CERT`,
+    /// `SAGAFLOW_CLIENT_KEY`), whose name participants pin.
+    pub participants_tls: ClientTls,
+}
+
+impl Security {
+    pub fn from_env() -> anyhow::Result<Security> {
+        if security::insecure_from_env()? {
+            return Ok(Security::Insecure);
+        }
+        let mut required = Required::new("sagaflow-orchestrator");
+        let cert = required.var("SAGAFLOW_TLS_CERT");
+        let key = required.var("SAGAFLOW_TLS_KEY");
+        let ca = required.var("SAGAFLOW_PARTICIPANT_CA");
+        let client_cert = required.var("SAGAFLOW_CLIENT_CERT");
+        let client_key = required.var("SAGAFLOW_CLIENT_KEY");
+        let tokens = Tokens::from_env(&mut required)?;
+        required.check()?;
+        let path = |v: Option<String>| v.unwrap_or_default();
+        Ok(Security::Secure(Box::new(Secured {
+            api_tls: ServerTls {
+                identity: KeyPair::read(
+                    ("SAGAFLOW_TLS_CERT", &path(cert)),
+                    ("SAGAFLOW_TLS_KEY", &path(key)),
+                )?,
+                client_ca_pem: None,
+            },
+            tokens,
+            participants_tls: ClientTls {
+                server_ca_pem: tls::read_pem("SAGAFLOW_PARTICIPANT_CA", &path(ca), "CERTIFICATE")?,
+                identity: Some(KeyPair::read(
+                    ("SAGAFLOW_CLIENT_CERT", &path(client_cert)),
+                    ("SAGAFLOW_CLIENT_KEY", &path(client_key)),
+                )?),
+            },
+        })))
+    }
+
+    /// The URL scheme participants are called with.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Security::Secure(_) => "https",
+            Security::Insecure => "http",
+        }
+    }
 }
 
 impl Config {
     /// Read and check every setting; the error names the first bad one.
     pub fn from_env() -> anyhow::Result<Self> {
         order::check_env()?;
-        let participants = [
-            (order::ORDER, "SAGAFLOW_ORDER_URL", "http://127.0.0.1:50061"),
-            (
-                order::PAYMENT,
-                "SAGAFLOW_PAYMENT_URL",
-                "http://127.0.0.1:50062",
-            ),
-            (
-                order::INVENTORY,
-                "SAGAFLOW_INVENTORY_URL",
-                "http://127.0.0.1:50063",
-            ),
-        ]
-        .into_iter()
-        .map(|(k, var, default)| (k.to_owned(), var_or(var, default)))
-        .collect();
+        let security = Security::from_env()?;
+        let scheme = security.scheme();
+        let mut participants = HashMap::new();
+        for (key, var, port) in [
+            (order::ORDER, "SAGAFLOW_ORDER_URL", 50061),
+            (order::PAYMENT, "SAGAFLOW_PAYMENT_URL", 50062),
+            (order::INVENTORY, "SAGAFLOW_INVENTORY_URL", 50063),
+        ] {
+            let url = var_or(var, &format!("{scheme}://127.0.0.1:{port}"));
+            if !url.starts_with(&format!("{scheme}://")) {
+                anyhow::bail!(
+                    "{var} must be an {scheme}:// URL {}",
+                    match security {
+                        Security::Secure(_) => "(participants are called over TLS)",
+                        Security::Insecure => "in insecure mode",
+                    }
+                );
+            }
+            participants.insert(key.to_owned(), url);
+        }
         let events_topic = var_or("SAGAFLOW_EVENTS_TOPIC", "sagaflow-events");
         let events_subscription = var_or("SAGAFLOW_EVENTS_SUBSCRIPTION", "sagaflow-orchestrator");
         let retention = Retention {
@@ -280,8 +422,15 @@ impl Config {
             )?,
             timer_poll: millis_in("SAGAFLOW_TIMER_POLL_MS", 500, 10..=3_600_000)?,
             retention,
+            security,
         })
     }
+}
+
+/// The listen address (`SAGAFLOW_ORCHESTRATOR_LISTEN`), for commands that
+/// call the API without reading the whole configuration.
+pub fn listen_addr() -> String {
+    config::var_or("SAGAFLOW_ORCHESTRATOR_LISTEN", "127.0.0.1:50051")
 }
 
 const HOUR: u64 = 3600;

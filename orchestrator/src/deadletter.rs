@@ -168,6 +168,19 @@ pub async fn list(pool: &Pool, limit: i64) -> anyhow::Result<(i64, Vec<DeadLette
     Ok((total, letters))
 }
 
+/// The ids among `ids` that name no stored dead letter.
+pub async fn unknown(pool: &Pool, ids: &[i64]) -> anyhow::Result<Vec<i64>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT wanted.id FROM unnest($1::bigint[]) AS wanted(id)
+             WHERE NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = wanted.id)",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Publish stored dead letters back to the events topic: those in `ids`,
 /// or (with `None`) every one not re-driven yet. Returns how many.
 pub async fn redrive(

@@ -11,9 +11,13 @@
 //!   listing and re-driving.
 //! - [`retention`]: what the tables may forget, and the sweeps.
 //! - [`api`] and [`views`]: the public gRPC API and its read models.
+//! - [`auth`]: bearer tokens on the public API.
+//! - [`cli`]: the `dead-letters` commands, as API calls.
 //! - [`config`]: environment variables.
 
 pub mod api;
+pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod deadletter;
@@ -33,7 +37,7 @@ use sagaflow_protos::orchestrator::v1::saga_service_server::SagaServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, Security};
 
 /// Run the orchestrator until `shutdown` is cancelled.
 pub async fn run(
@@ -41,9 +45,29 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if let Security::Insecure = config.security {
+        sagaflow_common::security::warn_insecure(
+            "sagaflow-orchestrator",
+            "the API is plaintext and open to anyone, participants are called in plaintext",
+        );
+    }
     for def in definitions::registry() {
         def.validate().map_err(anyhow::Error::msg)?;
     }
+    // TLS settings are checked before anything else is touched.
+    let (mut server, tokens, participants_tls) = match &config.security {
+        Security::Secure(secured) => (
+            tonic::transport::Server::builder()
+                .tls_config(secured.api_tls.config())
+                .map_err(|e| {
+                    anyhow::anyhow!("API TLS (SAGAFLOW_TLS_CERT, SAGAFLOW_TLS_KEY): {e}")
+                })?,
+            Some(secured.tokens.clone()),
+            Some(&secured.participants_tls),
+        ),
+        Security::Insecure => (tonic::transport::Server::builder(), None, None),
+    };
+    // Best effort, as the participants do: a managed server may not allow it.
     if let Err(e) = sagaflow_common::db::ensure_database(&config.database_url).await {
         tracing::warn!(
             error = format!("{e:#}"),
@@ -68,9 +92,13 @@ pub async fn run(
     pubsub::ensure_subscription(&ps, &events_spec).await?;
     let dead_letters =
         Arc::new(pubsub::EventPublisher::new(&ps, &config.dead_letter_topic, 64).await?);
+    let redrive = Arc::new(pubsub::EventPublisher::new(&ps, &config.events_topic, 64).await?);
 
-    let participants =
-        participants::GrpcParticipants::new(&config.participants, config.command_timeout)?;
+    let participants = participants::GrpcParticipants::new(
+        &config.participants,
+        config.command_timeout,
+        participants_tls,
+    )?;
     let channel = |key: &str| {
         participants
             .channel(key)
@@ -118,11 +146,17 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SagaServiceServer<api::Api>>().await;
-    let api = api::Api { driver, lookups };
-    tracing::info!(addr = %listener.local_addr()?, "orchestrator listening");
-    let served = tonic::transport::Server::builder()
+    let api = api::Api {
+        driver,
+        lookups,
+        redrive: redrive.clone(),
+        events_topic: config.events_topic.clone(),
+    };
+    let tls = tokens.is_some();
+    tracing::info!(addr = %listener.local_addr()?, tls, "orchestrator listening");
+    let served = server
         .add_service(health_service)
-        .add_service(SagaServiceServer::new(api))
+        .add_service(auth::Guarded::new(SagaServiceServer::new(api), tokens))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),

@@ -6,11 +6,11 @@
 //! sagaflow-orchestrator dead-letters redrive     re-publish every dead letter not yet re-driven
 //! sagaflow-orchestrator dead-letters redrive ID… re-publish these
 //! ```
+//!
+//! The `dead-letters` commands call a running orchestrator's API
+//! ([`sagaflow_orchestrator::cli`]).
 
-use sagaflow_common::pubsub::{EventPublisher, PubSubConfig};
-use sagaflow_orchestrator::{Config, deadletter};
-
-const USAGE: &str = "usage: sagaflow-orchestrator [dead-letters (list [N] | redrive [ID...])]";
+use sagaflow_orchestrator::{Config, cli};
 
 const SYNOPSIS: &str = "\
 usage: sagaflow-orchestrator                          serve (the default)
@@ -33,62 +33,15 @@ async fn main() -> anyhow::Result<()> {
     );
     let args = sagaflow_common::config::Args::from_env_or_exit(&help);
     let _telemetry = sagaflow_common::telemetry::init("sagaflow-orchestrator")?;
-    let config = Config::from_env()?;
     match args
         .iter()
         .map(String::as_str)
         .collect::<Vec<_>>()
         .as_slice()
     {
-        [] => serve(config).await,
-        ["dead-letters", "list", rest @ ..] => {
-            let limit: i64 = match rest {
-                [] => 50,
-                [n] => n.parse().map_err(|_| anyhow::anyhow!("{USAGE}"))?,
-                _ => anyhow::bail!("{USAGE}"),
-            };
-            let pool = sagaflow_common::db::pool(&config.database_url, 2)?;
-            sagaflow_common::db::migrate(&pool, &sagaflow_orchestrator::migrations()).await?;
-            let (total, letters) = deadletter::list(&pool, limit).await?;
-            println!("dead letters: {total}");
-            for d in letters {
-                println!(
-                    "{}\t{}\t{}\tsaga={}\tevent={}\t{} bytes\t{}",
-                    d.id,
-                    d.dead_at.format("%Y-%m-%dT%H:%M:%SZ"),
-                    d.redriven_at
-                        .map(|t| format!("redriven {}", t.format("%H:%M:%S")))
-                        .unwrap_or_else(|| "pending".into()),
-                    d.saga_id.unwrap_or_default(),
-                    d.event_id.unwrap_or_default(),
-                    d.data_len,
-                    d.reason
-                );
-            }
-            Ok(())
-        }
-        ["dead-letters", "redrive", ids @ ..] => {
-            let ids: Vec<i64> = ids
-                .iter()
-                .map(|i| {
-                    i.parse()
-                        .map_err(|_| anyhow::anyhow!("not a dead letter id: {i}"))
-                })
-                .collect::<anyhow::Result<_>>()?;
-            let pool = sagaflow_common::db::pool(&config.database_url, 2)?;
-            let publisher =
-                EventPublisher::new(&PubSubConfig::from_env(), &config.events_topic, 64).await?;
-            let n = deadletter::redrive(
-                &pool,
-                &publisher,
-                (!ids.is_empty()).then_some(ids.as_slice()),
-            )
-            .await?;
-            publisher.shutdown().await;
-            println!("re-drove {n} dead letters to {}", config.events_topic);
-            Ok(())
-        }
-        _ => anyhow::bail!("{USAGE}"),
+        [] => serve(Config::from_env()?).await,
+        ["dead-letters", rest @ ..] => cli::dead_letters(rest).await,
+        _ => anyhow::bail!("{}", cli::USAGE),
     }
 }
 

@@ -3,11 +3,16 @@
 //! The engine calls any step of any saga definition the same way: a unary
 //! call to the step's method path with a `StepCommand`, answered by a
 //! `CommandAck`. The outcome itself comes back later as an event.
+//!
+//! Over TLS (the default) every channel verifies the participant against
+//! the participant CA and presents the orchestrator's client certificate,
+//! the one identity participants accept.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use sagaflow_common::security::tls::ClientTls;
 use sagaflow_protos::participant::v1::{CommandAck, StepCommand};
 use tonic::transport::{Channel, Endpoint};
 
@@ -46,14 +51,24 @@ pub struct GrpcParticipants {
 }
 
 impl GrpcParticipants {
-    /// `endpoints`: participant key → URL ("http://127.0.0.1:50061").
-    pub fn new(endpoints: &HashMap<String, String>, timeout: Duration) -> anyhow::Result<Self> {
+    /// `endpoints`: participant key → URL ("https://127.0.0.1:50061");
+    /// `tls`: `None` for plaintext (insecure mode).
+    pub fn new(
+        endpoints: &HashMap<String, String>,
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> anyhow::Result<Self> {
         let mut channels = HashMap::new();
         for (key, url) in endpoints {
-            let endpoint = Endpoint::from_shared(url.clone())
+            let mut endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| anyhow::anyhow!("participant {key}: invalid url {url:?}: {e}"))?
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true);
+            if let Some(tls) = tls {
+                endpoint = endpoint
+                    .tls_config(tls.config())
+                    .map_err(|e| anyhow::anyhow!("participant {key}: TLS settings: {e}"))?;
+            }
             channels.insert(key.clone(), endpoint.connect_lazy());
         }
         Ok(GrpcParticipants { channels, timeout })

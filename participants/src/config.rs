@@ -11,6 +11,12 @@
 //! | `SAGAFLOW_DB_POOL_SIZE`            | `16` (1..=1000)                                           |
 //! | `SAGAFLOW_INBOX_RETENTION_SECS`    | `1296000` (15 days; 3600..=315360000)                     |
 //! | `SAGAFLOW_RETENTION_INTERVAL_SECS` | `3600` (1..=86400)                                        |
+//! | `SAGAFLOW_TLS_CERT`, `SAGAFLOW_TLS_KEY` | required: the participant's certificate and key (PEM)  |
+//! | `SAGAFLOW_TLS_CLIENT_CA`           | required: CA a client certificate must chain to (PEM)     |
+//! | `SAGAFLOW_ALLOWED_CLIENT`          | `sagaflow-orchestrator`: the one client identity accepted |
+//! | `SAGAFLOW_INSECURE`                | `false`; `true` serves plaintext to anyone (demo only)    |
+//!
+//! See docs/security.md for what each check refuses.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,6 +24,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sagaflow_common::config::{self as env, Var, databases};
+use sagaflow_common::security::identity::{self, DEFAULT_CLIENT};
+use sagaflow_common::security::tls::{self, KeyPair, ServerTls};
+use sagaflow_common::security::{self, Required};
 
 /// Every variable a participant reads (beyond
 /// [`sagaflow_common::config::COMMON_VARS`]), for `--help`.
@@ -61,6 +70,31 @@ pub const VARS: &[Var] = &[
         name: "SAGAFLOW_RETENTION_INTERVAL_SECS",
         default: "3600",
         meaning: "how often the inbox retention sweep runs (1..=86400)",
+    },
+    Var {
+        name: "SAGAFLOW_INSECURE",
+        default: "false",
+        meaning: "true: plaintext, anyone may call (local demos only; warns loudly)",
+    },
+    Var {
+        name: "SAGAFLOW_TLS_CERT",
+        default: "required",
+        meaning: "the participant's server certificate (chain), PEM",
+    },
+    Var {
+        name: "SAGAFLOW_TLS_KEY",
+        default: "required",
+        meaning: "its private key, PEM",
+    },
+    Var {
+        name: "SAGAFLOW_TLS_CLIENT_CA",
+        default: "required",
+        meaning: "CA certificate(s) a client certificate must chain to",
+    },
+    Var {
+        name: "SAGAFLOW_ALLOWED_CLIENT",
+        default: "sagaflow-orchestrator",
+        meaning: "the one client identity accepted (a DNS name in the client certificate)",
     },
 ];
 
@@ -150,17 +184,64 @@ pub struct ParticipantConfig {
     pub inbox_retention: Duration,
     /// Time between inbox retention sweeps.
     pub retention_interval: Duration,
+    /// Who may call it, and over what.
+    pub security: Security,
+}
+
+/// How a participant's gRPC is protected.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// Mutual TLS: the handshake requires a client certificate from the
+    /// client CA, and every call of the participant's service must come from
+    /// `allowed_client` (gRPC health excepted).
+    Mutual {
+        tls: ServerTls,
+        allowed_client: String,
+    },
+    /// Plaintext, and anyone may call (`SAGAFLOW_INSECURE=true`).
+    Insecure,
+}
+
+impl Security {
+    /// From `SAGAFLOW_INSECURE`, or the TLS settings it then requires.
+    pub fn from_env() -> anyhow::Result<Self> {
+        if security::insecure_from_env()? {
+            return Ok(Security::Insecure);
+        }
+        let mut required = Required::new("sagaflow-participant");
+        let cert = required.var("SAGAFLOW_TLS_CERT");
+        let key = required.var("SAGAFLOW_TLS_KEY");
+        let ca = required.var("SAGAFLOW_TLS_CLIENT_CA");
+        required.check()?;
+        let (cert, key, ca) = (
+            cert.unwrap_or_default(),
+            key.unwrap_or_default(),
+            ca.unwrap_or_default(),
+        );
+        Ok(Security::Mutual {
+            tls: ServerTls {
+                identity: KeyPair::read(("SAGAFLOW_TLS_CERT", &cert), ("SAGAFLOW_TLS_KEY", &key))?,
+                client_ca_pem: Some(tls::read_pem("SAGAFLOW_TLS_CLIENT_CA", &ca, "CERTIFICATE")?),
+            },
+            allowed_client: identity::parse_identity(
+                "SAGAFLOW_ALLOWED_CLIENT",
+                &env::var_or("SAGAFLOW_ALLOWED_CLIENT", DEFAULT_CLIENT),
+            )?,
+        })
+    }
 }
 
 impl ParticipantConfig {
-    /// Defaults for `kind`, with its database at `database_url`.
-    pub fn new(kind: Kind, database_url: impl Into<String>) -> Self {
+    /// Defaults for `kind`, with its database at `database_url`, protected
+    /// as `security` says.
+    pub fn new(kind: Kind, database_url: impl Into<String>, security: Security) -> Self {
         Self {
             database_url: database_url.into(),
             listen: kind.default_listen(),
             pool_size: 16,
             inbox_retention: Duration::from_secs(15 * DAY),
             retention_interval: Duration::from_secs(3600),
+            security,
         }
     }
 
@@ -179,6 +260,7 @@ impl ParticipantConfig {
                 3600..=3650 * DAY,
             )?,
             retention_interval: env::secs_in("SAGAFLOW_RETENTION_INTERVAL_SECS", 3600, 1..=DAY)?,
+            security: Security::from_env()?,
         })
     }
 }
@@ -197,7 +279,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_design() {
-        let config = ParticipantConfig::new(Kind::Payment, "postgres://x/y");
+        let config = ParticipantConfig::new(Kind::Payment, "postgres://x/y", Security::Insecure);
         assert_eq!(config.listen.to_string(), "127.0.0.1:50062");
         assert_eq!(config.pool_size, 16);
         assert_eq!(Kind::Inventory.default_database(), "sagaflow_inventory");

@@ -16,9 +16,12 @@
 //!   migrations, its business rules and its tonic service.
 //! - [`error`]: the crate's one error type and its single conversion to
 //!   `tonic::Status` (invalid argument / unavailable / internal).
-//! - [`config`]: [`Kind`] and [`ParticipantConfig`] from the environment.
+//! - [`config`]: [`Kind`], [`ParticipantConfig`] and its [`Security`] from
+//!   the environment.
 //! - [`server`]: [`serve`] — migrate, then serve the service and gRPC health
-//!   until the shutdown token is cancelled.
+//!   until the shutdown token is cancelled: over mutual TLS, every call of
+//!   the service pinned to the orchestrator's identity
+//!   (`sagaflow_common::security`), unless configured insecure.
 //! - [`retention`]: forgetting inbox rows older than their retention.
 //!
 //! # Races
@@ -78,6 +81,6 @@ pub mod payment;
 pub mod retention;
 pub mod server;
 
-pub use config::{Kind, ParticipantConfig};
+pub use config::{Kind, ParticipantConfig, Security};
 pub use error::Error;
 pub use server::serve;

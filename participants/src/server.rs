@@ -1,17 +1,23 @@
 //! Starting a participant: create and migrate its database, then serve its
 //! gRPC service and gRPC health until shutdown.
+//!
+//! Over mutual TLS the service (every RPC: steps and read-only look-ups) is
+//! wrapped in the client identity pin; gRPC health is not, so a probe with
+//! any certificate from the client CA can reach it.
 
 use anyhow::Context as _;
 use sagaflow_common::db::{self, Migration};
+use sagaflow_common::security::{self, identity::ClientPin};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::inventory::InventoryParticipant;
 use crate::order::OrderParticipant;
 use crate::payment::PaymentParticipant;
-use crate::{Kind, ParticipantConfig, inventory, order, payment};
+use crate::{Kind, ParticipantConfig, Security, inventory, order, payment};
 
 /// The participant's migrations, in order.
 pub fn migrations(kind: Kind) -> &'static [Migration] {
@@ -35,6 +41,25 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if let Security::Insecure = config.security {
+        security::warn_insecure(
+            "sagaflow-participant",
+            "plaintext gRPC, and any client can command this participant",
+        );
+    }
+    // TLS settings are checked before anything else is touched.
+    let (mut builder, pin) = match &config.security {
+        Security::Mutual {
+            tls,
+            allowed_client,
+        } => (
+            Server::builder().tls_config(tls.config()).context(
+                "TLS settings (SAGAFLOW_TLS_CERT, SAGAFLOW_TLS_KEY, SAGAFLOW_TLS_CLIENT_CA)",
+            )?,
+            ClientPin::Only(allowed_client.clone()),
+        ),
+        Security::Insecure => (Server::builder(), ClientPin::Off),
+    };
     if let Err(e) = db::ensure_database(&config.database_url).await {
         tracing::warn!(
             error = format!("{e:#}"),
@@ -56,33 +81,34 @@ pub async fn serve(
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let router = Server::builder().add_service(health_service);
+    let router = builder.add_service(health_service);
     let router = match kind {
         Kind::Order => {
             let service = OrderParticipant::new(pool).into_server();
             health
                 .set_service_status(service_name(&service), tonic_health::ServingStatus::Serving)
                 .await;
-            router.add_service(service)
+            router.add_service(InterceptedService::new(service, pin))
         }
         Kind::Payment => {
             let service = PaymentParticipant::new(pool).into_server();
             health
                 .set_service_status(service_name(&service), tonic_health::ServingStatus::Serving)
                 .await;
-            router.add_service(service)
+            router.add_service(InterceptedService::new(service, pin))
         }
         Kind::Inventory => {
             let service = InventoryParticipant::new(pool).into_server();
             health
                 .set_service_status(service_name(&service), tonic_health::ServingStatus::Serving)
                 .await;
-            router.add_service(service)
+            router.add_service(InterceptedService::new(service, pin))
         }
     };
 
     let addr = listener.local_addr()?;
-    tracing::info!(participant = kind.name(), %addr, "serving");
+    let tls = matches!(config.security, Security::Mutual { .. });
+    tracing::info!(participant = kind.name(), %addr, tls, "serving");
     router
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -5,7 +5,9 @@
 //! - [`emulator`]: the Google Pub/Sub emulator on a free port.
 //! - [`databases`]: a fresh set of four databases per run, dropped after.
 //! - [`system`]: the services as child processes (killable with SIGKILL),
-//!   a client, and helpers to wait for sagas to settle.
+//!   clients, and helpers to wait for sagas to settle.
+//! - [`credentials`]: each system's own CA, certificates and tokens.
+//! - [`clients`]: API clients with a token, channels with an identity.
 //! - [`invariants`]: cross-database business checks.
 //! - [`audit`]: where sagas ended, and whether anything happened twice.
 //! - [`placer`]: placing many orders while orchestrators come and go.
@@ -15,6 +17,8 @@
 
 pub mod audit;
 pub mod business;
+pub mod clients;
+pub mod credentials;
 pub mod databases;
 pub mod duplicator;
 pub mod emulator;

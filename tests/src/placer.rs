@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sagaflow_protos::orchestrator::v1::PlaceOrderRequest;
-use sagaflow_protos::orchestrator::v1::saga_service_client::SagaServiceClient;
 use tokio::sync::Semaphore;
-use tonic::transport::Channel;
 
+use crate::clients::Client;
 use crate::orders::Expect;
 
 /// One accepted order.
@@ -47,25 +46,18 @@ impl Default for Pace {
     }
 }
 
-/// Place `orders` through the orchestrators at `urls` (order `i` starts
-/// with orchestrator `i % urls.len()`, and moves to the next one after a
-/// failed call). Returns the accepted orders in batch order.
+/// Place `orders` through `clients`, one per orchestrator, lazily
+/// connected (`System::orchestrator_clients`: an orchestrator that is down
+/// now is retried later). Order `i` starts with client `i % clients.len()`
+/// and moves to the next one after a failed call. Returns the accepted
+/// orders in batch order.
 pub async fn place_all(
-    urls: &[String],
+    clients: &[Client],
     orders: Vec<(PlaceOrderRequest, Expect)>,
     pace: Pace,
 ) -> anyhow::Result<Vec<Placed>> {
-    anyhow::ensure!(!urls.is_empty(), "no orchestrator to place orders with");
-    let clients: Arc<Vec<SagaServiceClient<Channel>>> = Arc::new(
-        urls.iter()
-            .map(|u| {
-                // Lazy: an orchestrator that is down now is retried later.
-                Ok(SagaServiceClient::new(
-                    Channel::from_shared(u.clone())?.connect_lazy(),
-                ))
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
+    anyhow::ensure!(!clients.is_empty(), "no orchestrator to place orders with");
+    let clients: Arc<Vec<Client>> = Arc::new(clients.to_vec());
     let permits = Arc::new(Semaphore::new(pace.concurrency.max(1)));
     let mut ticker = (pace.per_second > 0.0).then(|| {
         let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / pace.per_second));
@@ -95,7 +87,7 @@ pub async fn place_all(
 }
 
 async fn place_one(
-    clients: &[SagaServiceClient<Channel>],
+    clients: &[Client],
     index: usize,
     req: PlaceOrderRequest,
     expect: Expect,
@@ -117,8 +109,15 @@ async fn place_one(
                         calls,
                     });
                 }
-                // Bad input will not get better.
-                Ok(Err(s)) if s.code() == tonic::Code::InvalidArgument => {
+                // Bad input, or a token refused, will not get better.
+                Ok(Err(s))
+                    if matches!(
+                        s.code(),
+                        tonic::Code::InvalidArgument
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::PermissionDenied
+                    ) =>
+                {
                     anyhow::bail!("order {index} refused: {s}")
                 }
                 Ok(Err(s)) => format!("{}: {}", s.code(), s.message()),

@@ -7,6 +7,14 @@
 //! ([`System::kill`]), SIGTERMed ([`System::terminate`]) and started again
 //! ([`System::spawn`], [`System::restart`]); the emulator can be restarted on
 //! the same port ([`System::restart_emulator`]), losing all its state.
+//!
+//! A system runs secure, as in production: its own CA, certificates and
+//! tokens ([`crate::credentials`]), mutual TLS to participants, TLS and
+//! tokens on the API. Every client a test needs comes from here:
+//! [`System::client`] (operator token), [`System::client_as`] (a chosen
+//! token), [`System::orchestrator_clients`] (client token, for placing),
+//! [`System::participant_channel`] (a chosen identity). `Options::insecure`
+//! runs it with `SAGAFLOW_INSECURE=true` instead.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,10 +24,12 @@ use std::time::Duration;
 
 use sagaflow_common::pubsub::PubSubConfig;
 
-use sagaflow_protos::orchestrator::v1::saga_service_client::SagaServiceClient;
 use sagaflow_protos::orchestrator::v1::{GetSagaRequest, ListSagasRequest, Saga, SagaState};
-use tonic::transport::Channel;
 
+use crate::clients::serving;
+pub use crate::clients::{Caller, Client};
+use crate::credentials::Credentials;
+pub use crate::credentials::Peer;
 use crate::databases::Databases;
 use crate::emulator::Emulator;
 use crate::{free_port, wait_for};
@@ -70,6 +80,12 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// A command for service binary `bin` (built and current), with no
+/// settings of any system: for tests of how a binary starts.
+pub fn binary(bin: &str) -> anyhow::Result<Command> {
+    Ok(Command::new(bin_dir()?.join(bin)))
+}
+
 /// The kinds of process a system runs.
 pub const PARTICIPANTS: [&str; 3] = ["order", "payment", "inventory"];
 
@@ -83,6 +99,9 @@ pub struct Options {
     pub orchestrators: usize,
     /// Relays to start (`relay`, `relay-1`, ..); 0 means 1.
     pub relays: usize,
+    /// Run without TLS and tokens (`SAGAFLOW_INSECURE=true`), as a
+    /// benchmark may.
+    pub insecure: bool,
 }
 
 /// The name of relay number `n`: `relay`, then `relay-1`, `relay-2`, ...
@@ -116,6 +135,8 @@ pub struct System {
     pub topic: String,
     pub subscription: String,
     pub log_dir: PathBuf,
+    /// `None` when insecure.
+    pub(crate) credentials: Option<Credentials>,
     env: Vec<(String, String)>,
     /// Extra environment of one process (by name), on top of `env`.
     process_env: HashMap<String, Vec<(String, String)>>,
@@ -148,6 +169,11 @@ impl System {
         let subscription = format!("sagaflow-orchestrator-{}", &run[..12]);
         let log_dir = std::env::temp_dir().join(format!("sagaflow-{prefix}-{}", &run[..12]));
         std::fs::create_dir_all(&log_dir)?;
+        let credentials = match options.insecure {
+            true => None,
+            false => Some(Credentials::generate(&log_dir.join("tls"), &PARTICIPANTS)?),
+        };
+        let scheme = if options.insecure { "http" } else { "https" };
         let mut addrs = HashMap::new();
         for p in PARTICIPANTS {
             addrs.insert(p.to_owned(), format!("127.0.0.1:{}", free_port()));
@@ -187,7 +213,13 @@ impl System {
         for p in PARTICIPANTS {
             let up = p.to_uppercase();
             env.push((format!("SAGAFLOW_{up}_LISTEN"), addrs[p].clone()));
-            env.push((format!("SAGAFLOW_{up}_URL"), format!("http://{}", addrs[p])));
+            env.push((
+                format!("SAGAFLOW_{up}_URL"),
+                format!("{scheme}://{}", addrs[p]),
+            ));
+        }
+        if options.insecure {
+            env.push(("SAGAFLOW_INSECURE".to_owned(), "true".to_owned()));
         }
         env.extend(options.env);
         let _ = bins;
@@ -198,6 +230,7 @@ impl System {
             topic,
             subscription,
             log_dir,
+            credentials,
             env,
             process_env: HashMap::new(),
             procs: HashMap::new(),
@@ -207,8 +240,7 @@ impl System {
             system.spawn(p)?;
         }
         for p in PARTICIPANTS {
-            let addr = system.addrs[p].clone();
-            system.wait_healthy(&addr).await?;
+            system.wait_ready(p).await?;
         }
         for n in 0..options.relays.max(1) {
             system.spawn(&relay_name(n))?;
@@ -280,7 +312,6 @@ impl System {
     /// A process of that name still running is SIGKILLed first.
     pub fn spawn(&mut self, name: &str) -> anyhow::Result<()> {
         self.kill(name);
-        let bins = bin_dir()?;
         let (bin, args): (&str, Vec<&str>) = if PARTICIPANTS.contains(&name) {
             ("sagaflow-participant", vec![name])
         } else if name.starts_with("relay") {
@@ -295,9 +326,14 @@ impl System {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let mut cmd = Command::new(bins.join(bin));
+        let mut cmd = self.command(bin)?;
         cmd.args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.credentials
+                    .iter()
+                    .flat_map(|c| c.env_for(name))
+                    .collect::<Vec<_>>(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -351,12 +387,7 @@ impl System {
         if name.starts_with("relay") {
             return Ok(());
         }
-        let addr = self
-            .addrs
-            .get(name)
-            .ok_or_else(|| anyhow::anyhow!("unknown process {name}"))?
-            .clone();
-        self.wait_healthy(&addr).await
+        self.wait_healthy(name).await
     }
 
     /// The names of the processes started and not killed, sorted.
@@ -392,12 +423,25 @@ impl System {
         self.spawn(&name)
     }
 
+    /// A command for one of the service binaries with the environment every
+    /// process of this system shares (no process's own certificate).
+    pub fn command(&self, bin: &str) -> anyhow::Result<Command> {
+        let mut cmd = binary(bin)?;
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        Ok(cmd)
+    }
+
     /// Run one of the service binaries as a command (e.g. the orchestrator's
-    /// `dead-letters list`) with this system's environment.
+    /// `dead-letters list`) with this system's environment, the address of
+    /// its first running orchestrator (`SAGAFLOW_API_URL`) and the
+    /// commands' CA and operator token.
     pub fn run_command(&self, bin: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
-        let out = Command::new(bin_dir()?.join(bin))
+        let url = self.orchestrator_url(self.first_orchestrator());
+        let out = self
+            .command(bin)?
             .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.credentials.iter().flat_map(|c| c.cli_env()))
+            .env("SAGAFLOW_API_URL", url)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .output()?;
@@ -473,34 +517,24 @@ impl System {
         Ok(status)
     }
 
-    async fn wait_healthy(&self, addr: &str) -> anyhow::Result<()> {
-        let url = format!("http://{addr}");
+    /// Wait until process `name` reports SERVING on gRPC health (over TLS
+    /// when secure: a participant sees the orchestrator's certificate).
+    async fn wait_healthy(&self, name: &str) -> anyhow::Result<()> {
+        let addr = self
+            .addrs
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("unknown process {name}"))?;
+        let endpoint = if name.starts_with("orchestrator") {
+            self.orchestrator_endpoint(addr)?
+        } else {
+            self.participant_endpoint(name, Peer::Orchestrator)?
+        };
         wait_for(
-            &format!("{addr} to report SERVING"),
-            Duration::from_secs(60),
+            &format!("{name} at {addr} to report SERVING"),
+            READY_TIMEOUT,
             || {
-                let url = url.clone();
-                async move {
-                    let Ok(channel) = Channel::from_shared(url)?.connect().await else {
-                        return Ok(None);
-                    };
-                    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                    let resp = health
-                        .check(tonic_health::pb::HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await;
-                    Ok(match resp {
-                        Ok(r)
-                            if r.get_ref().status
-                                == tonic_health::pb::health_check_response::ServingStatus::Serving
-                                    as i32 =>
-                        {
-                            Some(())
-                        }
-                        _ => None,
-                    })
-                }
+                let endpoint = endpoint.clone();
+                async move { Ok(serving(&endpoint).await.then_some(())) }
             },
         )
         .await
@@ -508,43 +542,46 @@ impl System {
 
     /// Wait until orchestrator `n` answers its API.
     pub async fn wait_orchestrator(&self, n: usize) -> anyhow::Result<()> {
-        let addr = self.addrs[&format!("orchestrator-{n}")].clone();
-        self.wait_healthy(&addr).await
+        self.wait_healthy(&format!("orchestrator-{n}")).await
     }
 
-    /// A client of orchestrator `n`.
-    pub async fn client_of(&self, n: usize) -> anyhow::Result<SagaServiceClient<Channel>> {
-        let addr = &self.addrs[&format!("orchestrator-{n}")];
-        let channel = Channel::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await?;
-        Ok(SagaServiceClient::new(channel))
+    /// Numbers of the orchestrators started, in order.
+    pub(crate) fn orchestrator_numbers(&self) -> Vec<usize> {
+        let mut numbers: Vec<usize> = self
+            .addrs
+            .keys()
+            .filter_map(|name| name.strip_prefix("orchestrator-")?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        numbers
     }
 
-    /// A client of the first orchestrator still running (by number).
-    pub async fn client(&self) -> anyhow::Result<SagaServiceClient<Channel>> {
+    /// The lowest-numbered orchestrator still running (0 if none is).
+    pub(crate) fn first_orchestrator(&self) -> usize {
         let mut running: Vec<usize> = self
             .procs
             .keys()
             .filter_map(|n| n.strip_prefix("orchestrator-")?.parse().ok())
             .collect();
         running.sort_unstable();
-        self.client_of(running.first().copied().unwrap_or(0)).await
+        running.first().copied().unwrap_or(0)
+    }
+
+    pub(crate) fn orchestrator_url(&self, n: usize) -> String {
+        format!(
+            "{}://{}",
+            self.scheme(),
+            self.addrs[&format!("orchestrator-{n}")]
+        )
     }
 
     /// The gRPC URLs of every orchestrator this system has started (running
     /// or not), by number.
     pub fn orchestrator_urls(&self) -> Vec<String> {
-        let mut numbered: Vec<(usize, String)> = self
-            .addrs
-            .iter()
-            .filter_map(|(name, addr)| {
-                let n = name.strip_prefix("orchestrator-")?.parse().ok()?;
-                Some((n, format!("http://{addr}")))
-            })
-            .collect();
-        numbered.sort();
-        numbered.into_iter().map(|(_, url)| url).collect()
+        self.orchestrator_numbers()
+            .into_iter()
+            .map(|n| self.orchestrator_url(n))
+            .collect()
     }
 
     /// Wait until every saga in `ids` is terminal; returns them in order.

@@ -141,7 +141,7 @@ async fn sagas_survive_a_seeded_fault_schedule() -> anyhow::Result<()> {
     .await?;
 
     let orders: Vec<_> = (0..sagas).map(mixed).collect();
-    let urls = sys.orchestrator_urls();
+    let clients = sys.orchestrator_clients()?;
     let mut targets: Vec<Target> = ["orchestrator-0", "relay"]
         .into_iter()
         .chain(PARTICIPANTS)
@@ -153,7 +153,7 @@ async fn sagas_survive_a_seeded_fault_schedule() -> anyhow::Result<()> {
     let until = duration.map(|d| started + d);
     let placing = async {
         let placed = place_all(
-            &urls,
+            &clients,
             orders,
             Pace {
                 per_second: rate,
@@ -330,13 +330,13 @@ async fn an_emulator_restart_loses_events_and_deadlines_recover_them() -> anyhow
         },
     )
     .await?;
-    let urls = sys.orchestrator_urls();
+    let clients = sys.orchestrator_clients()?;
 
     // A: the emulator restarts under a running system. The orchestrator
     // notices its subscription is gone and re-creates it; events lost in
     // the restart come back when step deadlines re-send their commands.
     let batch: Vec<_> = (0..40).map(mixed).collect();
-    let a: Vec<uuid::Uuid> = place_all(&urls, batch, Pace::default())
+    let a: Vec<uuid::Uuid> = place_all(&clients, batch, Pace::default())
         .await?
         .iter()
         .map(|p| p.saga_id)
@@ -365,7 +365,7 @@ async fn an_emulator_restart_loses_events_and_deadlines_recover_them() -> anyhow
         au.outbox_rows - au.outbox_events
     };
     let batch: Vec<_> = (40..80).map(mixed).collect();
-    let b: Vec<uuid::Uuid> = place_all(&urls, batch, Pace::default())
+    let b: Vec<uuid::Uuid> = place_all(&clients, batch, Pace::default())
         .await?
         .iter()
         .map(|p| p.saga_id)
@@ -471,8 +471,8 @@ async fn a_pivot_whose_outcome_is_late_is_not_compensated() -> anyhow::Result<()
                  FOR EACH ROW EXECUTE FUNCTION lose_approvals();",
         )
         .await?;
-    let urls = sys.orchestrator_urls();
-    let placed = place_all(&urls, vec![mixed(0)], Pace::default()).await?;
+    let clients = sys.orchestrator_clients()?;
+    let placed = place_all(&clients, vec![mixed(0)], Pace::default()).await?;
     let id = placed[0].saga_id;
     assert_eq!(placed[0].expect, Expect::Completed);
 

@@ -73,7 +73,7 @@ async fn an_instance_with_a_fast_clock_fires_no_deadline_early() -> anyhow::Resu
     assert!(ahead > 3000, "orchestrator-1 is not skewed: {ahead}s");
 
     // Orders through both instances, over a few deadlines.
-    let urls = sys.orchestrator_urls();
+    let urls = sys.orchestrator_clients()?;
     let placed = place_all(
         &urls,
         (0..80).map(mixed).collect(),

@@ -21,6 +21,9 @@ fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         )
         .env("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
         .env("RUST_LOG", "error")
+        // These tests are about other settings (security's own refusals
+        // are tested with it).
+        .env("SAGAFLOW_INSECURE", "true")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -85,9 +88,12 @@ fn unknown_flags_are_refused_before_anything_starts() {
     }
 }
 
+/// A binary, its arguments, one setting, and the rule its refusal must say.
+type Case<'a> = (&'a str, Vec<&'a str>, (&'a str, &'a str), &'a str);
+
 #[test]
 fn settings_that_would_wedge_or_overflow_are_refused_by_name() {
-    let cases: Vec<(&str, Vec<&str>, (&str, &str), &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "sagaflow-orchestrator",
             vec![],
@@ -200,6 +206,7 @@ async fn the_orchestrator_creates_its_own_database() -> anyhow::Result<()> {
     let mut child = Command::new(bin_dir()?.join("sagaflow-orchestrator"))
         .env("SAGAFLOW_ORCHESTRATOR_DATABASE_URL", &url)
         .env("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
+        .env("SAGAFLOW_INSECURE", "true")
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -47,14 +47,14 @@ async fn two_orchestrators_and_two_relays_survive_losing_one_of_each() -> anyhow
         },
     )
     .await?;
-    let urls = sys.orchestrator_urls();
-    assert_eq!(urls.len(), 2);
+    let clients = sys.orchestrator_clients()?;
+    assert_eq!(clients.len(), 2);
     let orders: Vec<_> = (0..SAGAS).map(mixed).collect();
     let started = Instant::now();
     // Half the orders go to each orchestrator (order i to i % 2), at a pace
     // that keeps both busy for ~10 s.
     let placing = place_all(
-        &urls,
+        &clients,
         orders,
         Pace {
             per_second: 40.0,

@@ -10,18 +10,14 @@
 
 use std::time::Duration;
 
-use sagaflow_protos::orchestrator::v1::saga_service_client::SagaServiceClient;
 use sagaflow_protos::orchestrator::v1::{
     CancelSagaRequest, GetSagaRequest, ListSagasRequest, RetrySagaRequest, Saga, SagaState,
     StepStatus,
 };
 use sagaflow_tests::business::{order_status, payment_status, reservation_status, stock};
 use sagaflow_tests::orders::order;
-use sagaflow_tests::system::{Options, System};
+use sagaflow_tests::system::{Client, Options, System};
 use sagaflow_tests::{invariants, wait_for};
-use tonic::transport::Channel;
-
-type Client = SagaServiceClient<Channel>;
 
 const SETTLE: Duration = Duration::from_secs(90);
 

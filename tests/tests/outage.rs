@@ -59,7 +59,7 @@ async fn a_dead_participant_does_not_starve_the_healthy_ones() -> anyhow::Result
         },
     )
     .await?;
-    let urls = sys.orchestrator_urls();
+    let urls = sys.orchestrator_clients()?;
     let orchestrator_db = sys.dbs.orchestrator.clone();
 
     // Before: a healthy system.

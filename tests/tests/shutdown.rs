@@ -64,7 +64,7 @@ async fn sigterm_mid_flight_exits_cleanly_and_nothing_is_lost() -> anyhow::Resul
         },
     )
     .await?;
-    let urls = sys.orchestrator_urls();
+    let clients = sys.orchestrator_clients()?;
     let mut ids = Vec::new();
     let mut failures = Vec::new();
     let mut next = 0;
@@ -76,7 +76,7 @@ async fn sigterm_mid_flight_exits_cleanly_and_nothing_is_lost() -> anyhow::Resul
     for name in &names {
         let batch: Vec<_> = (next..next + 40).map(mixed).collect();
         next += 40;
-        let placed = place_all(&urls, batch, Pace::default()).await?;
+        let placed = place_all(&clients, batch, Pace::default()).await?;
         let batch_ids: Vec<uuid::Uuid> = placed.iter().map(|p| p.saga_id).collect();
         let in_flight = audit::not_terminal(&sys.dbs.orchestrator, &batch_ids).await?;
         ids.extend(batch_ids);
@@ -91,7 +91,7 @@ async fn sigterm_mid_flight_exits_cleanly_and_nothing_is_lost() -> anyhow::Resul
 
     // All at once, mid-flight, then everything started again.
     let batch: Vec<_> = (next..next + 80).map(mixed).collect();
-    let placed = place_all(&urls, batch, Pace::default()).await?;
+    let placed = place_all(&clients, batch, Pace::default()).await?;
     let batch_ids: Vec<uuid::Uuid> = placed.iter().map(|p| p.saga_id).collect();
     let in_flight = audit::not_terminal(&sys.dbs.orchestrator, &batch_ids).await?;
     ids.extend(batch_ids);

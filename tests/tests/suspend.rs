@@ -37,11 +37,7 @@ fn env() -> Vec<(String, String)> {
 }
 
 /// Place an order; its saga id.
-async fn place_one(
-    client: &mut sagaflow_protos::orchestrator::v1::saga_service_client::SagaServiceClient<
-        tonic::transport::Channel,
-    >,
-) -> anyhow::Result<uuid::Uuid> {
+async fn place_one(client: &mut sagaflow_tests::clients::Client) -> anyhow::Result<uuid::Uuid> {
     let placed = client
         .place_order(order("cust-alice", &[("sku-widget", 1)], 500))
         .await?
@@ -127,7 +123,7 @@ async fn one_bad_saga_never_stops_the_others() -> anyhow::Result<()> {
     sys.kill("inventory");
     sys.restart("payment").await?;
     let others = place_all(
-        &sys.orchestrator_urls(),
+        &sys.orchestrator_clients()?,
         (0..30).map(mixed).collect(),
         Pace {
             per_second: 20.0,

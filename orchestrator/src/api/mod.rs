@@ -1,5 +1,7 @@
 //! The public gRPC API: `PlaceOrder`, `GetSaga`, `ListSagas`, and the
-//! operator actions `RetrySaga` and `CancelSaga`.
+//! operator actions `RetrySaga`, `CancelSaga` and the dead-letter RPCs
+//! ([`deadletters`]). Tokens are checked before any of this runs
+//! ([`crate::auth`]).
 //!
 //! Bad input is answered with `INVALID_ARGUMENT` naming the field and the
 //! reason, before anything is written ([`input`]). An operator action the
@@ -10,11 +12,15 @@
 //! [`lookup`] (placement-time checks against participants), [`status`].
 
 pub mod currency;
+pub mod deadletters;
 pub mod input;
 pub mod lookup;
 pub mod status;
 
+use std::sync::Arc;
+
 use prost::Message as _;
+use sagaflow_common::pubsub::EventPublisher;
 use sagaflow_protos::orchestrator::v1 as pb;
 use sagaflow_protos::orchestrator::v1::saga_service_server::SagaService;
 use tonic::{Request, Response, Status};
@@ -25,13 +31,16 @@ use crate::driver::Driver;
 use crate::saga::Event;
 use crate::store::{self, Existing, Operated, Placed};
 use crate::views;
-use input::invalid;
+pub(crate) use input::invalid;
 pub use lookup::Lookups;
 
 pub struct Api {
     pub driver: Driver,
     /// Participants that check an order's items and customer at placement.
     pub lookups: Lookups,
+    /// Publishes re-driven dead letters to the events topic.
+    pub redrive: Arc<EventPublisher>,
+    pub events_topic: String,
 }
 
 impl Api {
@@ -245,5 +254,20 @@ impl SagaService for Api {
             annotate(request_id, None),
         )
         .await
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        self.list_letters(request.into_inner()).await
+    }
+
+    #[tracing::instrument(name = "saga.redrive_dead_letters", skip_all, fields(otel.kind = "server"))]
+    async fn redrive_dead_letters(
+        &self,
+        request: Request<pb::RedriveDeadLettersRequest>,
+    ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
+        self.redrive_letters(request.into_inner()).await
     }
 }

@@ -29,6 +29,13 @@ impl From<store::Error> for Status {
     }
 }
 
+/// A storage failure reported as an `anyhow` chain (the dead-letter
+/// module's): `UNAVAILABLE`, the cause logged in full.
+pub fn storage(e: impl std::fmt::Display) -> Status {
+    tracing::warn!(error = %e, "storage unavailable");
+    Status::unavailable("orchestrator storage unavailable; retry later")
+}
+
 /// Why the state machine refused an operator action, as a status.
 pub fn refused(e: saga::Error) -> Status {
     match e {

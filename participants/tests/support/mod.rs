@@ -1,5 +1,8 @@
 //! Test harness: a participant served in-process on a port-0 listener over
-//! its own fresh database (named by a UUID), real Postgres at 127.0.0.1:5432.
+//! its own fresh database (named by a UUID), real Postgres at 127.0.0.1:5432,
+//! over mutual TLS with certificates from a CA made for the test binary
+//! ([`Certs`]); [`TestParticipant::channel`] presents the orchestrator's
+//! identity.
 //!
 //! The database is dropped when the [`TestParticipant`] is dropped (best
 //! effort, `WITH (FORCE)`), also when a test panics.
@@ -7,11 +10,15 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prost::Message as _;
 use sagaflow_common::db;
-use sagaflow_participants::{Kind, ParticipantConfig, serve};
+use sagaflow_common::security::identity::DEFAULT_CLIENT;
+use sagaflow_common::security::pki::{Issued, Pki};
+use sagaflow_common::security::tls::{ClientTls, ServerTls};
+use sagaflow_participants::{Kind, ParticipantConfig, Security, serve};
 use sagaflow_protos::events::v1::EventEnvelope;
 use sagaflow_protos::participant::v1::{OrderInput, OrderItem, StepCommand};
 use tokio::task::JoinHandle;
@@ -23,6 +30,43 @@ use uuid::Uuid;
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The test binary's CA and the certificates it signed.
+pub struct Certs {
+    pub ca_pem: String,
+    /// Every participant's server certificate (127.0.0.1, localhost).
+    pub server: Issued,
+    /// The identity participants accept.
+    pub orchestrator: Issued,
+    /// Signed by the same CA, under another name.
+    pub rogue: Issued,
+}
+
+/// Made once per test binary.
+pub fn certs() -> &'static Certs {
+    static CERTS: OnceLock<Certs> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let pki = Pki::new("sagaflow participants test CA").expect("making a CA");
+        let issue = |names: &[&str]| pki.issue(names).expect("issuing a certificate");
+        Certs {
+            ca_pem: pki.ca_pem(),
+            server: issue(&["localhost", "127.0.0.1"]),
+            orchestrator: issue(&[DEFAULT_CLIENT]),
+            rogue: issue(&["sagaflow-rogue"]),
+        }
+    })
+}
+
+/// Who a test channel claims to be.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller {
+    /// The orchestrator's certificate.
+    Orchestrator,
+    /// A certificate from the same CA with another name.
+    Rogue,
+    /// TLS without a client certificate.
+    NoCertificate,
+}
 
 /// A running participant and a direct connection to its database.
 pub struct TestParticipant {
@@ -52,12 +96,17 @@ impl TestParticipant {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let mut config = ParticipantConfig::new(kind, url.clone());
+        let security = Security::Mutual {
+            tls: ServerTls {
+                identity: certs().server.key_pair(),
+                client_ca_pem: Some(certs().ca_pem.clone().into_bytes()),
+            },
+            allowed_client: DEFAULT_CLIENT.to_owned(),
+        };
+        let mut config = ParticipantConfig::new(kind, url.clone(), security);
         config.pool_size = 8;
         let server = tokio::spawn(serve(kind, config, listener, shutdown.clone()));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
+        let channel = channel_to(addr, Caller::Orchestrator);
         let db = db::connect(&url)
             .await
             .expect("connecting to test database");
@@ -72,6 +121,11 @@ impl TestParticipant {
         };
         participant.wait_until_serving().await;
         participant
+    }
+
+    /// A channel to this participant as `caller`.
+    pub fn channel_as(&self, caller: Caller) -> Channel {
+        channel_to(self.addr, caller)
     }
 
     /// Wait (with a deadline) for gRPC health to report the service SERVING.
@@ -187,6 +241,24 @@ impl Drop for TestParticipant {
             eprintln!("could not drop test database: {e:#}");
         }
     }
+}
+
+/// A lazily connected TLS channel to `addr` as `caller`.
+fn channel_to(addr: SocketAddr, caller: Caller) -> Channel {
+    let identity = match caller {
+        Caller::Orchestrator => Some(certs().orchestrator.key_pair()),
+        Caller::Rogue => Some(certs().rogue.key_pair()),
+        Caller::NoCertificate => None,
+    };
+    let tls = ClientTls {
+        server_ca_pem: certs().ca_pem.clone().into_bytes(),
+        identity,
+    };
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls.config())
+        .expect("client TLS settings")
+        .connect_lazy()
 }
 
 /// One outbox row.

@@ -1,6 +1,10 @@
 //! `sagaflow-demo`: start a whole Sagaflow system on this machine (the
 //! Pub/Sub emulator too, unless `PUBSUB_EMULATOR_HOST` is set), place a batch
 //! of orders with a mix of outcomes, and show how each saga ended.
+//!
+//! The system runs secure: the demo makes a local CA, certificates for
+//! every service and API tokens in a temporary directory (rcgen), and
+//! prints where they are so the API can be called by hand.
 
 use std::time::{Duration, Instant};
 
@@ -36,12 +40,18 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     println!(
-        "Up in {:.1}s. Orchestrator at {}, Pub/Sub at {}, logs in {}\n",
+        "Up in {:.1}s. Orchestrator at https://{}, Pub/Sub at {}, logs in {}",
         t0.elapsed().as_secs_f64(),
         sys.addrs["orchestrator-0"],
         sys.emulator_host,
         sys.log_dir.display()
     );
+    if let Some(creds) = sys.credentials() {
+        println!(
+            "Mutual TLS to participants, TLS and tokens on the API: local CA, certificates and tokens in {}\n",
+            creds.dir.display()
+        );
+    }
     let mut client = sys.client().await?;
     let mut placed = Vec::new();
     let placing = Instant::now();
@@ -111,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     println!(
-        "Inspect one: grpcurl-style GetSaga {{saga_id}} on {}, or the sagaflow_* databases.",
+        "Inspect one: GetSaga {{saga_id}} on {} (CA ca.crt, operator token in cli-token, both in the directory above), or the sagaflow_* databases.",
         sys.addrs["orchestrator-0"]
     );
     if !report.ok() || unexpected > 0 {
