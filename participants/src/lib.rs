@@ -14,11 +14,14 @@
 //!   event (same `event_id`) and answers `STATUS_DUPLICATE`.
 //! - [`order`], [`payment`], [`inventory`]: one module per service — its
 //!   migrations, its business rules and its tonic service.
+//! - [`command_log`]: the read-only `CommandLog` service every participant
+//!   serves: the commands it handled for a saga and their outcomes, from its
+//!   inbox, for reconciliation with the orchestrator's record.
 //! - [`error`]: the crate's one error type and its single conversion to
 //!   `tonic::Status` (invalid argument / unavailable / internal).
 //! - [`config`]: [`Kind`] and [`ParticipantConfig`] from the environment.
-//! - [`server`]: [`serve`] — migrate, then serve the service and gRPC health
-//!   until the shutdown token is cancelled.
+//! - [`server`]: [`serve`] — migrate, then serve the service, `CommandLog`
+//!   and gRPC health until the shutdown token is cancelled.
 //!
 //! # Races
 //!

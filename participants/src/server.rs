@@ -1,5 +1,6 @@
 //! Starting a participant: create and migrate its database, then serve its
-//! gRPC service and gRPC health until shutdown.
+//! gRPC step service, its read-only `CommandLog` and gRPC health until
+//! shutdown.
 
 use anyhow::Context as _;
 use sagaflow_common::db::{self, Migration};
@@ -8,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::command_log::InboxLog;
 use crate::inventory::InventoryParticipant;
 use crate::order::OrderParticipant;
 use crate::payment::PaymentParticipant;
@@ -49,7 +51,13 @@ pub async fn serve(
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let router = Server::builder().add_service(health_service);
+    let log = InboxLog::new(pool.clone()).into_server();
+    health
+        .set_service_status(service_name(&log), tonic_health::ServingStatus::Serving)
+        .await;
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(log);
     let router = match kind {
         Kind::Order => {
             let service = OrderParticipant::new(pool).into_server();
