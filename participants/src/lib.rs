@@ -41,7 +41,10 @@
 //! `compensated_before_action`, `already_approved`, `unknown_order`,
 //! `order_cancelled`, `credit_limit_exceeded: cust-bob needs 20000 has 10000`,
 //! `unknown_customer: cust-x`, `stock_short: sku-rare needs 6 has 5`,
-//! `unknown_sku: sku-x`.
+//! `unknown_sku: sku-x`, and for a compensation `refunds_held: cust-bob`
+//! (`RefundPayment` while the customer's refunds are held, see [`payment`]).
+//! A refused compensation pauses its saga (`COMPENSATION_FAILED`) until an
+//! operator retries it.
 //!
 //! # Seed data (applied by migration, once per database)
 //!
@@ -52,6 +55,8 @@
 //! | `cust-alice` | Alice | 100000000          |
 //! | `cust-bob`   | Bob   | 10000              |
 //! | `cust-broke` | Broke | 0                  |
+//!
+//! No customer's refunds are held (`refunds_held` is false).
 //!
 //! Inventory (`items`):
 //!
@@ -68,9 +73,11 @@
 //!
 //! Every participant applies, in order: `1 outbox` (shared, from
 //! `sagaflow_common::outbox`), `2 inbox` (shared, from [`command`]), then its
-//! own business tables (`3`) and seeds (`4`, payment and inventory only).
+//! own business tables (`3`) and seeds (`4`, payment and inventory only);
+//! payment then adds the customers' refund holds (`5`).
 
 pub mod command;
+pub mod command_log;
 pub mod config;
 pub mod error;
 pub mod inventory;

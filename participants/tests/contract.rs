@@ -226,7 +226,7 @@ async fn migrations_are_idempotent_across_restarts() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     let bob: i64 = second
         .db
         .query_one(
