@@ -10,6 +10,8 @@
 //! - [`deadletter`]: poison messages: the dead-letter topic, its table,
 //!   listing and re-driving.
 //! - [`api`] and [`views`]: the public gRPC API and its read models.
+//! - [`reconcile`]: the operator's read-only comparison of every finished
+//!   saga with what its participants say they did.
 //! - [`config`]: environment variables.
 
 pub mod api;
@@ -19,6 +21,7 @@ pub mod deadletter;
 pub mod definitions;
 pub mod driver;
 pub mod participants;
+pub mod reconcile;
 pub mod saga;
 pub mod store;
 pub mod views;

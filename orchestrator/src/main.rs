@@ -5,12 +5,18 @@
 //! sagaflow-orchestrator dead-letters list [N]    the newest N dead letters (default 50) and the total
 //! sagaflow-orchestrator dead-letters redrive     re-publish every dead letter not yet re-driven
 //! sagaflow-orchestrator dead-letters redrive ID… re-publish these
+//! sagaflow-orchestrator reconcile [SAGA_ID…]     compare finished sagas with their participants
 //! ```
 
 use sagaflow_common::pubsub::{EventPublisher, PubSubConfig};
-use sagaflow_orchestrator::{Config, deadletter};
+use std::io::Write as _;
 
-const USAGE: &str = "usage: sagaflow-orchestrator [dead-letters (list [N] | redrive [ID...])]";
+use sagaflow_orchestrator::{Config, deadletter, reconcile};
+
+const USAGE: &str = "usage: sagaflow-orchestrator [dead-letters (list [N] | redrive [ID...]) | reconcile [SAGA_ID...]]";
+
+/// Exit status of `reconcile` when it found mismatches (errors exit 1).
+const MISMATCHES_FOUND: i32 = 3;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -69,6 +75,16 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             publisher.shutdown().await;
             println!("re-drove {n} dead letters to {}", config.events_topic);
+            Ok(())
+        }
+        ["reconcile", ids @ ..] => {
+            let ids = reconcile::parse_ids(ids)?;
+            let summary = reconcile::run(&config, &ids, |line| println!("{line}")).await?;
+            println!("{summary}");
+            if summary.mismatched > 0 {
+                std::io::stdout().flush()?;
+                std::process::exit(MISMATCHES_FOUND);
+            }
             Ok(())
         }
         _ => anyhow::bail!("{USAGE}"),
