@@ -212,8 +212,9 @@ const PAYMENT: &str = "payment";
 /// One outage per participant (in a seeded order): every second one starts
 /// halfway through the one before (two participants down at once) and is a
 /// SIGSTOP, the others SIGKILLs; the pairs are spread over the window. And
-/// one hold of `customer`'s refunds, a third of the way in (or once the
-/// payment participant is back, if it is down then).
+/// one hold of `customer`'s refunds, a third of the way in or once the
+/// outages begun by then are over, and never while the payment participant
+/// is down.
 pub fn overlays(
     seed: u64,
     participants: &[&str],
@@ -254,9 +255,16 @@ pub fn overlays(
             stop,
         });
     }
-    // Refunds are held while the payment participant is up, or no refund
-    // would reach it to be refused.
+    // Refunds are held after the first outages are over (sagas flow to the
+    // payment step again), and while the payment participant is up, or no
+    // refund would reach it to be refused.
     let mut hold_at = Duration::from_secs_f64(w * 0.3 + between(0.0, w * 0.05));
+    let early = hold_at;
+    for o in &out {
+        if o.at() < early {
+            hold_at = hold_at.max(o.at() + o.length() + Duration::from_secs(1));
+        }
+    }
     for o in &out {
         if let Overlay::Outage { at, name, down, .. } = o
             && name == PAYMENT
@@ -344,6 +352,12 @@ mod tests {
             .expect("refunds are held");
         let payment = outages.iter().find(|o| o.0 == "payment").unwrap();
         assert!(hold >= payment.2 || hold + held <= payment.1, "{o:?}");
+        for (_, from, to, _) in &outages {
+            assert!(
+                *from >= hold || *to < hold,
+                "the hold starts during an outage: {o:?}"
+            );
+        }
         assert!(o.windows(2).all(|w| w[0].at() <= w[1].at()));
     }
 }

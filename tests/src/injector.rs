@@ -101,6 +101,15 @@ pub async fn run(
             Next::Overlay(i, begin) => {
                 events.remove(0);
                 let o = &overlays[i];
+                // Its participant is down for a sequential fault: once it is
+                // back.
+                if let (true, Overlay::Outage { name, .. }, Some((back, _, f))) =
+                    (begin, o, &revive)
+                    && f.target == Target::Process(name.clone())
+                {
+                    events.push((*back + Duration::from_millis(100), i, true));
+                    continue;
+                }
                 if begin {
                     overlay_begins(sys, o).await?;
                     if let Overlay::Outage { name, .. } = o {
@@ -143,15 +152,18 @@ pub async fn run(
             }
             Next::Strike => {
                 let (_, mut fault) = strike.take().expect("a strike is planned");
-                // Never a participant an overlay has down; draw again.
-                for _ in 0..20 {
-                    match &fault.target {
-                        Target::Process(n) if down.contains(n) => match plan.next() {
-                            Some(f) => fault = f,
-                            None => break,
-                        },
-                        _ => break,
-                    }
+                // Never a participant an overlay has down: draw again, or
+                // skip this one.
+                let busy = |f: &Fault| matches!(&f.target, Target::Process(n) if down.contains(n));
+                let mut draws = 0;
+                while busy(&fault) && draws < 20 {
+                    let Some(f) = plan.next() else { break };
+                    fault = f;
+                    draws += 1;
+                }
+                if busy(&fault) {
+                    strike = plan.next().map(|f| (Instant::now() + f.after, f));
+                    continue;
                 }
                 match &fault.target {
                     Target::Process(name) => sys.kill(name),
