@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`config`]: environment variables, with defaults, read in one place.
 //! - [`db`]: Postgres pools, database creation, the migration runner.
+//! - [`error`]: error messages with their whole cause chain.
 //! - [`outbox`]: the outbox table every participant shares, and its insert.
 //! - [`pubsub`]: Google Pub/Sub clients (emulator or production), topic and
 //!   subscription set-up, a bounded publisher and a subscriber stream.
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod db;
+pub mod error;
 pub mod outbox;
 pub mod pubsub;
 pub mod shutdown;

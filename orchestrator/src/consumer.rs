@@ -110,23 +110,18 @@ async fn handle(driver: &Driver, dead_letters: &EventPublisher, msg: ReceivedMes
             .and_then(|t| t.elapsed().ok())
             .map(|d| d.as_millis() as u64);
         let started = std::time::Instant::now();
-        let result = store::apply_event(
-            driver.pool(),
-            decoded.event_id,
-            decoded.saga_id,
-            &decoded.event,
-            store::now_millis(),
-        )
-        .await;
+        let result =
+            store::apply_event(driver.pool(), decoded.event_id, decoded.saga_id, &decoded.event)
+                .await;
         tracing::debug!(
             received_lag_ms,
             apply_ms = started.elapsed().as_millis() as u64,
             "event applied"
         );
         match result {
-            Ok(Applied::Changed { ctx, effects, .. }) => {
+            Ok(Applied::Changed(committed)) => {
                 msg.ack();
-                driver.carry_out(&ctx, effects, sagaflow_common::trace::current_traceparent());
+                driver.carry_out(&committed, sagaflow_common::trace::current_traceparent());
             }
             Ok(Applied::Unchanged) => {
                 tracing::debug!("late or duplicate outcome; nothing changed");
@@ -147,7 +142,16 @@ async fn handle(driver: &Driver, dead_letters: &EventPublisher, msg: ReceivedMes
             Ok(Applied::Rejected(e)) => {
                 reject(dead_letters, msg, &e.to_string()).await;
             }
+            Ok(Applied::Suspended { reason }) => {
+                let why = format!(
+                    "saga {} is suspended ({reason}); its outcome is asked for again when an operator resumes it",
+                    decoded.saga_id
+                );
+                reject(dead_letters, msg, &why).await;
+            }
             Err(e) => {
+                // The database, or a definition version another instance
+                // has (a rolling deploy): let it come back, here or there.
                 tracing::warn!(error = %e, "applying event failed; it will be redelivered");
                 retry_later(msg).await;
             }

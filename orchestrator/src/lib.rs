@@ -9,6 +9,7 @@
 //! - [`consumer`]: Pub/Sub events in, transitions out.
 //! - [`deadletter`]: poison messages: the dead-letter topic, its table,
 //!   listing and re-driving.
+//! - [`retention`]: what the tables may forget, and the sweeps.
 //! - [`api`] and [`views`]: the public gRPC API and its read models.
 //! - [`reconcile`]: the operator's read-only comparison of every finished
 //!   saga with what its participants say they did.
@@ -22,12 +23,14 @@ pub mod definitions;
 pub mod driver;
 pub mod participants;
 pub mod reconcile;
+pub mod retention;
 pub mod saga;
 pub mod store;
 pub mod views;
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use sagaflow_common::pubsub::{self, PubSubConfig, SubscriptionSpec};
 use sagaflow_protos::orchestrator::v1::saga_service_server::SagaServiceServer;
 use tokio::net::TcpListener;
@@ -41,12 +44,24 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    definitions::order::check_env()?;
     for def in definitions::registry() {
         def.validate().map_err(anyhow::Error::msg)?;
     }
+    if let Err(e) = sagaflow_common::db::ensure_database(&config.database_url).await {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "could not ensure the database exists"
+        );
+    }
     let pool = sagaflow_common::db::pool(&config.database_url, config.pool_size)?;
-    sagaflow_common::db::migrate(&pool, &migrations()).await?;
+    sagaflow_common::db::migrate(&pool, &migrations())
+        .await
+        .with_context(|| {
+            format!(
+                "migrating {}",
+                sagaflow_common::db::redact(&config.database_url)
+            )
+        })?;
 
     let ps = PubSubConfig::from_env();
     let (events_spec, dead_letter_spec) = subscriptions(&config);
@@ -59,20 +74,27 @@ pub async fn run(
 
     let participants =
         participants::GrpcParticipants::new(&config.participants, config.command_timeout)?;
-    let inventory = participants
-        .channel(definitions::order::INVENTORY)
-        .ok_or_else(|| anyhow::anyhow!("no inventory endpoint configured"))?;
+    let channel = |key: &str| {
+        participants
+            .channel(key)
+            .ok_or_else(|| anyhow::anyhow!("no {key} endpoint configured"))
+    };
+    let lookups = api::Lookups {
+        inventory: channel(definitions::order::INVENTORY)?,
+        payment: channel(definitions::order::PAYMENT)?,
+        timeout: config.placement_check_timeout,
+    };
     let work = shutdown.child_token();
-    let driver = driver::Driver::new(
-        pool,
-        Arc::new(participants),
-        config.max_concurrent_sends,
-        work.clone(),
-    );
+    let driver = driver::Driver::new(pool, Arc::new(participants), config.sends, work.clone());
 
     let timers = tokio::spawn(driver.clone().run_timers(config.timer_poll));
     let resumed = driver.resume_all().await?;
-    tracing::info!(resumed, "resumed in-flight sagas");
+    tracing::info!(
+        resent = resumed.resent,
+        suspended = resumed.suspended,
+        skipped = resumed.skipped,
+        "resumed in-flight sagas"
+    );
 
     let (subscriber, messages) =
         pubsub::EventSubscriber::start_recreating(&ps, &events_spec, config.subscriber_streams)
@@ -91,10 +113,15 @@ pub async fn run(
         dead_letter_messages,
         work.clone(),
     ));
+    let sweeper = tokio::spawn(retention::run(
+        driver.pool().clone(),
+        config.retention,
+        work.clone(),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SagaServiceServer<api::Api>>().await;
-    let api = api::Api { driver, inventory };
+    let api = api::Api { driver, lookups };
     tracing::info!(addr = %listener.local_addr()?, "orchestrator listening");
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -105,12 +132,23 @@ pub async fn run(
         )
         .await;
     work.cancel();
-    let _ = consumer.await;
-    let _ = drainer.await;
+    let mut failed = Vec::new();
+    for (name, task) in [
+        ("consumer", consumer),
+        ("dead-letter drainer", drainer),
+        ("retention sweeper", sweeper),
+    ] {
+        if let Err(e) = task.await {
+            failed.push(format!("{name}: {e}"));
+        }
+    }
     subscriber.shutdown().await;
     dead_letter_subscriber.shutdown().await;
-    let _ = timers.await;
+    if let Err(e) = timers.await {
+        failed.push(format!("timers: {e}"));
+    }
     served?;
+    anyhow::ensure!(failed.is_empty(), "tasks failed: {}", failed.join("; "));
     Ok(())
 }
 
@@ -119,6 +157,7 @@ pub fn migrations() -> Vec<sagaflow_common::db::Migration> {
     store::MIGRATIONS
         .iter()
         .chain(deadletter::MIGRATIONS)
+        .chain(retention::MIGRATIONS)
         .copied()
         .collect()
 }

@@ -18,11 +18,29 @@ const USAGE: &str = "usage: sagaflow-orchestrator [dead-letters (list [N] | redr
 /// Exit status of `reconcile` when it found mismatches (errors exit 1).
 const MISMATCHES_FOUND: i32 = 3;
 
+const SYNOPSIS: &str = "\
+usage: sagaflow-orchestrator                          serve (the default)
+       sagaflow-orchestrator dead-letters list [N]    the newest N dead letters (default 50) and the total
+       sagaflow-orchestrator dead-letters redrive     re-publish every dead letter not yet re-driven
+       sagaflow-orchestrator dead-letters redrive ID… re-publish these
+       sagaflow-orchestrator reconcile [SAGA_ID…]     compare finished sagas with what their participants did
+       sagaflow-orchestrator --help                   this text
+
+Runs sagas: persists each as a state machine in Postgres, sends step commands
+to participants over gRPC and applies their outcome events from Pub/Sub.";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let help = sagaflow_common::config::usage(
+        SYNOPSIS,
+        &[
+            sagaflow_common::config::COMMON_VARS,
+            sagaflow_orchestrator::config::VARS,
+        ],
+    );
+    let args = sagaflow_common::config::Args::from_env_or_exit(&help);
     let _telemetry = sagaflow_common::telemetry::init("sagaflow-orchestrator")?;
     let config = Config::from_env()?;
-    let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()
         .map(String::as_str)
@@ -92,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let addr = sagaflow_orchestrator::config::listen_addr();
+    let addr = config.listen.clone();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;

@@ -20,6 +20,10 @@ pub enum SendError {
     /// Retrying the same request cannot help (a bug or a misconfiguration).
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The participant answered `INVALID_ARGUMENT`: it rejected the command
+    /// as malformed and wrote nothing. Its message.
+    #[error("invalid: {0}")]
+    Invalid(String),
 }
 
 /// Sends one command; a seam so the driver can be tested without a network.
@@ -107,8 +111,14 @@ fn classify(participant: &str, method: &str, status: tonic::Status) -> SendError
         status.message()
     );
     match status.code() {
+        InvalidArgument => SendError::Invalid(format!(
+            "{}: {}",
+            method.rsplit('/').next().unwrap_or(method),
+            status.message()
+        )),
         Unavailable | DeadlineExceeded | ResourceExhausted | Aborted | Internal | Unknown
         | Cancelled => SendError::Transient(msg),
-        _ => SendError::Permanent(msg),
+        Ok | NotFound | AlreadyExists | PermissionDenied | FailedPrecondition | OutOfRange
+        | Unimplemented | DataLoss | Unauthenticated => SendError::Permanent(msg),
     }
 }

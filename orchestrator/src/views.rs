@@ -19,6 +19,7 @@ pub fn state_of(status: Status) -> pb::SagaState {
         Status::Completed => pb::SagaState::Completed,
         Status::Compensated => pb::SagaState::Compensated,
         Status::CompensationFailed => pb::SagaState::CompensationFailed,
+        Status::Suspended => pb::SagaState::Suspended,
     }
 }
 
@@ -30,6 +31,7 @@ pub fn status_of(state: i32) -> Option<Status> {
         pb::SagaState::Completed => Some(Status::Completed),
         pb::SagaState::Compensated => Some(Status::Compensated),
         pb::SagaState::CompensationFailed => Some(Status::CompensationFailed),
+        pb::SagaState::Suspended => Some(Status::Suspended),
     }
 }
 
@@ -52,17 +54,26 @@ impl PageToken {
         format!("{}.{}", self.created_micros, self.saga_id.simple())
     }
 
+    /// `None` unless `s` is a token [`encode`](Self::encode) could have
+    /// made: a time within year 1970..=9999 and a saga id.
     pub fn decode(s: &str) -> Option<PageToken> {
+        if s.len() > 64 {
+            return None;
+        }
         let (a, b) = s.split_once('.')?;
+        let created_micros: i64 = a.parse().ok()?;
+        if !(0..=crate::saga::LATEST.saturating_mul(1000)).contains(&created_micros) {
+            return None;
+        }
         Some(PageToken {
-            created_micros: a.parse().ok()?,
+            created_micros,
             saga_id: Uuid::parse_str(b).ok()?,
         })
     }
 }
 
 const COLUMNS: &str = "saga_id, saga_type, definition_version, state, reason, created_at,
-                       updated_at, input, idempotency_key, traceparent";
+                       updated_at, input, idempotency_key, traceparent, status";
 
 fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
     let saga_id: Uuid = row.get(0);
@@ -72,8 +83,12 @@ fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
     let def = definitions::find(&saga_type, version);
     let input: Vec<u8> = row.get(7);
     let traceparent: Option<String> = row.get(9);
+    // The status column is authoritative: a saga suspended because its
+    // state cannot be read says so there.
+    let status: String = row.get(10);
     let mut saga = pb::Saga {
         saga_id: saga_id.to_string(),
+        state: Status::parse(&status).map(state_of).unwrap_or_default() as i32,
         saga_type,
         definition_version: version,
         reason: row.get::<_, Option<String>>(4).unwrap_or_default(),
@@ -89,7 +104,6 @@ fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
         ..Default::default()
     };
     if let Some(state) = state {
-        saga.state = state_of(state.status) as i32;
         // Paused: the step whose undo failed (what RetrySaga re-sends).
         // Compensating or compensated: the step whose failure, or
         // cancellation, started it.
@@ -217,6 +231,19 @@ mod tests {
         assert_eq!(PageToken::decode(&t.encode()), Some(t));
         assert_eq!(PageToken::decode("garbage"), None);
         assert_eq!(PageToken::decode("12.notauuid"), None);
+        let id = Uuid::now_v7().simple();
+        assert_eq!(
+            PageToken::decode(&format!("-8000000000000000000.{id}")),
+            None
+        );
+        assert_eq!(
+            PageToken::decode(&format!("9223372036854775807.{id}")),
+            None
+        );
+        assert_eq!(
+            PageToken::decode(&format!("{}.{id}", "9".repeat(100))),
+            None
+        );
     }
 
     #[test]
@@ -227,6 +254,7 @@ mod tests {
             Status::Completed,
             Status::Compensated,
             Status::CompensationFailed,
+            Status::Suspended,
         ] {
             assert_eq!(status_of(state_of(s) as i32), Some(s));
         }

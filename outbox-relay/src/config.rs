@@ -4,7 +4,47 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sagaflow_common::config::{self, databases, default_database_url};
+use sagaflow_common::config::{self, Var, databases, default_database_url};
+
+/// Every variable the relay reads (beyond
+/// [`sagaflow_common::config::COMMON_VARS`]), for `--help`.
+pub const VARS: &[Var] = &[
+    Var {
+        name: "SAGAFLOW_RELAY_DATABASE_URLS",
+        default: "the three participant databases",
+        meaning: "comma-separated databases whose outboxes it serves",
+    },
+    Var {
+        name: "SAGAFLOW_EVENTS_TOPIC",
+        default: "sagaflow-events",
+        meaning: "topic it publishes to",
+    },
+    Var {
+        name: "SAGAFLOW_RELAY_BATCH_SIZE",
+        default: "100",
+        meaning: "rows claimed per transaction (1..=10000)",
+    },
+    Var {
+        name: "SAGAFLOW_RELAY_POLL_INTERVAL_MS",
+        default: "500",
+        meaning: "polling fallback when no NOTIFY arrives (1..=3600000)",
+    },
+    Var {
+        name: "SAGAFLOW_RELAY_MAX_IN_FLIGHT",
+        default: "1000",
+        meaning: "publishes awaiting Pub/Sub at once (1..=1000000)",
+    },
+    Var {
+        name: "SAGAFLOW_RELAY_RETENTION_SECS",
+        default: "3600",
+        meaning: "sent rows older than this are deleted (0..=315360000)",
+    },
+    Var {
+        name: "SAGAFLOW_RELAY_CLEANUP_INTERVAL_MS",
+        default: "60000",
+        meaning: "how often that cleanup runs (1..=86400000)",
+    },
+];
 use sagaflow_common::db;
 use sagaflow_common::pubsub::PubSubConfig;
 
@@ -51,14 +91,23 @@ impl RelayConfig {
             database_urls,
             pubsub: PubSubConfig::from_env(),
             topic_id: config::var_or("SAGAFLOW_EVENTS_TOPIC", "sagaflow-events"),
-            batch_size: config::parse_or("SAGAFLOW_RELAY_BATCH_SIZE", 100)?,
-            poll_interval: config::millis_or("SAGAFLOW_RELAY_POLL_INTERVAL_MS", 500)?,
-            retention: Duration::from_secs(config::parse_or(
+            batch_size: config::int_in("SAGAFLOW_RELAY_BATCH_SIZE", 100, 1..=10_000)?,
+            poll_interval: config::millis_in(
+                "SAGAFLOW_RELAY_POLL_INTERVAL_MS",
+                500,
+                1..=3_600_000,
+            )?,
+            retention: config::secs_in(
                 "SAGAFLOW_RELAY_RETENTION_SECS",
                 3600,
-            )?),
-            cleanup_interval: config::millis_or("SAGAFLOW_RELAY_CLEANUP_INTERVAL_MS", 60_000)?,
-            max_in_flight: config::parse_or("SAGAFLOW_RELAY_MAX_IN_FLIGHT", 1000)?,
+                0..=3650 * 24 * 3600,
+            )?,
+            cleanup_interval: config::millis_in(
+                "SAGAFLOW_RELAY_CLEANUP_INTERVAL_MS",
+                60_000,
+                1..=86_400_000,
+            )?,
+            max_in_flight: config::int_in("SAGAFLOW_RELAY_MAX_IN_FLIGHT", 1000, 1..=1_000_000)?,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -5,9 +5,11 @@
 //! Serving the inbox read-only lets an operator compare the two for any saga
 //! type (`sagaflow-orchestrator reconcile`) without database access to the
 //! participant. Every participant serves it next to its step service, over
-//! the same listener (and so with the same transport security).
+//! the same listener (and so with the same transport security). The answer
+//! says since when the inbox remembers (its retention), so a reader can tell
+//! a command never received from one forgotten.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use prost::Message as _;
 use sagaflow_protos::events::v1::{CommandKind, EventEnvelope, Outcome};
@@ -29,11 +31,14 @@ pub const MAX_COMMANDS: i64 = 1000;
 #[derive(Clone)]
 pub struct InboxLog {
     pool: deadpool_postgres::Pool,
+    /// How long inbox rows are kept ([`crate::retention`]): a reader must
+    /// know what may have been forgotten.
+    retention: Duration,
 }
 
 impl InboxLog {
-    pub fn new(pool: deadpool_postgres::Pool) -> Self {
-        Self { pool }
+    pub fn new(pool: deadpool_postgres::Pool, retention: Duration) -> Self {
+        Self { pool, retention }
     }
 
     /// The tonic service.
@@ -113,8 +118,14 @@ impl CommandLog for InboxLog {
         request: Request<ListCommandOutcomesRequest>,
     ) -> Result<Response<ListCommandOutcomesResponse>, Status> {
         let saga_id = saga_id_of(&request.into_inner().saga_id)?;
+        let forgotten_before = SystemTime::now()
+            .checked_sub(self.retention)
+            .map(Into::into);
         let commands = self.list(saga_id).await?;
-        Ok(Response::new(ListCommandOutcomesResponse { commands }))
+        Ok(Response::new(ListCommandOutcomesResponse {
+            commands,
+            forgotten_before,
+        }))
     }
 }
 

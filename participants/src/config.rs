@@ -8,13 +8,63 @@
 //! | `SAGAFLOW_ORDER_LISTEN`            | `127.0.0.1:50061`                                         |
 //! | `SAGAFLOW_PAYMENT_LISTEN`          | `127.0.0.1:50062`                                         |
 //! | `SAGAFLOW_INVENTORY_LISTEN`        | `127.0.0.1:50063`                                         |
-//! | `SAGAFLOW_DB_POOL_SIZE`            | `16`                                                      |
+//! | `SAGAFLOW_DB_POOL_SIZE`            | `16` (1..=1000)                                           |
+//! | `SAGAFLOW_INBOX_RETENTION_SECS`    | `1296000` (15 days; 3600..=315360000)                     |
+//! | `SAGAFLOW_RETENTION_INTERVAL_SECS` | `3600` (1..=86400)                                        |
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::time::Duration;
 
-use sagaflow_common::config::{self as env, databases};
+use sagaflow_common::config::{self as env, Var, databases};
+
+/// Every variable a participant reads (beyond
+/// [`sagaflow_common::config::COMMON_VARS`]), for `--help`.
+pub const VARS: &[Var] = &[
+    Var {
+        name: "SAGAFLOW_ORDER_DATABASE_URL",
+        default: "postgres://postgres@127.0.0.1:5432/sagaflow_order",
+        meaning: "the order participant's database (created if missing)",
+    },
+    Var {
+        name: "SAGAFLOW_PAYMENT_DATABASE_URL",
+        default: "postgres://postgres@127.0.0.1:5432/sagaflow_payment",
+        meaning: "the payment participant's database (created if missing)",
+    },
+    Var {
+        name: "SAGAFLOW_INVENTORY_DATABASE_URL",
+        default: "postgres://postgres@127.0.0.1:5432/sagaflow_inventory",
+        meaning: "the inventory participant's database (created if missing)",
+    },
+    Var {
+        name: "SAGAFLOW_ORDER_LISTEN",
+        default: "127.0.0.1:50061",
+        meaning: "where the order participant listens",
+    },
+    Var {
+        name: "SAGAFLOW_PAYMENT_LISTEN",
+        default: "127.0.0.1:50062",
+        meaning: "where the payment participant listens",
+    },
+    Var {
+        name: "SAGAFLOW_INVENTORY_LISTEN",
+        default: "127.0.0.1:50063",
+        meaning: "where the inventory participant listens",
+    },
+    Var {
+        name: "SAGAFLOW_INBOX_RETENTION_SECS",
+        default: "1296000",
+        meaning: "inbox rows (handled command ids) older than this are deleted; keep it at least the orchestrator's SAGAFLOW_DEDUPE_RETENTION_SECS (3600..=315360000)",
+    },
+    Var {
+        name: "SAGAFLOW_RETENTION_INTERVAL_SECS",
+        default: "3600",
+        meaning: "how often the inbox retention sweep runs (1..=86400)",
+    },
+];
+
+const DAY: u64 = 24 * 3600;
 
 /// The three participant services this crate can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,6 +146,10 @@ pub struct ParticipantConfig {
     /// Most connections the pool opens. Each in-flight command holds one for
     /// its transaction, so this bounds concurrent commands against Postgres.
     pub pool_size: usize,
+    /// Inbox rows older than this are deleted.
+    pub inbox_retention: Duration,
+    /// Time between inbox retention sweeps.
+    pub retention_interval: Duration,
 }
 
 impl ParticipantConfig {
@@ -105,20 +159,26 @@ impl ParticipantConfig {
             database_url: database_url.into(),
             listen: kind.default_listen(),
             pool_size: 16,
+            inbox_retention: Duration::from_secs(15 * DAY),
+            retention_interval: Duration::from_secs(3600),
         }
     }
 
-    /// Read `SAGAFLOW_<KIND>_DATABASE_URL`, `SAGAFLOW_<KIND>_LISTEN` and
-    /// `SAGAFLOW_DB_POOL_SIZE`; unset or empty variables take their defaults.
+    /// Read [`VARS`] for `kind`; unset or empty variables take their
+    /// defaults, and a bad value is an error naming its variable and rule.
     pub fn from_env(kind: Kind) -> anyhow::Result<Self> {
         let prefix = kind.env_prefix();
         let default_url = env::default_database_url(kind.default_database());
-        let pool_size: usize = env::parse_or("SAGAFLOW_DB_POOL_SIZE", 16)?;
-        anyhow::ensure!(pool_size > 0, "SAGAFLOW_DB_POOL_SIZE must be at least 1");
         Ok(Self {
             database_url: env::var_or(&format!("{prefix}_DATABASE_URL"), &default_url),
             listen: env::parse_or(&format!("{prefix}_LISTEN"), kind.default_listen())?,
-            pool_size,
+            pool_size: env::int_in("SAGAFLOW_DB_POOL_SIZE", 16, 1..=1000)?,
+            inbox_retention: env::secs_in(
+                "SAGAFLOW_INBOX_RETENTION_SECS",
+                15 * DAY,
+                3600..=3650 * DAY,
+            )?,
+            retention_interval: env::secs_in("SAGAFLOW_RETENTION_INTERVAL_SECS", 3600, 1..=DAY)?,
         })
     }
 }

@@ -22,6 +22,7 @@
 //! - [`config`]: [`Kind`] and [`ParticipantConfig`] from the environment.
 //! - [`server`]: [`serve`] — migrate, then serve the service, `CommandLog`
 //!   and gRPC health until the shutdown token is cancelled.
+//! - [`retention`]: forgetting inbox rows older than their retention.
 //!
 //! # Races
 //!
@@ -74,7 +75,8 @@
 //! Every participant applies, in order: `1 outbox` (shared, from
 //! `sagaflow_common::outbox`), `2 inbox` (shared, from [`command`]), then its
 //! own business tables (`3`) and seeds (`4`, payment and inventory only);
-//! payment then adds the customers' refund holds (`5`).
+//! payment then adds the customers' refund holds (`5`); and the index inbox
+//! retention walks (`10`, from [`retention`]).
 
 pub mod command;
 pub mod command_log;
@@ -83,6 +85,7 @@ pub mod error;
 pub mod inventory;
 pub mod order;
 pub mod payment;
+pub mod retention;
 pub mod server;
 
 pub use config::{Kind, ParticipantConfig};

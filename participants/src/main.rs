@@ -7,13 +7,27 @@ use sagaflow_participants::{Kind, ParticipantConfig, serve};
 
 const USAGE: &str = "usage: sagaflow-participant order|payment|inventory";
 
+const SYNOPSIS: &str = "\
+usage: sagaflow-participant order|payment|inventory
+       sagaflow-participant --help
+
+Runs one participant service: each step command is handled in one Postgres
+transaction (inbox row, business change, outbox event).";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let kind: Kind = std::env::args()
-        .nth(1)
-        .context(USAGE)?
-        .parse()
-        .context(USAGE)?;
+    let help = sagaflow_common::config::usage(
+        SYNOPSIS,
+        &[
+            sagaflow_common::config::COMMON_VARS,
+            sagaflow_participants::config::VARS,
+        ],
+    );
+    let args = sagaflow_common::config::Args::from_env_or_exit(&help);
+    let kind: Kind = match args.as_slice() {
+        [kind] => kind.parse().context(USAGE)?,
+        _ => anyhow::bail!("{USAGE}"),
+    };
     let _telemetry = telemetry::init(&format!("sagaflow-{kind}"))?;
     let config = ParticipantConfig::from_env(kind)?;
     let listener = tokio::net::TcpListener::bind(config.listen)

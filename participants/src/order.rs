@@ -21,7 +21,12 @@ use crate::command::{
 };
 
 /// Every migration of the order database, in order.
-pub const MIGRATIONS: [Migration; 3] = [outbox::MIGRATION, INBOX_MIGRATION, ORDERS];
+pub const MIGRATIONS: [Migration; 4] = [
+    outbox::MIGRATION,
+    INBOX_MIGRATION,
+    ORDERS,
+    crate::retention::MIGRATION,
+];
 
 /// A `CANCELLED` row with no customer or items is a tombstone: the order was
 /// cancelled before (or instead of) being created.
@@ -107,7 +112,7 @@ async fn create(tx: &Tx<'_>, saga_id: Uuid, input: &OrderInput) -> Result<Decisi
              ON CONFLICT (saga_id) DO NOTHING",
         )
         .await?;
-    let items = json!(lines(input));
+    let items = json!(lines(input)?);
     let inserted = tx
         .execute(
             &insert,

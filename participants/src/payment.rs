@@ -4,6 +4,7 @@
 //! |------------------|--------------|----------------------------------------------------------------|
 //! | `ProcessPayment` | action       | charge `amount_cents` from the customer's available credit: `CHARGED`; refused `credit_limit_exceeded` / `unknown_customer` (recorded as `REFUSED`) |
 //! | `RefundPayment`  | compensation | `CHARGED` → `REFUNDED`, credit restored; refused `refunds_held: <customer>` while the customer's refunds are held; absent → `VOIDED` tombstone; otherwise a no-op |
+//! | `GetCustomers`   | read-only    | the requested customers that exist (at most 1000 ids of at most 200 bytes, no control characters) |
 //!
 //! **Held refunds.** A back office can hold a customer's refunds (set
 //! `customers.refunds_held`, for example while a chargeback or a fraud review
@@ -25,21 +26,26 @@ use sagaflow_common::outbox;
 use sagaflow_protos::participant::v1::payment_service_server::{
     PaymentService, PaymentServiceServer,
 };
-use sagaflow_protos::participant::v1::{CommandAck, OrderInput, StepCommand};
+use sagaflow_protos::participant::v1::{
+    CommandAck, Customer, GetCustomersRequest, GetCustomersResponse, OrderInput, StepCommand,
+};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::command::{COMPENSATED_BEFORE_ACTION, Decision, Executor, INBOX_MIGRATION, Rpc, Tx};
+use crate::command::{
+    COMPENSATED_BEFORE_ACTION, Decision, Executor, INBOX_MIGRATION, Rpc, Tx, key,
+};
 
 /// Every migration of the payment database, in order.
-pub const MIGRATIONS: [Migration; 5] = [
+pub const MIGRATIONS: [Migration; 6] = [
     outbox::MIGRATION,
     INBOX_MIGRATION,
     TABLES,
     SEEDS,
     REFUND_HOLDS,
+    crate::retention::MIGRATION,
 ];
 
 /// A `VOIDED` row with no customer is a tombstone: the refund arrived before
@@ -108,7 +114,35 @@ impl PaymentParticipant {
     pub fn into_server(self) -> PaymentServiceServer<Self> {
         PaymentServiceServer::new(self)
     }
+
+    async fn lookup(&self, ids: Vec<String>) -> Result<Vec<Customer>, Error> {
+        if ids.len() > MAX_LOOKUP {
+            return Err(Error::invalid(
+                "customer_ids",
+                format!("more than {MAX_LOOKUP}"),
+            ));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            key(&format!("customer_ids[{i}]"), id)?;
+        }
+        let client = self.exec.pool().get().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT customer_id FROM customers WHERE customer_id = ANY($1) ORDER BY customer_id",
+            )
+            .await?;
+        let rows = client.query(&select, &[&ids]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| Customer {
+                customer_id: row.get(0),
+            })
+            .collect())
+    }
 }
+
+/// Most customers one `GetCustomers` call may ask for.
+const MAX_LOOKUP: usize = 1000;
 
 #[tonic::async_trait]
 impl PaymentService for PaymentParticipant {
@@ -130,6 +164,14 @@ impl PaymentService for PaymentParticipant {
         self.exec
             .handle(REFUND, request, |tx, cmd| refund(tx, cmd.saga_id).boxed())
             .await
+    }
+
+    async fn get_customers(
+        &self,
+        request: Request<GetCustomersRequest>,
+    ) -> Result<Response<GetCustomersResponse>, Status> {
+        let customers = self.lookup(request.into_inner().customer_ids).await?;
+        Ok(Response::new(GetCustomersResponse { customers }))
     }
 }
 

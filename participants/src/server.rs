@@ -50,8 +50,15 @@ pub async fn serve(
         () = shutdown.cancelled() => return Ok(()),
     }
 
+    let sweeper = tokio::spawn(crate::retention::run(
+        pool.clone(),
+        config.inbox_retention,
+        config.retention_interval,
+        shutdown.child_token(),
+    ));
+
     let (health, health_service) = tonic_health::server::health_reporter();
-    let log = InboxLog::new(pool.clone()).into_server();
+    let log = InboxLog::new(pool.clone(), config.inbox_retention).into_server();
     health
         .set_service_status(service_name(&log), tonic_health::ServingStatus::Serving)
         .await;
@@ -91,6 +98,9 @@ pub async fn serve(
         )
         .await
         .with_context(|| format!("serving {kind} on {addr}"))?;
+    sweeper
+        .await
+        .context("the inbox retention sweeper failed")?;
     tracing::info!(participant = kind.name(), "stopped");
     Ok(())
 }

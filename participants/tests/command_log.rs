@@ -134,3 +134,26 @@ async fn a_bad_saga_id_is_invalid_argument_naming_the_field() {
     }
     assert_eq!(p.count("inbox").await, 0, "a read writes nothing");
 }
+
+#[tokio::test]
+async fn the_answer_says_since_when_the_participant_remembers() {
+    let p = TestParticipant::start(Kind::Order).await;
+    let retention =
+        sagaflow_participants::ParticipantConfig::new(Kind::Order, String::new()).inbox_retention;
+
+    let answer = CommandLogClient::new(p.channel.clone())
+        .list_command_outcomes(ListCommandOutcomesRequest {
+            saga_id: Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let forgotten_before =
+        std::time::SystemTime::try_from(answer.forgotten_before.expect("a horizon")).unwrap();
+    let horizon = std::time::SystemTime::now() - retention;
+    let off = horizon
+        .duration_since(forgotten_before)
+        .unwrap_or_else(|e| e.duration());
+    assert!(off < std::time::Duration::from_secs(60), "{off:?}");
+}

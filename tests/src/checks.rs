@@ -107,6 +107,7 @@ impl Checks {
         assert!(self.audit.advanced_twice.is_empty(), "{problems:#?}");
         assert!(self.audit.history_gaps.is_empty(), "{problems:#?}");
         assert_eq!(self.reconciled.in_flight, 0, "sagas still in flight");
+        assert_eq!(self.reconciled.forgotten, 0, "sagas older than the inbox");
         assert!(self.reconciled.finished > 0, "nothing was reconciled");
     }
 }

@@ -19,6 +19,7 @@
 //!   the emulator, and overlapping outages and refund holds;
 //!   [`injector`] carries them out; [`paused`] is the operator's part
 //!   (list paused sagas, retry them).
+//! - [`history`]: step latencies and re-sends, from sagas' histories.
 //! - [`duplicator`]: duplicate and late event deliveries, injected.
 
 pub mod audit;
@@ -29,6 +30,7 @@ pub mod databases;
 pub mod duplicator;
 pub mod emulator;
 pub mod faults;
+pub mod history;
 pub mod injector;
 pub mod invariants;
 pub mod orders;

@@ -15,6 +15,8 @@ pub struct Reconciled {
     pub finished: usize,
     /// Sagas in flight, skipped.
     pub in_flight: usize,
+    /// Sagas older than a participant's inbox retention, skipped.
+    pub forgotten: usize,
     /// Sagas with a mismatch, and the lines that say so.
     pub wrong: BTreeMap<Uuid, Vec<String>>,
     /// Every line it printed before its summary.
@@ -48,6 +50,7 @@ pub async fn run(sys: &System, ids: &[Uuid]) -> anyhow::Result<Reconciled> {
                 match k {
                     "finished" => r.finished = v,
                     "in_flight" => r.in_flight = v,
+                    "forgotten" => r.forgotten = v,
                     "mismatched" => mismatched = Some(v),
                     _ => {}
                 }

@@ -24,11 +24,16 @@ use crate::databases::Databases;
 use crate::emulator::Emulator;
 use crate::{free_port, wait_for};
 
-/// The service binaries, built by cargo next to the running executable.
-fn bin_dir() -> anyhow::Result<PathBuf> {
+/// The service binaries: those in `SAGAFLOW_BIN_DIR` when it is set (a
+/// release build, say, or another build to compare with), else built by
+/// cargo next to the running executable.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(dir) = std::env::var_os("SAGAFLOW_BIN_DIR").filter(|d| !d.is_empty()) {
+                return Ok(PathBuf::from(dir));
+            }
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             // target/<profile>/deps/<test> or target/<profile>/<bin>
             let mut dir = exe.parent().map(PathBuf::from).ok_or("no exe dir")?;
@@ -112,6 +117,8 @@ pub struct System {
     pub subscription: String,
     pub log_dir: PathBuf,
     env: Vec<(String, String)>,
+    /// Extra environment of one process (by name), on top of `env`.
+    process_env: HashMap<String, Vec<(String, String)>>,
     procs: HashMap<String, Proc>,
     // Declared last: processes die before the emulator does. `None` when an
     // outside emulator (`PUBSUB_EMULATOR_HOST`) is used.
@@ -192,6 +199,7 @@ impl System {
             subscription,
             log_dir,
             env,
+            process_env: HashMap::new(),
             procs: HashMap::new(),
             emulator,
         };
@@ -300,11 +308,25 @@ impl System {
         {
             cmd.env("SAGAFLOW_ORCHESTRATOR_LISTEN", addr);
         }
+        if let Some(extra) = self.process_env.get(name) {
+            cmd.envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("spawning {bin}: {e}"))?;
         self.procs.insert(name.to_owned(), Proc { child });
         Ok(())
+    }
+
+    /// Give process `name` extra environment from its next start on (see
+    /// [`restart`](Self::restart)), e.g. a skewed clock for one instance.
+    pub fn set_process_env(&mut self, name: &str, vars: &[(&str, &str)]) {
+        self.process_env.insert(
+            name.to_owned(),
+            vars.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
     }
 
     /// SIGKILL process `name` (if running) and start it again; waits until it

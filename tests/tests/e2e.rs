@@ -196,6 +196,51 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
             "items[0].sku",
             Box::new(|r| r.items[0].sku = "sku-does-not-exist".into()),
         ),
+        // What an attacker would try: control characters, NUL bytes, huge
+        // numbers, made-up codes, unbounded strings, unknown parties.
+        (
+            "idempotency_key",
+            Box::new(|r| r.idempotency_key = "k\0ey".into()),
+        ),
+        (
+            "idempotency_key",
+            Box::new(|r| r.idempotency_key = "k\ney".into()),
+        ),
+        (
+            "idempotency_key",
+            Box::new(|r| r.idempotency_key = "\u{1b}[31mred".into()),
+        ),
+        (
+            "customer_id",
+            Box::new(|r| r.customer_id = "cust-\0alice".into()),
+        ),
+        (
+            "items[0].sku",
+            Box::new(|r| r.items[0].sku = "sku-\0widget".into()),
+        ),
+        ("amount_cents", Box::new(|r| r.amount_cents = 1 << 48)),
+        ("amount_cents", Box::new(|r| r.amount_cents = i64::MAX)),
+        (
+            "items[0].quantity",
+            Box::new(|r| r.items[0].quantity = 1 << 48),
+        ),
+        ("currency", Box::new(|r| r.currency = "ZZZ".into())),
+        ("currency", Box::new(|r| r.currency = "Z".repeat(1 << 20))),
+        (
+            "items",
+            Box::new(|r| {
+                r.items = (0..101)
+                    .map(|i| sagaflow_protos::participant::v1::OrderItem {
+                        sku: format!("sku-{i}"),
+                        quantity: 1,
+                    })
+                    .collect()
+            }),
+        ),
+        (
+            "customer_id",
+            Box::new(|r| r.customer_id = "cust-nobody".into()),
+        ),
     ];
     for (field, mutate) in &cases {
         let mut req = good.clone();
@@ -203,10 +248,11 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
         let err = client.place_order(req).await.expect_err("must be refused");
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
         assert!(
-            err.message().starts_with(field),
+            err.message().starts_with(&format!("{field}: ")),
             "{:?} should name {field}",
             err.message()
         );
+        assert!(err.message().len() < 200, "{field}: input echoed unbounded");
     }
     // Nothing was written anywhere.
     assert_eq!(count(&sys.dbs.orchestrator, "sagas").await?, 0);
@@ -316,6 +362,218 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
         .expect_err("bad token");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().starts_with("page_token"));
+    // A token with a time no page could start after: refused, not a
+    // storage error.
+    for token in [
+        format!("-8000000000000000000.{}", uuid::Uuid::now_v7().simple()),
+        format!("9223372036854775807.{}", uuid::Uuid::now_v7().simple()),
+    ] {
+        let err = client
+            .list_sagas(ListSagasRequest {
+                states: vec![],
+                page_size: 0,
+                page_token: token,
+            })
+            .await
+            .expect_err("bad token");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with("page_token: "), "{err:?}");
+    }
+    // Suspended sagas can be listed (none here).
+    let suspended = client
+        .list_sagas(ListSagasRequest {
+            states: vec![SagaState::Suspended as i32],
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert!(suspended.sagas.is_empty());
+    // An operator's reason and request id follow the same rules.
+    for (req, field) in [
+        (
+            sagaflow_protos::orchestrator::v1::CancelSagaRequest {
+                saga_id: ids[1].clone(),
+                reason: "oops\0".into(),
+                request_id: String::new(),
+            },
+            "reason",
+        ),
+        (
+            sagaflow_protos::orchestrator::v1::CancelSagaRequest {
+                saga_id: ids[1].clone(),
+                reason: "why".into(),
+                request_id: "r\n1".into(),
+            },
+            "request_id",
+        ),
+        (
+            sagaflow_protos::orchestrator::v1::CancelSagaRequest {
+                saga_id: ids[1].clone(),
+                reason: "x".repeat(1 << 20),
+                request_id: String::new(),
+            },
+            "reason",
+        ),
+    ] {
+        let err = client.cancel_saga(req).await.expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with(&format!("{field}: ")), "{err:?}");
+        assert!(err.message().len() < 200);
+    }
+    Ok(())
+}
+
+/// Placement never waits on a participant's look-up it does not need: a
+/// repeat is answered from the orchestrator's own records while inventory
+/// is down, and a new order is accepted unchecked (its steps check it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_does_not_depend_on_a_participant_that_is_down() -> anyhow::Result<()> {
+    let mut sys = System::start("lookups", Options::default()).await?;
+    let mut client = sys.client().await?;
+    let placed = order("cust-alice", &[("sku-widget", 1)], 1_000);
+    let first = client.place_order(placed.clone()).await?.into_inner();
+    sys.wait_terminal(std::slice::from_ref(&first.saga_id), SETTLE)
+        .await?;
+
+    sys.kill("inventory");
+    sys.kill("payment");
+    // A repeat: the same saga, though both look-ups are down.
+    let again = client.place_order(placed.clone()).await?.into_inner();
+    assert_eq!(
+        (again.saga_id.as_str(), again.created),
+        (first.saga_id.as_str(), false)
+    );
+    let mut other = placed.clone();
+    other.amount_cents += 1;
+    let err = client
+        .place_order(other)
+        .await
+        .expect_err("another payload");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    // New orders the look-ups would have refused are accepted...
+    let unknown_sku = client
+        .place_order(order("cust-alice", &[("sku-made-up", 1)], 500))
+        .await?
+        .into_inner();
+    let unknown_customer = client
+        .place_order(order("cust-made-up", &[("sku-widget", 1)], 500))
+        .await?
+        .into_inner();
+    assert!(unknown_sku.created && unknown_customer.created);
+    // ...and their steps refuse them once the participants are back.
+    sys.restart("inventory").await?;
+    sys.restart("payment").await?;
+    let done = sys
+        .wait_terminal(
+            &[
+                unknown_sku.saga_id.clone(),
+                unknown_customer.saga_id.clone(),
+            ],
+            SETTLE,
+        )
+        .await?;
+    assert_eq!(
+        done[0].state,
+        SagaState::Compensated as i32,
+        "{:?}",
+        done[0]
+    );
+    assert!(done[0].reason.contains("unknown_sku"), "{}", done[0].reason);
+    assert_eq!(
+        done[1].state,
+        SagaState::Compensated as i32,
+        "{:?}",
+        done[1]
+    );
+    assert!(
+        done[1].reason.contains("unknown_customer"),
+        "{}",
+        done[1].reason
+    );
+    // With everyone up, the look-ups refuse such orders at once.
+    let err = client
+        .place_order(order("cust-made-up", &[("sku-widget", 1)], 500))
+        .await
+        .expect_err("unknown customer");
+    assert!(
+        err.message().starts_with("customer_id: unknown customer"),
+        "{err:?}"
+    );
+    let report = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
+    assert!(report.ok(), "{:?}", report.violations);
+    Ok(())
+}
+
+/// A participant that rejects a command as malformed (INVALID_ARGUMENT)
+/// wrote nothing and will reject it again: the step is refused at once and
+/// the saga compensated, without waiting out its deadlines. The API never
+/// lets such an input in, so the saga is written straight to the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_rejected_as_malformed_is_refused_at_once() -> anyhow::Result<()> {
+    let sys = System::start(
+        "malformed",
+        Options {
+            env: vec![
+                ("SAGAFLOW_STEP_DEADLINE_MS".into(), "2000".into()),
+                ("SAGAFLOW_STEP_MAX_ATTEMPTS".into(), "5".into()),
+                ("SAGAFLOW_TIMER_POLL_MS".into(), "100".into()),
+            ],
+            ..Options::default()
+        },
+    )
+    .await?;
+    let pool = db::pool(&sys.dbs.orchestrator, 2)?;
+    let input = sagaflow_protos::participant::v1::OrderInput {
+        customer_id: "cust-alice".into(),
+        items: vec![sagaflow_protos::participant::v1::OrderItem {
+            sku: "sku-widget".into(),
+            quantity: 1,
+        }],
+        amount_cents: 1 << 50,
+        currency: "EUR".into(),
+    };
+    let saga_id = uuid::Uuid::now_v7();
+    sagaflow_orchestrator::store::place(
+        &pool,
+        sagaflow_orchestrator::store::NewSaga {
+            saga_id,
+            idempotency_key: "forged".into(),
+            definition: sagaflow_orchestrator::definitions::order::definition(),
+            input: input.encode_to_vec(),
+            traceparent: None,
+        },
+    )
+    .await?;
+    // Due now: the orchestrator's timer sends it.
+    let c = db::connect(&sys.dbs.orchestrator).await?;
+    c.execute(
+        "UPDATE sagas SET next_wakeup = now() WHERE saga_id = $1",
+        &[&saga_id],
+    )
+    .await?;
+    let done = sys
+        .wait_terminal(&[saga_id.to_string()], Duration::from_secs(60))
+        .await?;
+    let saga = &done[0];
+    assert_eq!(saga.state, SagaState::Compensated as i32, "{saga:?}");
+    assert!(
+        saga.reason
+            .starts_with("create_order refused: invalid_command: order answered INVALID_ARGUMENT")
+            && saga.reason.contains("input.amount_cents"),
+        "{}",
+        saga.reason
+    );
+    let kinds: Vec<&str> = saga.history.iter().map(|h| h.kind.as_str()).collect();
+    assert!(!kinds.contains(&"step_timed_out"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "resent").count(),
+        1,
+        "sent once by the timer, then refused: {kinds:?}"
+    );
+    // The participant wrote nothing: no order, not even a tombstone.
+    assert_eq!(count(&sys.dbs.order, "orders").await?, 0);
+    assert_eq!(count(&sys.dbs.order, "inbox").await?, 0);
     Ok(())
 }
 

@@ -336,7 +336,7 @@ async fn a_paused_saga_is_retried_after_the_fix() -> anyhow::Result<()> {
         .expect_err("compensated");
     assert_failed_precondition(
         &e,
-        "saga is COMPENSATED; only COMPENSATION_FAILED sagas can be retried",
+        "saga is COMPENSATED; only COMPENSATION_FAILED and SUSPENDED sagas can be retried",
     );
     let again = client
         .clone()
@@ -412,7 +412,7 @@ async fn a_running_saga_is_cancelled_and_compensated() -> anyhow::Result<()> {
         .expect_err("compensating");
     assert_failed_precondition(
         &e,
-        "saga is COMPENSATING; only COMPENSATION_FAILED sagas can be retried",
+        "saga is COMPENSATING; only COMPENSATION_FAILED and SUSPENDED sagas can be retried",
     );
 
     sys.restart("inventory").await?;
@@ -479,7 +479,10 @@ async fn a_running_saga_is_cancelled_and_compensated() -> anyhow::Result<()> {
         .cancel_saga(cancel(&pivot, "", "too late"))
         .await
         .expect_err("completed");
-    assert_failed_precondition(&e, "saga is COMPLETED; only RUNNING sagas can be cancelled");
+    assert_failed_precondition(
+        &e,
+        "saga is COMPLETED; only RUNNING and SUSPENDED sagas can be cancelled",
+    );
 
     // Nonsense is refused, naming the field.
     let unknown = uuid::Uuid::now_v7().to_string();

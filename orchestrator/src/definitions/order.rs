@@ -46,6 +46,14 @@ pub mod env {
     pub const STEP_JITTER_PERCENT: &str = "SAGAFLOW_STEP_JITTER_PERCENT";
 }
 
+/// Largest deadline a setting may give: 30 days (an overdue step's wait is
+/// 32 times that at most, still a valid time).
+const MAX_DEADLINE_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Most sends of one command.
+const MAX_ATTEMPTS: u64 = 1_000_000;
+/// Largest backoff delay between failed sends: an hour.
+const MAX_BACKOFF_MS: u64 = 3_600_000;
+
 /// The action and compensation policies of every order step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policies {
@@ -105,38 +113,38 @@ impl Policies {
         let deadline = read(
             env::STEP_DEADLINE_MS,
             ms(d.action.deadline),
-            &|v| v > 0,
-            "a positive number of milliseconds",
+            &|v| (1..=MAX_DEADLINE_MS).contains(&v),
+            "a number of milliseconds within 1..=2592000000 (30 days)",
         );
         let attempts = read(
             env::STEP_MAX_ATTEMPTS,
             d.action.max_attempts.into(),
-            &|v| (1..=u64::from(u32::MAX)).contains(&v),
-            "an integer >= 1",
+            &|v| (1..=MAX_ATTEMPTS).contains(&v),
+            "an integer within 1..=1000000",
         );
         let undo_attempts = read(
             env::COMPENSATION_MAX_ATTEMPTS,
             d.compensation.max_attempts.into(),
-            &|v| (1..=u64::from(u32::MAX)).contains(&v),
-            "an integer >= 1",
+            &|v| (1..=MAX_ATTEMPTS).contains(&v),
+            "an integer within 1..=1000000",
         );
         let undo_deadline = read(
             env::COMPENSATION_DEADLINE_MS,
             deadline,
-            &|v| v > 0,
-            "a positive number of milliseconds",
+            &|v| (1..=MAX_DEADLINE_MS).contains(&v),
+            "a number of milliseconds within 1..=2592000000 (30 days)",
         );
         let base = read(
             env::STEP_BACKOFF_BASE_MS,
             ms(d.action.backoff_base),
-            &|v| v > 0,
-            "a positive number of milliseconds",
+            &|v| (1..=MAX_BACKOFF_MS).contains(&v),
+            "a number of milliseconds within 1..=3600000",
         );
         let cap = read(
             env::STEP_BACKOFF_CAP_MS,
             ms(d.action.backoff_cap).max(base),
-            &|v| v >= base,
-            "a number of milliseconds >= the backoff base",
+            &|v| (base..=MAX_BACKOFF_MS).contains(&v),
+            "a number of milliseconds >= the backoff base, at most 3600000",
         );
         let jitter = read(
             env::STEP_JITTER_PERCENT,
@@ -308,6 +316,9 @@ mod tests {
             (env::STEP_MAX_ATTEMPTS, "0"),
             (env::STEP_MAX_ATTEMPTS, "-1"),
             (env::COMPENSATION_MAX_ATTEMPTS, "99999999999"),
+            (env::STEP_DEADLINE_MS, "18446744073709551615"),
+            (env::STEP_DEADLINE_MS, "2592000001"),
+            (env::STEP_BACKOFF_CAP_MS, "99999999999"),
             (env::STEP_JITTER_PERCENT, "101"),
             (env::STEP_BACKOFF_BASE_MS, "0"),
         ] {

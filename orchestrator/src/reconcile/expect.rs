@@ -176,7 +176,9 @@ fn status_problems(state: &SagaState) -> Vec<String> {
         Status::CompensationFailed if !states().any(|s| s == StepState::CompensationFailed) => {
             vec!["no step COMPENSATION_FAILED"]
         }
-        Status::CompensationFailed | Status::Running | Status::Compensating => vec![],
+        Status::CompensationFailed | Status::Running | Status::Compensating | Status::Suspended => {
+            vec![]
+        }
     };
     if bad.is_empty() {
         return vec![];

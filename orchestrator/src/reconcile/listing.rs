@@ -1,7 +1,7 @@
 //! Asking a participant what it did for a saga (`CommandLog`), through the
 //! orchestrator's own channel to it.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use sagaflow_protos::events::v1::{CommandKind, Outcome};
@@ -13,13 +13,13 @@ use super::{Decided, Record};
 use crate::participants::GrpcParticipants;
 use crate::saga::Kind;
 
-/// What participant `key` recorded for saga `id` (a few tries: a
-/// participant may be restarting).
+/// What participant `key` recorded for saga `id`, and since when it
+/// remembers (a few tries: a participant may be restarting).
 pub(super) async fn list(
     participants: &GrpcParticipants,
     key: &str,
     id: Uuid,
-) -> anyhow::Result<Vec<Record>> {
+) -> anyhow::Result<(Vec<Record>, Option<SystemTime>)> {
     let channel = participants
         .channel(key)
         .ok_or_else(|| anyhow::anyhow!("no endpoint configured for participant {key}"))?;
@@ -31,7 +31,7 @@ pub(super) async fn list(
         });
         request.set_timeout(Duration::from_secs(10));
         match client.list_command_outcomes(request).await {
-            Ok(r) => break r.into_inner().commands,
+            Ok(r) => break r.into_inner(),
             Err(s)
                 if tries < 4
                     && matches!(
@@ -49,7 +49,11 @@ pub(super) async fn list(
             ),
         }
     };
-    listed
+    let forgotten_before = listed
+        .forgotten_before
+        .and_then(|t| SystemTime::try_from(t).ok());
+    let records = listed
+        .commands
         .into_iter()
         .map(|c| {
             let kind = match c.kind() {
@@ -77,5 +81,6 @@ pub(super) async fn list(
                 reason: c.reason,
             })
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((records, forgotten_before))
 }

@@ -7,7 +7,9 @@
 //! saga (`COMPLETED`, `COMPENSATED`, `COMPENSATION_FAILED`) the two must agree
 //! as `expect.rs` lays out; sagas still in flight are skipped and counted. It
 //! works for any saga type: it needs only the definition (step participants,
-//! which steps can be undone) and the command ids the engine derives.
+//! which steps can be undone) and the command ids the engine derives. Sagas
+//! older than a participant's inbox retention are skipped and counted too:
+//! their commands may be forgotten there.
 //!
 //! Read-only on a live system: it reads the orchestrator's database and calls
 //! the participants through the orchestrator's own participant channels
@@ -19,6 +21,7 @@ mod expect;
 mod listing;
 
 use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
 use futures::StreamExt as _;
@@ -34,6 +37,9 @@ use crate::{Config, definitions};
 const CONCURRENCY: usize = 16;
 /// Sagas read per page.
 const PAGE: i64 = 200;
+/// Sagas created less than this after a participant's retention horizon are
+/// not compared either: a sweep may run while they are.
+const FORGET_MARGIN: Duration = Duration::from_secs(600);
 
 /// What a run found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -44,14 +50,17 @@ pub struct Summary {
     pub mismatched: usize,
     /// Sagas skipped because they are not finished.
     pub in_flight: usize,
+    /// Sagas skipped because they are older than a participant's inbox
+    /// retention (their commands may be forgotten there).
+    pub forgotten: usize,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "reconcile: finished={} mismatched={} in_flight={}",
-            self.finished, self.mismatched, self.in_flight
+            "reconcile: finished={} mismatched={} in_flight={} forgotten={}",
+            self.finished, self.mismatched, self.in_flight, self.forgotten
         )
     }
 }
@@ -107,6 +116,7 @@ async fn compare_all(
     for c in checked {
         match c? {
             Checked::InFlight => summary.in_flight += 1,
+            Checked::Forgotten => summary.forgotten += 1,
             Checked::Finished { agrees, lines } => {
                 summary.finished += 1;
                 summary.mismatched += usize::from(!agrees);
@@ -133,6 +143,8 @@ async fn page_after(pool: &Pool, after: Uuid) -> anyhow::Result<Vec<Uuid>> {
 
 enum Checked {
     InFlight,
+    /// Older than a participant's inbox retention.
+    Forgotten,
     /// Lines: (agrees, text).
     Finished {
         agrees: bool,
@@ -140,44 +152,54 @@ enum Checked {
     },
 }
 
-/// One saga's row: type, version, status, state (as stored) and version.
-type Row = (String, u32, String, serde_json::Value, i64);
+/// One saga as stored.
+struct Stored {
+    saga_type: String,
+    definition_version: u32,
+    status: String,
+    state: serde_json::Value,
+    /// Bumped by every change: a saga that changed while compared is
+    /// compared again.
+    version: i64,
+    created_at: SystemTime,
+}
 
-async fn load(pool: &Pool, id: Uuid) -> anyhow::Result<Row> {
+async fn load(pool: &Pool, id: Uuid) -> anyhow::Result<Stored> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT saga_type, definition_version, status, state, version FROM sagas
-             WHERE saga_id = $1",
+            "SELECT saga_type, definition_version, status, state, version, created_at
+             FROM sagas WHERE saga_id = $1",
             &[&id],
         )
         .await?
         .ok_or_else(|| anyhow::anyhow!("saga {id}: not found"))?;
-    Ok((
-        row.get(0),
-        row.get::<_, i32>(1) as u32,
-        row.get(2),
-        row.get(3),
-        row.get(4),
-    ))
+    Ok(Stored {
+        saga_type: row.get(0),
+        definition_version: row.get::<_, i32>(1) as u32,
+        status: row.get(2),
+        state: row.get(3),
+        version: row.get(4),
+        created_at: row.get(5),
+    })
 }
 
 async fn check(pool: &Pool, participants: &GrpcParticipants, id: Uuid) -> anyhow::Result<Checked> {
-    let mut row = load(pool, id).await?;
+    let mut saga = load(pool, id).await?;
     // Once more if the saga changed meanwhile (an operator's retry).
     for _ in 0..2 {
-        let (saga_type, version, status, state, row_version) = &row;
-        let finished = Status::parse(status).filter(|s| s.is_terminal());
+        let finished = Status::parse(&saga.status).filter(|s| s.is_terminal());
         let Some(_) = finished else {
             return Ok(Checked::InFlight);
         };
-        let head = format!("saga={id} status={status}");
-        let Some(def) = definitions::find(saga_type, *version) else {
+        let head = format!("saga={id} status={}", saga.status);
+        let (saga_type, version) = (&saga.saga_type, saga.definition_version);
+        let Some(def) = definitions::find(saga_type, version) else {
             return Ok(mismatch(format!(
                 "MISMATCH {head}: no definition {saga_type} v{version} in this build"
             )));
         };
-        let state: SagaState = match serde_json::from_value(state.clone()) {
+        let state: SagaState = match serde_json::from_value(saga.state.clone()) {
             Ok(s) => s,
             Err(e) => {
                 return Ok(mismatch(format!(
@@ -188,17 +210,22 @@ async fn check(pool: &Pool, participants: &GrpcParticipants, id: Uuid) -> anyhow
         let keys: BTreeSet<&str> = def.steps.iter().map(|s| s.participant.as_str()).collect();
         let mut records = Vec::new();
         for key in keys {
-            records.extend(listing::list(participants, key, id).await?);
+            let (listed, forgotten_before) = listing::list(participants, key, id).await?;
+            // Older than what the participant remembers: nothing to compare.
+            if forgotten_before.is_some_and(|f| saga.created_at < f + FORGET_MARGIN) {
+                return Ok(Checked::Forgotten);
+            }
+            records.extend(listed);
         }
         let again = load(pool, id).await?;
-        if again.4 != *row_version {
-            row = again;
+        if again.version != saga.version {
+            saga = again;
             continue;
         }
-        let saga = compare(&def, id, &state, &records);
+        let compared = compare(&def, id, &state, &records);
         return Ok(Checked::Finished {
-            agrees: saga.agrees(),
-            lines: lines(&head, &saga),
+            agrees: compared.agrees(),
+            lines: lines(&head, &compared),
         });
     }
     anyhow::bail!("saga {id} keeps changing while it is compared; run again")

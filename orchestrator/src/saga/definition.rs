@@ -93,20 +93,37 @@ mod millis {
 }
 
 impl Definition {
-    /// Problems that would make the definition unusable, if any.
+    /// Problems that would make the definition unusable, if any. The
+    /// orchestrator refuses to start with one.
+    ///
+    /// A step that cannot be undone (no compensation) must be the last: if
+    /// a step after it could fail, the saga could neither finish (the later
+    /// step failed) nor be undone (this one cannot be).
     pub fn validate(&self) -> Result<(), String> {
+        let name = format!("{} v{}", self.saga_type, self.version);
         if self.steps.is_empty() {
-            return Err(format!(
-                "{}: a saga needs at least one step",
-                self.saga_type
-            ));
+            return Err(format!("{name}: a saga needs at least one step"));
         }
+        let mut names = std::collections::HashSet::new();
         for (i, s) in self.steps.iter().enumerate() {
+            let step = format!("{name}: step {i} ({})", s.name);
+            if s.name.trim().is_empty() {
+                return Err(format!("{name}: step {i} has no name"));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(format!("{step}: another step has the same name"));
+            }
             if s.policy.max_attempts == 0 || s.compensation_policy.max_attempts == 0 {
-                return Err(format!("step {i} ({}): max_attempts must be >= 1", s.name));
+                return Err(format!("{step}: max_attempts must be >= 1"));
             }
             if s.policy.deadline.is_zero() || s.compensation_policy.deadline.is_zero() {
-                return Err(format!("step {i} ({}): deadline must be > 0", s.name));
+                return Err(format!("{step}: deadline must be > 0"));
+            }
+            if s.compensation.is_none() && i + 1 < self.steps.len() {
+                return Err(format!(
+                    "{step}: it cannot be undone (no compensation), so it must be the last step; {} comes after it",
+                    self.steps[i + 1].name
+                ));
             }
         }
         Ok(())
@@ -116,6 +133,52 @@ impl Definition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(name: &str, compensation: Option<&str>) -> StepDef {
+        StepDef {
+            name: name.into(),
+            participant: "p".into(),
+            action: format!("/t.v1.S/{name}"),
+            compensation: compensation.map(|c| format!("/t.v1.S/{c}")),
+            policy: Policy::default(),
+            compensation_policy: Policy::default(),
+        }
+    }
+
+    fn def(steps: Vec<StepDef>) -> Definition {
+        Definition {
+            saga_type: "t".into(),
+            version: 1,
+            steps,
+        }
+    }
+
+    #[test]
+    fn a_step_that_cannot_be_undone_must_be_the_last() {
+        let ok = def(vec![step("a", Some("undo_a")), step("pivot", None)]);
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = def(vec![
+            step("a", Some("undo_a")),
+            step("pivot", None),
+            step("c", Some("undo_c")),
+        ]);
+        let e = bad.validate().unwrap_err();
+        assert!(
+            e.starts_with("t v1: step 1 (pivot): it cannot be undone")
+                && e.contains("c comes after it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_unnamed_and_duplicate_steps_are_refused() {
+        assert!(def(vec![]).validate().is_err());
+        assert!(def(vec![step(" ", Some("u"))]).validate().is_err());
+        let e = def(vec![step("a", Some("u")), step("a", Some("u"))])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("same name"), "{e}");
+    }
 
     #[test]
     fn backoff_grows_exponentially_up_to_the_cap() {

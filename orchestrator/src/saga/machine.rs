@@ -8,6 +8,15 @@
 //! in the saga's status are errors too ([`Error::NotRetryable`],
 //! [`Error::NotCancellable`], [`Error::PastPivot`]), which the API turns into
 //! `FAILED_PRECONDITION`; a repeated cancel is a no-op.
+//!
+//! A `Suspended` saga ([`Event::Suspend`]) does nothing until an operator
+//! resumes it: a timer is a no-op, an outcome it already knows is ignored,
+//! and one that would change it is refused ([`Error::Suspended`]); its
+//! in-flight command is sent again when it resumes, and the participant
+//! answers it with its recorded outcome then.
+//!
+//! Time is milliseconds since the epoch, added with saturation and capped at
+//! [`LATEST`], so no setting can overflow a deadline.
 
 use super::definition::Definition;
 use super::state::{Command, Effect, Event, Kind, Millis, Outcome, SagaState, Status, StepState};
@@ -62,13 +71,15 @@ pub enum Error {
         saga_type: String,
         version: u32,
     },
+    #[error("[SF1004] the state's cursor {cursor} is past its {steps} steps")]
+    CursorOutOfRange { cursor: usize, steps: usize },
     #[error(
-        "[SF1005] saga is {}; only COMPENSATION_FAILED sagas can be retried",
+        "[SF1005] saga is {}; only COMPENSATION_FAILED and SUSPENDED sagas can be retried",
         status.as_str()
     )]
     NotRetryable { status: Status },
     #[error(
-        "[SF1006] saga is {}; only RUNNING sagas can be cancelled",
+        "[SF1006] saga is {}; only RUNNING and SUSPENDED sagas can be cancelled",
         status.as_str()
     )]
     NotCancellable { status: Status },
@@ -76,6 +87,10 @@ pub enum Error {
         "[SF1007] saga is past its pivot: {name} (step {step}) is in flight and cannot be undone"
     )]
     PastPivot { step: usize, name: String },
+    #[error(
+        "[SF1008] saga is suspended: the {kind} outcome for step {step} is not applied until an operator resumes it (its command is sent again then)"
+    )]
+    Suspended { step: usize, kind: &'static str },
 }
 
 /// Apply `event` to `state` at time `now`.
@@ -93,6 +108,12 @@ pub fn apply(
             version: def.version,
         });
     }
+    if state.cursor >= def.steps.len() {
+        return Err(Error::CursorOutOfRange {
+            cursor: state.cursor,
+            steps: def.steps.len(),
+        });
+    }
     let mut m = Machine {
         def,
         s: state.clone(),
@@ -104,6 +125,7 @@ pub fn apply(
         Event::Timeout => m.timeout(),
         Event::Retry => m.retry()?,
         Event::Cancel { reason } => m.cancel(reason)?,
+        Event::Suspend { reason } => m.suspend(reason),
         Event::Outcome {
             step,
             kind,
@@ -115,6 +137,34 @@ pub fn apply(
                     saga_type: def.saga_type.clone(),
                     version: def.version,
                 });
+            }
+            if state.status == Status::Suspended {
+                // Judge it as the saga it was: what it already knows is a
+                // no-op, an impossible outcome is the usual error, news waits.
+                let mut unsuspended = state.clone();
+                unsuspended.status = m.resumed_status();
+                let judged = apply(def, &unsuspended, event, now).map_err(|e| match e {
+                    Error::NeverSent {
+                        step, kind, state, ..
+                    } => Error::NeverSent {
+                        step,
+                        kind,
+                        status: Status::Suspended,
+                        state,
+                    },
+                    other => other,
+                })?;
+                return match judged {
+                    Transition { note: None, .. } => Ok(Transition {
+                        state: state.clone(),
+                        effects: Vec::new(),
+                        note: None,
+                    }),
+                    Transition { note: Some(_), .. } => Err(Error::Suspended {
+                        step: *step,
+                        kind: kind.as_str(),
+                    }),
+                };
             }
             match (kind, outcome) {
                 (Kind::Action, Outcome::Succeeded) => m.action_succeeded(*step)?,
@@ -175,6 +225,38 @@ impl Machine<'_> {
         }
     }
 
+    fn suspended(&self, step: usize, kind: Kind) -> Error {
+        Error::Suspended {
+            step,
+            kind: kind.as_str(),
+        }
+    }
+
+    /// The status a suspended saga resumes in: the one it was suspended
+    /// from, else what its in-flight step says.
+    fn resumed_status(&self) -> Status {
+        match self.s.suspended_from {
+            Some(from @ (Status::Running | Status::Compensating)) => from,
+            Some(
+                Status::Completed
+                | Status::Compensated
+                | Status::CompensationFailed
+                | Status::Suspended,
+            )
+            | None => match self.s.steps[self.s.cursor].state {
+                StepState::Compensating => Status::Compensating,
+                StepState::NotStarted
+                | StepState::Pending
+                | StepState::Succeeded
+                | StepState::Refused
+                | StepState::Unknown
+                | StepState::Compensated
+                | StepState::NotCompensated
+                | StepState::CompensationFailed => Status::Running,
+            },
+        }
+    }
+
     fn refused_why(&self, step: usize, reason: &str) -> String {
         format!("{} refused: {reason}", self.name(step))
     }
@@ -229,7 +311,8 @@ impl Machine<'_> {
             | (Status::Compensating, _)
             | (Status::Completed, _)
             | (Status::Compensated, _)
-            | (Status::CompensationFailed, _) => None,
+            | (Status::CompensationFailed, _)
+            | (Status::Suspended, _) => None,
         }
     }
 
@@ -238,7 +321,7 @@ impl Machine<'_> {
     }
 
     fn send_action_within(&mut self, step: usize, attempt: u32, wait: std::time::Duration) {
-        let deadline = self.now + millis(wait);
+        let deadline = after(self.now, wait);
         let rec = &mut self.s.steps[step];
         rec.state = StepState::Pending;
         rec.attempts = attempt;
@@ -254,7 +337,7 @@ impl Machine<'_> {
     }
 
     fn send_compensation(&mut self, step: usize, attempt: u32) {
-        let deadline = self.now + millis(self.def.steps[step].compensation_policy.deadline);
+        let deadline = after(self.now, self.def.steps[step].compensation_policy.deadline);
         let rec = &mut self.s.steps[step];
         rec.state = StepState::Compensating;
         rec.compensation_attempts = attempt;
@@ -313,6 +396,8 @@ impl Machine<'_> {
     fn action_succeeded(&mut self, step: usize) -> Result<Option<Note>, Error> {
         let state = self.s.steps[step].state;
         Ok(match (self.s.status, state) {
+            // Judged by `apply` as the saga it was; not reached.
+            (Status::Suspended, _) => return Err(self.suspended(step, Kind::Action)),
             (Status::Running, StepState::Pending) if step == self.s.cursor => {
                 self.s.steps[step].state = StepState::Succeeded;
                 // A running saga's reason only ever says a step is overdue.
@@ -404,6 +489,8 @@ impl Machine<'_> {
     fn action_refused(&mut self, step: usize, reason: &str) -> Result<Option<Note>, Error> {
         let state = self.s.steps[step].state;
         Ok(match (self.s.status, state) {
+            // Judged by `apply` as the saga it was; not reached.
+            (Status::Suspended, _) => return Err(self.suspended(step, Kind::Action)),
             (Status::Running, StepState::Pending) if step == self.s.cursor => {
                 let rec = &mut self.s.steps[step];
                 rec.state = StepState::Refused;
@@ -464,6 +551,8 @@ impl Machine<'_> {
     fn compensated(&mut self, step: usize) -> Result<Option<Note>, Error> {
         let state = self.s.steps[step].state;
         Ok(match (self.s.status, state) {
+            // Judged by `apply` as the saga it was; not reached.
+            (Status::Suspended, _) => return Err(self.suspended(step, Kind::Compensation)),
             (Status::Compensating, StepState::Compensating) if step == self.s.cursor => {
                 self.s.steps[step].state = StepState::Compensated;
                 self.compensate_next(step.checked_sub(1));
@@ -516,6 +605,8 @@ impl Machine<'_> {
     fn compensation_refused(&mut self, step: usize, reason: &str) -> Result<Option<Note>, Error> {
         let state = self.s.steps[step].state;
         Ok(match (self.s.status, state) {
+            // Judged by `apply` as the saga it was; not reached.
+            (Status::Suspended, _) => return Err(self.suspended(step, Kind::Compensation)),
             // A participant that refuses an undo will refuse it again: pause
             // for an operator rather than retry.
             (Status::Compensating, StepState::Compensating) if step == self.s.cursor => {
@@ -613,12 +704,81 @@ impl Machine<'_> {
                     format!("compensation resumed below {}", self.name(cursor)),
                 ))
             }
+            (Status::Suspended, _) => {
+                self.resume();
+                Ok(note(
+                    "resumed",
+                    format!(
+                        "resumed: {} of {} sent again",
+                        match self.s.status {
+                            Status::Compensating => "the compensation",
+                            _ => "the action",
+                        },
+                        self.name(self.s.cursor)
+                    ),
+                ))
+            }
             (
                 Status::Running | Status::Compensating | Status::Completed | Status::Compensated,
                 _,
             ) => Err(Error::NotRetryable {
                 status: self.s.status,
             }),
+        }
+    }
+
+    /// Take a suspended saga back where it stopped. Its in-flight command is
+    /// sent again, the same command (a participant that acted answers with
+    /// its recorded outcome), with a fresh attempt budget.
+    fn resume(&mut self) {
+        let status = self.resumed_status();
+        self.s.suspended_from = None;
+        let cursor = self.s.cursor;
+        match status {
+            Status::Compensating => {
+                self.unpause();
+                match self.s.steps[cursor].state {
+                    StepState::Compensating => self.send_compensation(cursor, 1),
+                    StepState::NotStarted
+                    | StepState::Pending
+                    | StepState::Succeeded
+                    | StepState::Refused
+                    | StepState::Unknown
+                    | StepState::Compensated
+                    | StepState::NotCompensated
+                    | StepState::CompensationFailed => self.compensate_next(Some(cursor)),
+                }
+            }
+            Status::Running
+            | Status::Completed
+            | Status::Compensated
+            | Status::CompensationFailed
+            | Status::Suspended => {
+                self.s.status = Status::Running;
+                self.s.reason = None;
+                self.send_action(cursor, 1);
+            }
+        }
+    }
+
+    /// The engine cannot go on with a saga in flight: park it, with nothing
+    /// in flight and no timer, until an operator resumes or cancels it.
+    fn suspend(&mut self, reason: &str) -> Option<Note> {
+        match self.s.status {
+            Status::Running | Status::Compensating => {
+                let why = format!("suspended: {reason}");
+                self.s.suspended_from = Some(self.s.status);
+                self.s.status = Status::Suspended;
+                self.s.deadline = None;
+                self.s.reason = Some(why.clone());
+                note("suspended", why)
+            }
+            // Finished or paused: nothing in flight to stop. Suspended: a
+            // repeat.
+            Status::Completed
+            | Status::Compensated
+            | Status::CompensationFailed
+            | Status::Suspended => None,
         }
     }
 
@@ -662,6 +822,28 @@ impl Machine<'_> {
             ) => Ok(self.begin_cancel(cursor, reason)),
             // Already going backward: cancelling again changes nothing.
             (Status::Compensating, _) => Ok(None),
+            // Suspended going forward: turn back from where it stopped.
+            // Suspended going backward: carry on backward.
+            (Status::Suspended, _) => match self.resumed_status() {
+                Status::Compensating => {
+                    self.resume();
+                    Ok(note(
+                        "cancel_requested",
+                        format!(
+                            "cancelled by an operator while suspended ({reason}); compensation resumed"
+                        ),
+                    ))
+                }
+                Status::Running
+                | Status::Completed
+                | Status::Compensated
+                | Status::CompensationFailed
+                | Status::Suspended => {
+                    self.s.suspended_from = None;
+                    self.s.status = Status::Running;
+                    self.cancel(reason)
+                }
+            },
             // A repeat of the cancel that ended it.
             (Status::Compensated | Status::CompensationFailed, _) if self.s.cancelled.is_some() => {
                 Ok(None)
@@ -759,7 +941,13 @@ impl Machine<'_> {
             }
             // Not due yet (a stale or early timer), or nothing in flight.
             (Status::Running | Status::Compensating, false)
-            | (Status::Completed | Status::Compensated | Status::CompensationFailed, _) => None,
+            | (
+                Status::Completed
+                | Status::Compensated
+                | Status::CompensationFailed
+                | Status::Suspended,
+                _,
+            ) => None,
         }
     }
 }
@@ -782,6 +970,12 @@ fn may_have_acted(state: StepState) -> bool {
     }
 }
 
-fn millis(d: std::time::Duration) -> Millis {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+/// The latest time the machine sets a deadline at: 9999-12-31T23:59:59.999Z
+/// (any timestamp column and clock library can hold it).
+pub const LATEST: Millis = 253_402_300_799_999;
+
+/// `now + wait`, saturating at [`LATEST`].
+pub fn after(now: Millis, wait: std::time::Duration) -> Millis {
+    let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+    now.saturating_add(wait).min(LATEST)
 }

@@ -9,5 +9,5 @@ pub mod state;
 mod tests;
 
 pub use definition::{Definition, Policy, StepDef};
-pub use machine::{Error, Note, Transition, apply};
+pub use machine::{Error, LATEST, Note, Transition, after, apply};
 pub use state::{Command, Effect, Event, Kind, Millis, Outcome, SagaState, Status, StepState};

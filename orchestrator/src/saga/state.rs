@@ -20,6 +20,12 @@ pub enum Status {
     /// Terminal until an operator acts: an undo was refused or exhausted its
     /// attempts. Paused and visible, never silently stuck.
     CompensationFailed,
+    /// Not terminal, but going nowhere until an operator acts: the engine
+    /// could not go on with it (its stored state cannot be read, a timer was
+    /// rejected). Nothing is in flight and no timer fires. `RetrySaga`
+    /// resumes it where it stopped ([`SagaState::suspended_from`]) once the
+    /// cause is fixed; `CancelSaga` turns it back.
+    Suspended,
 }
 
 impl Status {
@@ -37,6 +43,7 @@ impl Status {
             Status::Completed => "COMPLETED",
             Status::Compensated => "COMPENSATED",
             Status::CompensationFailed => "COMPENSATION_FAILED",
+            Status::Suspended => "SUSPENDED",
         }
     }
 
@@ -47,6 +54,7 @@ impl Status {
             Status::Completed,
             Status::Compensated,
             Status::CompensationFailed,
+            Status::Suspended,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -144,6 +152,10 @@ pub struct SagaState {
     /// the forward "failure" it compensates for.
     #[serde(default)]
     pub cancelled: Option<String>,
+    /// The status a [`Status::Suspended`] saga resumes in (`Running` or
+    /// `Compensating`); `None` otherwise.
+    #[serde(default)]
+    pub suspended_from: Option<Status>,
 }
 
 impl SagaState {
@@ -157,6 +169,7 @@ impl SagaState {
             reason: None,
             failed_step: None,
             cancelled: None,
+            suspended_from: None,
         }
     }
 
@@ -221,12 +234,17 @@ pub enum Event {
     Timeout,
     /// An operator resumes a `CompensationFailed` saga once the cause is
     /// fixed: the failed compensation is sent again as a new command (next
-    /// generation) with a fresh attempt budget.
+    /// generation) with a fresh attempt budget. On a `Suspended` saga: the
+    /// in-flight command is sent again (same command) with a fresh budget.
     Retry,
     /// An operator stops a `Running` saga: the in-flight step's outcome is
     /// unknown, so it is compensated like a timed-out step, then the earlier
     /// steps. Refused when the in-flight step cannot be undone (the pivot).
+    /// On a `Suspended` saga it resumes it backwards.
     Cancel { reason: String },
+    /// The engine cannot go on with the saga (a timer it could not apply,
+    /// say): park it as `Suspended` with the reason, for an operator.
+    Suspend { reason: String },
 }
 
 /// A command to send; its id is derived from (saga, step, kind, generation),
@@ -301,6 +319,7 @@ mod tests {
         let state: SagaState = serde_json::from_value(stored).expect("an old state loads");
         assert_eq!(state.steps[1].compensation_generation, 0);
         assert_eq!(state.cancelled, None);
+        assert_eq!(state.suspended_from, None);
         let round = serde_json::to_value(&state).expect("serialises");
         assert_eq!(serde_json::from_value::<SagaState>(round).ok(), Some(state));
     }

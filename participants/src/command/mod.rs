@@ -27,7 +27,7 @@ use serde_json::Value;
 pub use envelope::{event_type, kind_name, outcome_name};
 pub use executor::Executor;
 pub use inbox::MIGRATION as INBOX_MIGRATION;
-pub use parse::{Command, Line, lines};
+pub use parse::{Command, Line, MAX_KEY_LEN, MAX_LINES, MAX_UNITS, key, lines};
 pub use sagaflow_protos::events::v1::{CommandKind, Outcome};
 
 /// A participant's transaction, with its prepared-statement cache.

@@ -41,6 +41,7 @@ impl Command {
         if raw.step_name.trim().is_empty() {
             return Err(Error::invalid("step_name", "empty"));
         }
+        key("step_name", &raw.step_name)?;
         let input = if needs_input {
             Some(parse_input(&raw.input)?)
         } else {
@@ -64,19 +65,52 @@ impl Command {
     }
 }
 
-/// The input's items merged by sku, in sku order (the lock order).
-pub fn lines(input: &OrderInput) -> Vec<Line> {
+/// The input's items merged by sku, in sku order (the lock order). A
+/// merged quantity past [`MAX_UNITS`] is an error, never a wrapped sum.
+pub fn lines(input: &OrderInput) -> Result<Vec<Line>, Error> {
     let mut merged = BTreeMap::<&str, i64>::new();
     for item in &input.items {
-        *merged.entry(item.sku.as_str()).or_default() += item.quantity;
+        let total = merged.entry(item.sku.as_str()).or_default();
+        *total = total
+            .checked_add(item.quantity)
+            .filter(|q| *q < MAX_UNITS)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "input.items",
+                    format!("the quantities of one sku add up past {MAX_UNITS}"),
+                )
+            })?;
     }
-    merged
+    Ok(merged
         .into_iter()
         .map(|(sku, quantity)| Line {
             sku: sku.to_owned(),
             quantity,
         })
-        .collect()
+        .collect())
+}
+
+/// Largest quantity or amount (exclusive); the orchestrator's API enforces
+/// the same bound, so an order it accepts is never refused here.
+pub const MAX_UNITS: i64 = 1 << 48;
+/// Most lines in one order.
+pub const MAX_LINES: usize = 100;
+/// Longest key-like string (customer id, sku, step name).
+pub const MAX_KEY_LEN: usize = 200;
+
+/// A key-like string: at most [`MAX_KEY_LEN`] bytes, no control characters
+/// (a NUL would reach Postgres as an encoding error).
+pub fn key<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
+    if value.len() > MAX_KEY_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("longer than {MAX_KEY_LEN} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "contains control characters"));
+    }
+    Ok(value)
 }
 
 fn parse_uuid(field: &str, value: &str) -> Result<Uuid, Error> {
@@ -91,32 +125,46 @@ fn parse_uuid(field: &str, value: &str) -> Result<Uuid, Error> {
 /// command of a saga, so it is checked the same way by every RPC that reads
 /// it. Quantities and amounts are bounded so that sums cannot overflow.
 fn parse_input(bytes: &[u8]) -> Result<OrderInput, Error> {
-    const MAX: i64 = 1 << 48;
     let input = OrderInput::decode(bytes)
         .map_err(|e| Error::invalid("input", format!("not an OrderInput: {e}")))?;
     if input.customer_id.trim().is_empty() {
         return Err(Error::invalid("input.customer_id", "empty"));
     }
-    if !(0..MAX).contains(&input.amount_cents) {
+    key("input.customer_id", &input.customer_id)?;
+    if !(0..MAX_UNITS).contains(&input.amount_cents) {
         return Err(Error::invalid(
             "input.amount_cents",
             "negative or too large",
         ));
     }
+    if !(input.currency.len() == 3 && input.currency.bytes().all(|b| b.is_ascii_uppercase())) {
+        return Err(Error::invalid(
+            "input.currency",
+            "not three upper-case letters",
+        ));
+    }
     if input.items.is_empty() {
         return Err(Error::invalid("input.items", "empty"));
+    }
+    if input.items.len() > MAX_LINES {
+        return Err(Error::invalid(
+            "input.items",
+            format!("more than {MAX_LINES} lines"),
+        ));
     }
     for (i, item) in input.items.iter().enumerate() {
         if item.sku.trim().is_empty() {
             return Err(Error::invalid(format!("input.items[{i}].sku"), "empty"));
         }
-        if !(1..MAX).contains(&item.quantity) {
+        key(&format!("input.items[{i}].sku"), &item.sku)?;
+        if !(1..MAX_UNITS).contains(&item.quantity) {
             return Err(Error::invalid(
                 format!("input.items[{i}].quantity"),
                 "not positive or too large",
             ));
         }
     }
+    lines(&input)?;
     Ok(input)
 }
 
@@ -193,8 +241,65 @@ mod tests {
     }
 
     #[test]
+    fn malformed_or_hostile_inputs_are_invalid_arguments() {
+        let cases: Vec<(OrderInput, &str)> = vec![
+            (
+                OrderInput {
+                    customer_id: "cust\0alice".into(),
+                    ..input(vec![("sku-a", 1)])
+                },
+                "input.customer_id: contains control characters",
+            ),
+            (
+                input(vec![("sku\0a", 1)]),
+                "input.items[0].sku: contains control characters",
+            ),
+            (
+                input(vec![("sku-a", MAX_UNITS - 1), ("sku-a", MAX_UNITS - 1)]),
+                "input.items: the quantities of one sku add up past 281474976710656",
+            ),
+            (
+                input((0..=MAX_LINES).map(|_| ("sku-a", 1)).collect()),
+                "input.items: more than 100 lines",
+            ),
+            (
+                OrderInput {
+                    currency: "Z".repeat(1 << 20),
+                    ..input(vec![("sku-a", 1)])
+                },
+                "input.currency: not three upper-case letters",
+            ),
+            (
+                input(vec![("s".repeat(MAX_KEY_LEN + 1).as_str(), 1)]),
+                "input.items[0].sku: longer than 200 bytes",
+            ),
+        ];
+        for (bad, message) in cases {
+            assert_eq!(problem(command(&bad), true), message);
+        }
+    }
+
+    #[test]
+    fn merged_quantities_never_wrap() {
+        let huge = OrderInput {
+            items: vec![
+                sagaflow_protos::participant::v1::OrderItem {
+                    sku: "sku-a".into(),
+                    quantity: i64::MAX,
+                },
+                sagaflow_protos::participant::v1::OrderItem {
+                    sku: "sku-a".into(),
+                    quantity: i64::MAX,
+                },
+            ],
+            ..input(vec![])
+        };
+        assert!(lines(&huge).is_err());
+    }
+
+    #[test]
     fn lines_merge_repeated_skus_in_sku_order() {
-        let merged = lines(&input(vec![("sku-b", 2), ("sku-a", 1), ("sku-b", 3)]));
+        let merged = lines(&input(vec![("sku-b", 2), ("sku-a", 1), ("sku-b", 3)])).unwrap();
         let pairs: Vec<_> = merged
             .iter()
             .map(|l| (l.sku.as_str(), l.quantity))

@@ -4,7 +4,7 @@
 //! |--------------------|--------------|------------------------------------------------------------|
 //! | `ReserveInventory` | action       | decrement every line's stock: `RESERVED`; refused `stock_short` / `unknown_sku` (recorded as `REFUSED`) |
 //! | `ReleaseInventory` | compensation | `RESERVED` → `RELEASED`, stock restored; absent → `VOIDED` tombstone; otherwise a no-op |
-//! | `GetItems`         | read-only    | the requested skus that exist, with their stock             |
+//! | `GetItems`         | read-only    | the requested skus that exist, with their stock (at most 1000 skus of at most 200 bytes, no control characters) |
 
 mod reservation;
 
@@ -20,10 +20,16 @@ use sagaflow_protos::participant::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::Error;
-use crate::command::{Executor, INBOX_MIGRATION, Rpc};
+use crate::command::{Executor, INBOX_MIGRATION, Rpc, key};
 
 /// Every migration of the inventory database, in order.
-pub const MIGRATIONS: [Migration; 4] = [outbox::MIGRATION, INBOX_MIGRATION, TABLES, SEEDS];
+pub const MIGRATIONS: [Migration; 5] = [
+    outbox::MIGRATION,
+    INBOX_MIGRATION,
+    TABLES,
+    SEEDS,
+    crate::retention::MIGRATION,
+];
 
 /// A `VOIDED` row with no items is a tombstone: the release arrived before
 /// (or instead of) the reservation.
@@ -88,6 +94,9 @@ impl InventoryParticipant {
     async fn lookup(&self, skus: Vec<String>) -> Result<Vec<CatalogItem>, Error> {
         if skus.len() > MAX_LOOKUP {
             return Err(Error::invalid("skus", format!("more than {MAX_LOOKUP}")));
+        }
+        for (i, sku) in skus.iter().enumerate() {
+            key(&format!("skus[{i}]"), sku)?;
         }
         let client = self.exec.pool().get().await?;
         let select = client

@@ -29,7 +29,7 @@ pub(super) async fn reserve(
     if let Some(existing) = lock_reservation(tx, saga_id).await? {
         return Ok(already_decided(existing));
     }
-    let lines = lines(input);
+    let lines = lines(input)?;
     let stock = lock_items(tx, &lines).await?;
     let refusal = refusal(&lines, &stock);
     let status = if refusal.is_some() {

@@ -1,0 +1,249 @@
+//! The public gRPC API: `PlaceOrder`, `GetSaga`, `ListSagas`, and the
+//! operator actions `RetrySaga` and `CancelSaga`.
+//!
+//! Bad input is answered with `INVALID_ARGUMENT` naming the field and the
+//! reason, before anything is written ([`input`]). An operator action the
+//! saga's state does not allow is `FAILED_PRECONDITION` (the state machine
+//! decides); errors become statuses in one place ([`status`]).
+//!
+//! Layout: [`input`] (validation), [`currency`] (the ISO 4217 list),
+//! [`lookup`] (placement-time checks against participants), [`status`].
+
+pub mod currency;
+pub mod input;
+pub mod lookup;
+pub mod status;
+
+use prost::Message as _;
+use sagaflow_protos::orchestrator::v1 as pb;
+use sagaflow_protos::orchestrator::v1::saga_service_server::SagaService;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::definitions::order;
+use crate::driver::Driver;
+use crate::saga::Event;
+use crate::store::{self, Existing, Operated, Placed};
+use crate::views;
+use input::invalid;
+pub use lookup::Lookups;
+
+pub struct Api {
+    pub driver: Driver,
+    /// Participants that check an order's items and customer at placement.
+    pub lookups: Lookups,
+}
+
+impl Api {
+    /// Apply an operator action, carry out its effects after the commit and
+    /// answer with the saga as it is then.
+    async fn operate(
+        &self,
+        saga_id: Uuid,
+        event: Event,
+        request_id: Option<&str>,
+        annotation: String,
+    ) -> Result<Response<pb::Saga>, Status> {
+        let operated = store::operate(
+            self.driver.pool(),
+            store::Operation {
+                saga_id,
+                event: &event,
+                request_id,
+                annotation: Some(annotation),
+            },
+        )
+        .await?;
+        match operated {
+            Operated::UnknownSaga => {
+                return Err(Status::not_found(format!("saga_id: no saga {saga_id}")));
+            }
+            Operated::Refused(e) => return Err(status::refused(e)),
+            Operated::Unreadable { reason } => return Err(status::unreadable(&reason)),
+            Operated::UnknownDefinition(e) => return Err(e.into()),
+            Operated::RequestIdReused { saga_id, action } => {
+                return Err(Status::already_exists(format!(
+                    "request_id: already used to {action} saga {saga_id}"
+                )));
+            }
+            Operated::Changed(committed) => {
+                tracing::info!(saga.id = %saga_id, ?event, "operator action applied");
+                self.driver.carry_out(&committed, None);
+            }
+            Operated::Repeated | Operated::Unchanged => {
+                tracing::info!(saga.id = %saga_id, ?event, "operator action repeated; nothing to do");
+            }
+        }
+        match views::get(self.driver.pool(), saga_id).await? {
+            Some(saga) => Ok(Response::new(saga)),
+            None => Err(Status::not_found(format!("saga_id: no saga {saga_id}"))),
+        }
+    }
+}
+
+/// "operator (request r-1): payment service restored".
+fn annotate(request_id: Option<&str>, reason: Option<&str>) -> String {
+    let who = match request_id {
+        Some(id) => format!("operator (request {id})"),
+        None => "operator".to_owned(),
+    };
+    match reason {
+        Some(r) => format!("{who}: {r}"),
+        None => who,
+    }
+}
+
+/// The answer for an idempotency key used before.
+fn existing(e: Existing) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+    if !e.same_input {
+        return Err(Status::already_exists(format!(
+            "idempotency_key: already used by saga {} for a different order",
+            e.saga_id
+        )));
+    }
+    Ok(Response::new(pb::PlaceOrderResponse {
+        saga_id: e.saga_id.to_string(),
+        created: false,
+        state: views::state_of(e.status) as i32,
+    }))
+}
+
+#[tonic::async_trait]
+impl SagaService for Api {
+    #[tracing::instrument(name = "saga.place_order", skip_all, fields(saga.id, otel.kind = "server"))]
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let parent = sagaflow_common::trace::context_from_metadata(request.metadata());
+        {
+            use opentelemetry::trace::TraceContextExt as _;
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            if parent.span().span_context().is_valid() {
+                let _ = tracing::Span::current().set_parent(parent);
+            }
+        }
+        let req = request.into_inner();
+        let (key, input) = input::place_order(&req)?;
+        let encoded = input.encode_to_vec();
+        // A repeat is answered from storage alone: it never waits on (or
+        // fails with) a participant's look-up.
+        if let Some(e) =
+            store::find_by_key(self.driver.pool(), order::SAGA_TYPE, key, &encoded).await?
+        {
+            return existing(e);
+        }
+        self.lookups.check(&input).await?;
+        let saga_id = Uuid::now_v7();
+        tracing::Span::current().record("saga.id", tracing::field::display(saga_id));
+        let placed = store::place(
+            self.driver.pool(),
+            store::NewSaga {
+                saga_id,
+                idempotency_key: key.to_owned(),
+                definition: order::definition(),
+                input: encoded,
+                traceparent: sagaflow_common::trace::current_traceparent(),
+            },
+        )
+        .await?;
+        match placed {
+            Placed::Created(committed) => {
+                tracing::info!(saga.id = %saga_id, "order saga placed");
+                self.driver.carry_out(&committed, None);
+                Ok(Response::new(pb::PlaceOrderResponse {
+                    saga_id: saga_id.to_string(),
+                    created: true,
+                    state: views::state_of(committed.state.status) as i32,
+                }))
+            }
+            Placed::Existing(e) => existing(e),
+        }
+    }
+
+    async fn get_saga(
+        &self,
+        request: Request<pb::GetSagaRequest>,
+    ) -> Result<Response<pb::Saga>, Status> {
+        let id = input::saga_id(&request.get_ref().saga_id)?;
+        match views::get(self.driver.pool(), id).await? {
+            Some(saga) => Ok(Response::new(saga)),
+            None => Err(Status::not_found(format!("saga_id: no saga {id}"))),
+        }
+    }
+
+    async fn list_sagas(
+        &self,
+        request: Request<pb::ListSagasRequest>,
+    ) -> Result<Response<pb::ListSagasResponse>, Status> {
+        let req = request.into_inner();
+        let page_size = match req.page_size {
+            0 => 50,
+            n @ 1..=500 => n,
+            n => return Err(invalid("page_size", format!("must be 1..500, got {n}"))),
+        };
+        if req.states.len() > 16 {
+            return Err(invalid("states", "at most 16 states"));
+        }
+        let mut states = Vec::new();
+        for (i, s) in req.states.iter().enumerate() {
+            match views::status_of(*s) {
+                Some(st) => states.push(st),
+                None => {
+                    return Err(invalid(
+                        format!("states[{i}]"),
+                        format!("unknown state {s}"),
+                    ));
+                }
+            }
+        }
+        let after = match req.page_token.trim() {
+            "" => None,
+            t => Some(
+                views::PageToken::decode(t).ok_or_else(|| invalid("page_token", "is malformed"))?,
+            ),
+        };
+        let resp = views::list(self.driver.pool(), &states, page_size, after).await?;
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(name = "saga.retry", skip_all, fields(saga.id, otel.kind = "server"))]
+    async fn retry_saga(
+        &self,
+        request: Request<pb::RetrySagaRequest>,
+    ) -> Result<Response<pb::Saga>, Status> {
+        let req = request.into_inner();
+        let saga_id = input::saga_id(&req.saga_id)?;
+        tracing::Span::current().record("saga.id", tracing::field::display(saga_id));
+        let request_id = input::key("request_id", &req.request_id)?;
+        let reason = input::reason(&req.reason, false)?;
+        self.operate(
+            saga_id,
+            Event::Retry,
+            request_id,
+            annotate(request_id, reason),
+        )
+        .await
+    }
+
+    #[tracing::instrument(name = "saga.cancel", skip_all, fields(saga.id, otel.kind = "server"))]
+    async fn cancel_saga(
+        &self,
+        request: Request<pb::CancelSagaRequest>,
+    ) -> Result<Response<pb::Saga>, Status> {
+        let req = request.into_inner();
+        let saga_id = input::saga_id(&req.saga_id)?;
+        tracing::Span::current().record("saga.id", tracing::field::display(saga_id));
+        let request_id = input::key("request_id", &req.request_id)?;
+        let reason = input::reason(&req.reason, true)?.unwrap_or_default();
+        self.operate(
+            saga_id,
+            Event::Cancel {
+                reason: reason.to_owned(),
+            },
+            request_id,
+            annotate(request_id, None),
+        )
+        .await
+    }
+}

@@ -1,0 +1,147 @@
+//! Carries out the state machine's effects once they are committed: sends
+//! step commands, arms in-memory timers, and fires persisted timers.
+//!
+//! Commands are at-least-once: a crash between commit and send is covered by
+//! the resume scan at start-up and by the persisted deadline (`next_wakeup`),
+//! which re-sends with the same command id. So a send may be dropped safely
+//! whenever going on with it would hurt the others (see [`send`]).
+//!
+//! Layout:
+//! - this module: [`Driver`], [`Driver::carry_out`];
+//! - `send`: one command to one participant, fair to the other participants;
+//! - `timers`: the timer loop and the resume scan, one saga at a time.
+
+mod send;
+mod timers;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::participants::ParticipantClient;
+use crate::saga::{Command, Effect};
+use crate::store::Committed;
+
+/// The command id of a command: derived from (saga, step, kind, and the
+/// compensation generation an operator retry bumps), so every re-send of the
+/// same command carries the same id and a participant's inbox recognises it.
+pub fn command_id(saga_id: Uuid, cmd: &Command) -> Uuid {
+    Uuid::new_v5(&saga_id, cmd.id_name().as_bytes())
+}
+
+/// How many commands may be sent at once, and queued.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Calls in flight to one participant. A participant that is down holds
+    /// at most this many; the others go on.
+    pub per_participant: usize,
+    /// Calls in flight across all participants.
+    pub total: usize,
+    /// Send tasks waiting or running. Past it a send is dropped at once (its
+    /// deadline re-sends it), so memory stays bounded when a participant is
+    /// slow and sagas keep coming.
+    pub queued: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            per_participant: 64,
+            total: 256,
+            queued: 10_000,
+        }
+    }
+}
+
+/// Cheap to clone; shared by the API, the consumer and the timer loop.
+#[derive(Clone)]
+pub struct Driver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    participants: Arc<dyn ParticipantClient>,
+    limits: Limits,
+    /// One semaphore per participant key, made on first use.
+    per_participant: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Caps calls in flight across participants.
+    total: Arc<Semaphore>,
+    /// Caps send tasks in existence.
+    queued: Arc<Semaphore>,
+    /// Sends dropped because the queue was full or their deadline passed
+    /// while they waited.
+    dropped: AtomicU64,
+    /// Wakes the timer loop early when an in-memory timer fires.
+    timers_due: Notify,
+    shutdown: CancellationToken,
+}
+
+impl Driver {
+    pub fn new(
+        pool: Pool,
+        participants: Arc<dyn ParticipantClient>,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Driver {
+            inner: Arc::new(Inner {
+                pool,
+                participants,
+                limits,
+                per_participant: Mutex::new(HashMap::new()),
+                total: Arc::new(Semaphore::new(limits.total)),
+                queued: Arc::new(Semaphore::new(limits.queued)),
+                dropped: AtomicU64::new(0),
+                timers_due: Notify::new(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Carry out committed effects. `parent` is the trace context to hang the
+    /// command spans under (else the saga's root).
+    pub fn carry_out(&self, committed: &Committed, parent: Option<String>) {
+        let ctx = &committed.ctx;
+        for effect in &committed.effects {
+            match *effect {
+                Effect::SendCommand(cmd) => self.send(ctx.clone(), cmd, parent.clone()),
+                Effect::ScheduleTimeout { at } => {
+                    // Deadlines are on the database's clock: wait for the
+                    // difference to the time the change was made at.
+                    let wait =
+                        Duration::from_millis(at.saturating_sub(committed.now).max(0) as u64);
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait + Duration::from_millis(5)) => {
+                                this.inner.timers_due.notify_one();
+                            }
+                            _ = this.inner.shutdown.cancelled() => {}
+                        }
+                    });
+                }
+                Effect::Finish(status) => {
+                    tracing::info!(saga.id = %ctx.saga_id, saga.status = status.as_str(), "saga finished");
+                }
+            }
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// Sends dropped so far (queue full, or deadline passed while queued).
+    pub fn dropped_sends(&self) -> u64 {
+        self.inner
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,223 @@
+//! Sending one command, fair to every participant.
+//!
+//! A participant that is down must not starve the healthy ones, so:
+//! - each participant has its own limit of calls in flight (and there is
+//!   one overall); a send holds its permits only while it calls, never
+//!   while it sleeps between retries;
+//! - a send retries transport failures with exponential backoff and jitter
+//!   until its step's deadline, and gives up when that deadline passes,
+//!   also while it waits for a permit (the timer re-sends it, same
+//!   command id);
+//! - the number of send tasks is bounded: past it a send is dropped at once
+//!   (the deadline re-sends it).
+//!
+//! A participant that answers `INVALID_ARGUMENT` rejected the command as
+//! malformed and wrote nothing; re-sending the same command cannot help, so
+//! the rejection is recorded as the step's refusal (reason
+//! `invalid_command: …`) and the saga compensates at once.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use sagaflow_protos::participant::v1::StepCommand;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use super::{Driver, command_id};
+use crate::definitions;
+use crate::participants::SendError;
+use crate::saga::{Command, Event, Kind, Outcome};
+use crate::store::{self, Applied, SagaContext};
+
+/// Longest participant message kept in a refusal's reason.
+const MAX_REASON: usize = 500;
+
+impl Driver {
+    /// Send `cmd` in the background (or drop it when too many sends wait).
+    pub(super) fn send(&self, ctx: SagaContext, cmd: Command, parent: Option<String>) {
+        let Ok(slot) = self.inner.queued.clone().try_acquire_owned() else {
+            self.dropped(&ctx, &cmd, "too many sends are waiting");
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.deliver(ctx, cmd, parent).await;
+            drop(slot);
+        });
+    }
+
+    fn dropped(&self, ctx: &SagaContext, cmd: &Command, why: &str) {
+        let n = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(saga.id = %ctx.saga_id, saga.step = cmd.step, why, "send dropped; its deadline re-sends it");
+        // Every so often, not every time: under overload this would flood.
+        if n.is_power_of_two() {
+            tracing::warn!(
+                dropped = n,
+                why,
+                "sends dropped so far; their deadlines re-send them"
+            );
+        }
+    }
+
+    fn semaphore_of(&self, participant: &str) -> Arc<Semaphore> {
+        let mut map = self
+            .inner
+            .per_participant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.entry(participant.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.inner.limits.per_participant)))
+            .clone()
+    }
+
+    async fn deliver(&self, ctx: SagaContext, cmd: Command, parent: Option<String>) {
+        let Some(def) = definitions::find(&ctx.saga_type, ctx.definition_version) else {
+            tracing::error!(saga.id = %ctx.saga_id, "no definition for saga; command not sent");
+            return;
+        };
+        let Some(step) = def.steps.get(cmd.step) else {
+            tracing::error!(saga.id = %ctx.saga_id, saga.step = cmd.step, "no such step; command not sent");
+            return;
+        };
+        let (method, policy) = match cmd.kind {
+            Kind::Action => (Some(step.action.clone()), step.policy),
+            Kind::Compensation => (step.compensation.clone(), step.compensation_policy),
+        };
+        let Some(method) = method else {
+            tracing::error!(saga.id = %ctx.saga_id, saga.step = cmd.step, "step has no compensation");
+            return;
+        };
+        let span = tracing::info_span!(
+            "saga.command",
+            saga.id = %ctx.saga_id,
+            saga.step = %step.name,
+            saga.command.kind = cmd.kind.as_str(),
+            saga.command.attempt = cmd.attempt,
+            otel.kind = "client",
+        );
+        sagaflow_common::trace::set_parent(&span, parent.as_deref().or(ctx.traceparent.as_deref()));
+        let id = command_id(ctx.saga_id, &cmd);
+        let command = StepCommand {
+            command_id: id.to_string(),
+            saga_id: ctx.saga_id.to_string(),
+            step: cmd.step as u32,
+            step_name: step.name.clone(),
+            attempt: cmd.attempt,
+            saga_type: ctx.saga_type.clone(),
+            input: ctx.input.clone(),
+        };
+        let give_up_at = tokio::time::Instant::now() + policy.deadline;
+        let participant = step.participant.clone();
+        let own = self.semaphore_of(&participant);
+        async move {
+            let traceparent = sagaflow_common::trace::current_traceparent();
+            let mut failures = 0u32;
+            loop {
+                let permits = tokio::select! {
+                    p = permits(&own, &self.inner.total) => p,
+                    _ = tokio::time::sleep_until(give_up_at) => {
+                        self.dropped(&ctx, &cmd, "its deadline passed while it waited for a free slot");
+                        return;
+                    }
+                    _ = self.inner.shutdown.cancelled() => return,
+                };
+                let Some(permits) = permits else { return };
+                let result = self
+                    .inner
+                    .participants
+                    .send(&participant, &method, command.clone(), traceparent.clone())
+                    .await;
+                drop(permits);
+                let e = match result {
+                    Ok(ack) => {
+                        tracing::debug!(ack.status = ack.status, "command acknowledged");
+                        return;
+                    }
+                    Err(SendError::Invalid(message)) => {
+                        self.refuse_invalid(&ctx, &cmd, id, &participant, &message)
+                            .await;
+                        return;
+                    }
+                    Err(SendError::Permanent(e)) => {
+                        tracing::error!(error = %e, "command rejected; the step's deadline re-sends it");
+                        return;
+                    }
+                    Err(SendError::Transient(e)) => e,
+                };
+                let delay = policy.backoff(failures, rand::random::<f64>());
+                failures += 1;
+                if tokio::time::Instant::now() + delay >= give_up_at {
+                    tracing::warn!(error = %e, failures, "command not delivered before its deadline; the timer re-sends it");
+                    return;
+                }
+                tracing::debug!(error = %e, ?delay, "command send failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = self.inner.shutdown.cancelled() => return,
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Record a participant's INVALID_ARGUMENT as the step's final refusal.
+    async fn refuse_invalid(
+        &self,
+        ctx: &SagaContext,
+        cmd: &Command,
+        command_id: Uuid,
+        participant: &str,
+        message: &str,
+    ) {
+        let reason = format!(
+            "invalid_command: {participant} answered INVALID_ARGUMENT: {}",
+            truncate(message, MAX_REASON)
+        );
+        tracing::warn!(saga.id = %ctx.saga_id, %reason, "participant rejected the command as malformed; recording it as a refusal");
+        let event = Event::Outcome {
+            step: cmd.step,
+            kind: cmd.kind,
+            outcome: Outcome::Refused { reason },
+        };
+        // One event per command: a repeat of the same rejection is a duplicate.
+        let event_id = Uuid::new_v5(&command_id, b"invalid_argument");
+        match store::apply_event(self.pool(), event_id, ctx.saga_id, &event).await {
+            Ok(Applied::Changed(c)) => {
+                self.carry_out(&c, sagaflow_common::trace::current_traceparent());
+            }
+            Ok(Applied::Rejected(e)) => {
+                tracing::warn!(error = %e, "the refusal does not apply to the saga as it is now");
+            }
+            Ok(
+                Applied::Duplicate
+                | Applied::Unchanged
+                | Applied::UnknownSaga
+                | Applied::Suspended { .. },
+            ) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "recording the refusal failed; the step's deadline re-sends the command");
+            }
+        }
+    }
+}
+
+/// A permit of the participant's own limit, then one of the overall limit;
+/// `None` when the driver is closing.
+async fn permits(
+    own: &Arc<Semaphore>,
+    total: &Arc<Semaphore>,
+) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    let mine = own.clone().acquire_owned().await.ok()?;
+    let all = total.clone().acquire_owned().await.ok()?;
+    Some((mine, all))
+}
+
+/// At most `max` characters of `s`.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}

@@ -1,0 +1,135 @@
+//! Placing a saga: insert it, already started, unless its idempotency key
+//! was used before.
+
+use deadpool_postgres::{GenericClient, Pool};
+use uuid::Uuid;
+
+use super::{Committed, DB_NOW, Error, SagaContext, append_history, parse_status, to_time};
+use crate::saga::{self, Event, Millis, SagaState, Status};
+
+/// A saga to create.
+pub struct NewSaga {
+    pub saga_id: Uuid,
+    pub idempotency_key: String,
+    pub definition: saga::Definition,
+    pub input: Vec<u8>,
+    pub traceparent: Option<String>,
+}
+
+/// The saga an idempotency key names already.
+#[derive(Debug, Clone)]
+pub struct Existing {
+    pub saga_id: Uuid,
+    pub status: Status,
+    /// Whether its input equals the one offered now.
+    pub same_input: bool,
+}
+
+pub enum Placed {
+    Created(Box<Committed>),
+    /// The idempotency key was used before.
+    Existing(Existing),
+}
+
+/// The saga of type `saga_type` placed with `key`, if any.
+pub async fn find_by_key(
+    pool: &Pool,
+    saga_type: &str,
+    key: &str,
+    input: &[u8],
+) -> Result<Option<Existing>, Error> {
+    let client = pool.get().await?;
+    by_key(&client, saga_type, key, input).await
+}
+
+async fn by_key(
+    client: &impl GenericClient,
+    saga_type: &str,
+    key: &str,
+    input: &[u8],
+) -> Result<Option<Existing>, Error> {
+    let select = client
+        .prepare_cached(
+            "SELECT saga_id, status, input FROM sagas WHERE saga_type = $1 AND idempotency_key = $2",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&select, &[&saga_type, &key]).await? else {
+        return Ok(None);
+    };
+    let saga_id: Uuid = row.get(0);
+    let stored: Vec<u8> = row.get(2);
+    Ok(Some(Existing {
+        saga_id,
+        status: parse_status(saga_id, row.get(1))?,
+        same_input: stored == input,
+    }))
+}
+
+/// Insert a new saga (already started: `Event::Start` applied at the
+/// database's time) unless its idempotency key exists.
+pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
+    let def = &new.definition;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let now: Millis = tx.query_one(&format!("SELECT {DB_NOW}"), &[]).await?.get(0);
+    let t =
+        saga::apply(def, &SagaState::new(def.steps.len()), &Event::Start, now).map_err(|e| {
+            Error::Corrupt {
+                saga_id: new.saga_id,
+                reason: e.to_string(),
+            }
+        })?;
+    let state_json = serde_json::to_value(&t.state).expect("state serialises");
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO sagas (saga_id, saga_type, definition_version, idempotency_key, input,
+                                status, state, version, next_wakeup, traceparent)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9)
+             ON CONFLICT (saga_type, idempotency_key) DO NOTHING",
+        )
+        .await?;
+    let inserted = tx
+        .execute(
+            &insert,
+            &[
+                &new.saga_id,
+                &def.saga_type,
+                &(def.version as i32),
+                &new.idempotency_key,
+                &new.input,
+                &t.state.status.as_str(),
+                &state_json,
+                &t.state.deadline.map(to_time),
+                &new.traceparent,
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        let existing = by_key(&tx, &def.saga_type, &new.idempotency_key, &new.input)
+            .await?
+            .ok_or_else(|| Error::Corrupt {
+                saga_id: new.saga_id,
+                reason: "idempotency key conflicted but its saga cannot be read".into(),
+            })?;
+        tx.commit().await?;
+        return Ok(Placed::Existing(existing));
+    }
+    let detail = match &t.note {
+        Some(note) => format!("placed; {}", note.detail),
+        None => "placed".to_owned(),
+    };
+    append_history(&tx, new.saga_id, 1, "placed", t.state.status, &detail).await?;
+    tx.commit().await?;
+    Ok(Placed::Created(Box::new(Committed {
+        ctx: SagaContext {
+            saga_id: new.saga_id,
+            saga_type: def.saga_type.clone(),
+            definition_version: def.version,
+            input: new.input,
+            traceparent: new.traceparent,
+        },
+        state: t.state,
+        effects: t.effects,
+        now,
+    })))
+}
