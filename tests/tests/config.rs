@@ -85,9 +85,12 @@ fn unknown_flags_are_refused_before_anything_starts() {
     }
 }
 
+/// A binary, its arguments, one bad setting, and what the refusal must say.
+type Case<'a> = (&'a str, Vec<&'a str>, (&'a str, &'a str), &'a str);
+
 #[test]
 fn settings_that_would_wedge_or_overflow_are_refused_by_name() {
-    let cases: Vec<(&str, Vec<&str>, (&str, &str), &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "sagaflow-orchestrator",
             vec![],
