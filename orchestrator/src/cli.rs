@@ -20,7 +20,7 @@ use sagaflow_protos::orchestrator::v1::{
 };
 use tonic::transport::Endpoint;
 
-pub const USAGE: &str = "usage: sagaflow-orchestrator [dead-letters (list [N] | redrive [ID...])]";
+pub const USAGE: &str = "usage: sagaflow-orchestrator [dead-letters (list [N] | redrive [ID...]) | reconcile [SAGA_ID...]]";
 
 /// Where and how the commands call the API.
 #[derive(Debug)]

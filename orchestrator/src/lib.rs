@@ -13,6 +13,8 @@
 //! - [`api`] and [`views`]: the public gRPC API and its read models.
 //! - [`auth`]: bearer tokens on the public API.
 //! - [`cli`]: the `dead-letters` commands, as API calls.
+//! - [`reconcile`]: the operator's read-only comparison of every finished
+//!   saga with what its participants say they did.
 //! - [`config`]: environment variables.
 
 pub mod api;
@@ -24,6 +26,7 @@ pub mod deadletter;
 pub mod definitions;
 pub mod driver;
 pub mod participants;
+pub mod reconcile;
 pub mod retention;
 pub mod saga;
 pub mod store;

@@ -5,18 +5,25 @@
 //! sagaflow-orchestrator dead-letters list [N]    the newest N dead letters (default 50) and the total
 //! sagaflow-orchestrator dead-letters redrive     re-publish every dead letter not yet re-driven
 //! sagaflow-orchestrator dead-letters redrive ID… re-publish these
+//! sagaflow-orchestrator reconcile [SAGA_ID…]     compare finished sagas with their participants
 //! ```
 //!
 //! The `dead-letters` commands call a running orchestrator's API
 //! ([`sagaflow_orchestrator::cli`]).
 
-use sagaflow_orchestrator::{Config, cli};
+use std::io::Write as _;
+
+use sagaflow_orchestrator::{Config, cli, reconcile};
+
+/// Exit status of `reconcile` when it found mismatches (errors exit 1).
+const MISMATCHES_FOUND: i32 = 3;
 
 const SYNOPSIS: &str = "\
 usage: sagaflow-orchestrator                          serve (the default)
        sagaflow-orchestrator dead-letters list [N]    the newest N dead letters (default 50) and the total
        sagaflow-orchestrator dead-letters redrive     re-publish every dead letter not yet re-driven
        sagaflow-orchestrator dead-letters redrive ID… re-publish these
+       sagaflow-orchestrator reconcile [SAGA_ID…]     compare finished sagas with what their participants did
        sagaflow-orchestrator --help                   this text
 
 Runs sagas: persists each as a state machine in Postgres, sends step commands
@@ -41,6 +48,17 @@ async fn main() -> anyhow::Result<()> {
     {
         [] => serve(Config::from_env()?).await,
         ["dead-letters", rest @ ..] => cli::dead_letters(rest).await,
+        ["reconcile", ids @ ..] => {
+            let config = Config::from_env()?;
+            let ids = reconcile::parse_ids(ids)?;
+            let summary = reconcile::run(&config, &ids, |line| println!("{line}")).await?;
+            println!("{summary}");
+            if summary.mismatched > 0 {
+                std::io::stdout().flush()?;
+                std::process::exit(MISMATCHES_FOUND);
+            }
+            Ok(())
+        }
         _ => anyhow::bail!("{}", cli::USAGE),
     }
 }

@@ -14,6 +14,9 @@
 //!   event (same `event_id`) and answers `STATUS_DUPLICATE`.
 //! - [`order`], [`payment`], [`inventory`]: one module per service — its
 //!   migrations, its business rules and its tonic service.
+//! - [`command_log`]: the read-only `CommandLog` service every participant
+//!   serves: the commands it handled for a saga and their outcomes, from its
+//!   inbox, for reconciliation with the orchestrator's record.
 //! - [`error`]: the crate's one error type and its single conversion to
 //!   `tonic::Status` (invalid argument / unavailable / internal).
 //! - [`config`]: [`Kind`], [`ParticipantConfig`] and its [`Security`] from
@@ -21,7 +24,8 @@
 //! - [`server`]: [`serve`] — migrate, then serve the service and gRPC health
 //!   until the shutdown token is cancelled: over mutual TLS, every call of
 //!   the service pinned to the orchestrator's identity
-//!   (`sagaflow_common::security`), unless configured insecure.
+//!   (`sagaflow_common::security`), unless configured insecure. Next to the
+//!   step service: `CommandLog` (read-only, for reconciliation), pinned too.
 //! - [`retention`]: forgetting inbox rows older than their retention.
 //!
 //! # Races
@@ -42,7 +46,10 @@
 //! `compensated_before_action`, `already_approved`, `unknown_order`,
 //! `order_cancelled`, `credit_limit_exceeded: cust-bob needs 20000 has 10000`,
 //! `unknown_customer: cust-x`, `stock_short: sku-rare needs 6 has 5`,
-//! `unknown_sku: sku-x`.
+//! `unknown_sku: sku-x`, and for a compensation `refunds_held: cust-bob`
+//! (`RefundPayment` while the customer's refunds are held, see [`payment`]).
+//! A refused compensation pauses its saga (`COMPENSATION_FAILED`) until an
+//! operator retries it.
 //!
 //! # Seed data (applied by migration, once per database)
 //!
@@ -53,6 +60,8 @@
 //! | `cust-alice` | Alice | 100000000          |
 //! | `cust-bob`   | Bob   | 10000              |
 //! | `cust-broke` | Broke | 0                  |
+//!
+//! No customer's refunds are held (`refunds_held` is false).
 //!
 //! Inventory (`items`):
 //!
@@ -69,10 +78,12 @@
 //!
 //! Every participant applies, in order: `1 outbox` (shared, from
 //! `sagaflow_common::outbox`), `2 inbox` (shared, from [`command`]), then its
-//! own business tables (`3`) and seeds (`4`, payment and inventory only),
-//! and the index inbox retention walks (`10`, from [`retention`]).
+//! own business tables (`3`) and seeds (`4`, payment and inventory only);
+//! payment then adds the customers' refund holds (`5`); and the index inbox
+//! retention walks (`10`, from [`retention`]).
 
 pub mod command;
+pub mod command_log;
 pub mod config;
 pub mod error;
 pub mod inventory;

@@ -3,8 +3,17 @@
 //! | RPC              | kind         | effect                                                         |
 //! |------------------|--------------|----------------------------------------------------------------|
 //! | `ProcessPayment` | action       | charge `amount_cents` from the customer's available credit: `CHARGED`; refused `credit_limit_exceeded` / `unknown_customer` (recorded as `REFUSED`) |
-//! | `RefundPayment`  | compensation | `CHARGED` → `REFUNDED`, credit restored; absent → `VOIDED` tombstone; otherwise a no-op |
+//! | `RefundPayment`  | compensation | `CHARGED` → `REFUNDED`, credit restored; refused `refunds_held: <customer>` while the customer's refunds are held; absent → `VOIDED` tombstone; otherwise a no-op |
 //! | `GetCustomers`   | read-only    | the requested customers that exist (at most 1000 ids of at most 200 bytes, no control characters) |
+//!
+//! **Held refunds.** A back office can hold a customer's refunds (set
+//! `customers.refunds_held`, for example while a chargeback or a fraud review
+//! is open). A refund of a charge of that customer is then refused with
+//! `refunds_held: <customer>`, and the charge stays `CHARGED`: the saga pauses
+//! (`COMPENSATION_FAILED`) where an operator can see it, and once the hold is
+//! lifted `RetrySaga` sends the refund again as a new command, which
+//! succeeds. Refunds with nothing to give back (a tombstone, a refused or
+//! already refunded payment) are not held: no money moves.
 //!
 //! Lock order: the payment row (by `saga_id`) before the customer row, except
 //! that a first charge locks the customer before inserting its payment row —
@@ -30,11 +39,12 @@ use crate::command::{
 };
 
 /// Every migration of the payment database, in order.
-pub const MIGRATIONS: [Migration; 5] = [
+pub const MIGRATIONS: [Migration; 6] = [
     outbox::MIGRATION,
     INBOX_MIGRATION,
     TABLES,
     SEEDS,
+    REFUND_HOLDS,
     crate::retention::MIGRATION,
 ];
 
@@ -72,6 +82,15 @@ INSERT INTO customers (customer_id, name, credit_limit_cents, available_cents) V
     ('cust-bob',   'Bob',   10000,     10000),
     ('cust-broke', 'Broke', 0,         0)
 ON CONFLICT (customer_id) DO NOTHING;
+"#,
+};
+
+/// Whether the customer's refunds are held (see the module docs).
+const REFUND_HOLDS: Migration = Migration {
+    version: 5,
+    name: "refund holds",
+    sql: r#"
+ALTER TABLE customers ADD COLUMN refunds_held boolean NOT NULL DEFAULT false;
 "#,
 };
 
@@ -252,6 +271,19 @@ async fn refund(tx: &Tx<'_>, saga_id: Uuid) -> Result<Decision, Error> {
     let (Some(customer), Some(amount)) = (payment.customer_id, payment.amount_cents) else {
         return Err(anyhow::anyhow!("charged payment {saga_id} has no customer or amount").into());
     };
+    let held = tx
+        .prepare_cached("SELECT refunds_held FROM customers WHERE customer_id = $1 FOR UPDATE")
+        .await?;
+    if tx
+        .query_opt(&held, &[&customer])
+        .await?
+        .is_some_and(|row| row.get::<_, bool>(0))
+    {
+        return Ok(Decision::refused(
+            format!("refunds_held: {customer}"),
+            json!({ "payment_status": "CHARGED", "customer_id": customer }),
+        ));
+    }
     let update = tx
         .prepare_cached(
             "UPDATE payments SET status = 'REFUNDED', updated_at = now() WHERE saga_id = $1",

@@ -1,7 +1,8 @@
 //! Starting a participant: create and migrate its database, then serve its
-//! gRPC service and gRPC health until shutdown.
+//! gRPC step service, its read-only `CommandLog` and gRPC health until
+//! shutdown.
 //!
-//! Over mutual TLS the service (every RPC: steps and read-only look-ups) is
+//! Over mutual TLS both services (every RPC: steps, look-ups, the log) are
 //! wrapped in the client identity pin; gRPC health is not, so a probe with
 //! any certificate from the client CA can reach it.
 
@@ -14,6 +15,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::command_log::InboxLog;
 use crate::inventory::InventoryParticipant;
 use crate::order::OrderParticipant;
 use crate::payment::PaymentParticipant;
@@ -81,7 +83,13 @@ pub async fn serve(
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let router = builder.add_service(health_service);
+    let log = InboxLog::new(pool.clone(), config.inbox_retention).into_server();
+    health
+        .set_service_status(service_name(&log), tonic_health::ServingStatus::Serving)
+        .await;
+    let router = builder
+        .add_service(health_service)
+        .add_service(InterceptedService::new(log, pin.clone()));
     let router = match kind {
         Kind::Order => {
             let service = OrderParticipant::new(pool).into_server();

@@ -269,3 +269,75 @@ async fn concurrent_charge_and_refund_leave_the_credit_unchanged() {
         sagas.len()
     );
 }
+
+async fn hold_refunds(p: &TestParticipant, customer: &str, held: bool) {
+    p.db.execute(
+        "UPDATE customers SET refunds_held = $2 WHERE customer_id = $1",
+        &[&customer, &held],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_refund_is_refused_while_the_customers_refunds_are_held_and_a_later_one_succeeds() {
+    // Given a charged payment of a customer whose refunds are held
+    let p = TestParticipant::start(Kind::Payment).await;
+    let mut client = Client::new(p.channel.clone());
+    let cust = customer(&p, 10_000).await;
+    let saga = Uuid::now_v7();
+    charge(&mut client, saga, &cust, 2_500).await;
+    hold_refunds(&p, &cust, true).await;
+
+    // When the refund arrives
+    let held = refund(&mut client, saga).await;
+
+    // Then it is refused, nothing moves, and a repeat gets the same answer
+    assert_eq!(held.outcome, Outcome::Refused as i32);
+    assert_eq!(held.reason, format!("refunds_held: {cust}"));
+    assert_eq!(available(&p, &cust).await, 7_500);
+    assert_eq!(
+        payment(&p, saga).await,
+        Some(("CHARGED".into(), Some(2_500)))
+    );
+    let outbox = p.outbox().await;
+    assert_eq!(
+        outbox.last().unwrap().event_type,
+        "payment.process_payment.compensation.refused"
+    );
+
+    // When the hold is lifted and the refund is sent again as a new command
+    hold_refunds(&p, &cust, false).await;
+    let retried = refund(&mut client, saga).await;
+
+    // Then it refunds
+    assert_eq!(retried.outcome, Outcome::Succeeded as i32);
+    assert_eq!(available(&p, &cust).await, 10_000);
+    assert_eq!(payment(&p, saga).await.unwrap().0, "REFUNDED");
+}
+
+#[tokio::test]
+async fn a_hold_does_not_stop_a_refund_with_nothing_to_give_back() {
+    // Given a customer whose refunds are held, and a saga never charged
+    let p = TestParticipant::start(Kind::Payment).await;
+    let mut client = Client::new(p.channel.clone());
+    let cust = customer(&p, 1_000).await;
+    hold_refunds(&p, &cust, true).await;
+    let never_charged = Uuid::now_v7();
+    let refused = Uuid::now_v7();
+    charge(&mut client, refused, &cust, 5_000).await;
+
+    // When both are refunded
+    let tombstone = refund(&mut client, never_charged).await;
+    let no_op = refund(&mut client, refused).await;
+
+    // Then both succeed: no money moves
+    assert_eq!(tombstone.outcome, Outcome::Succeeded as i32);
+    assert_eq!(
+        payment(&p, never_charged).await,
+        Some(("VOIDED".into(), None))
+    );
+    assert_eq!(no_op.outcome, Outcome::Succeeded as i32);
+    assert_eq!(payment(&p, refused).await.unwrap().0, "REFUSED");
+    assert_eq!(available(&p, &cust).await, 1_000);
+}

@@ -1,5 +1,7 @@
-//! After-the-fact checks on the databases of a system that went through
-//! crashes: where every saga ended, and whether anything happened twice.
+//! After-the-fact readings of a system's databases: where every saga ended,
+//! which fault paths its history shows, and two structural checks (history
+//! gap-free, no transition recorded twice). Whether business changes were
+//! applied twice is for [`crate::checks`], saga by saga.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -12,14 +14,20 @@ use crate::databases::Databases;
 pub struct Audit {
     /// Sagas by `sagas.status`.
     pub by_status: BTreeMap<String, i64>,
-    /// Forward transitions recorded twice for one saga (same history kind
-    /// and detail; re-sends excluded): the saga advanced twice.
-    pub double_applied: Vec<String>,
+    /// History kind → (entries, distinct sagas): how often each path ran
+    /// (`step_timed_out`: an action's outcome declared unknown;
+    /// `compensation_failed`: a saga paused; `retry_requested`: an
+    /// operator's retry; `step_overdue`: a pivot re-sent past its attempts).
+    pub kinds: BTreeMap<String, (i64, i64)>,
+    /// A transition that happens once per saga or step recorded twice (same
+    /// kind and detail): the saga advanced twice.
+    pub advanced_twice: Vec<String>,
     /// Sagas whose history sequence has a gap or does not start at 1.
     pub history_gaps: Vec<String>,
-    /// A participant handled two commands for one (saga, step, kind): a step
-    /// ran twice (command ids are derived from those three).
-    pub repeated_steps: Vec<String>,
+    /// Tombstones across the participants: a compensation that arrived
+    /// before its action (a CANCELLED order or VOIDED payment or
+    /// reservation with no business data).
+    pub tombstones: i64,
     /// Events applied (`processed_events` rows).
     pub processed_events: i64,
     /// Outbox rows across the participants, and distinct event ids among
@@ -29,17 +37,6 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// Sagas that advanced twice or ran a step twice (each counted once).
-    pub fn double_applied_sagas(&self) -> usize {
-        let id = |s: &String| s.split(':').next().unwrap_or_default().to_owned();
-        self.double_applied
-            .iter()
-            .chain(&self.repeated_steps)
-            .map(id)
-            .collect::<HashSet<_>>()
-            .len()
-    }
-
     pub fn count(&self, status: &str) -> i64 {
         self.by_status.get(status).copied().unwrap_or(0)
     }
@@ -52,10 +49,31 @@ impl Audit {
     pub fn in_flight(&self) -> i64 {
         self.count("RUNNING") + self.count("COMPENSATING")
     }
+
+    /// History entries of `kind`.
+    pub fn entries(&self, kind: &str) -> i64 {
+        self.kinds.get(kind).map_or(0, |k| k.0)
+    }
+
+    /// Sagas with at least one history entry of `kind`.
+    pub fn sagas_with(&self, kind: &str) -> i64 {
+        self.kinds.get(kind).map_or(0, |k| k.1)
+    }
 }
 
-/// History kinds that may legitimately repeat within one saga.
-const REPEATABLE: &[&str] = &["resent"];
+/// History kinds that happen at most once per saga, or once per step (their
+/// detail names the step).
+const ONCE: &[&str] = &[
+    "placed",
+    "started",
+    "step_succeeded",
+    "step_refused",
+    "step_timed_out",
+    "late_outcome",
+    "cancel_requested",
+    "step_compensated",
+    "completed",
+];
 
 /// Read the four databases of `dbs`.
 pub async fn audit(dbs: &Databases) -> anyhow::Result<Audit> {
@@ -74,6 +92,7 @@ pub async fn audit(dbs: &Databases) -> anyhow::Result<Audit> {
         )
         .await?;
     let mut seen: HashMap<(uuid::Uuid, String, String), i64> = HashMap::new();
+    let mut sagas_by_kind: HashMap<String, HashSet<uuid::Uuid>> = HashMap::new();
     let mut last: Option<(uuid::Uuid, i64)> = None;
     for r in &rows {
         let (id, seq, kind, detail): (uuid::Uuid, i64, String, String) =
@@ -87,38 +106,41 @@ pub async fn audit(dbs: &Databases) -> anyhow::Result<Audit> {
                 .push(format!("{id}: seq {seq} where {expected} was expected"));
         }
         last = Some((id, seq));
-        if REPEATABLE.contains(&kind.as_str()) {
+        a.kinds.entry(kind.clone()).or_default().0 += 1;
+        sagas_by_kind.entry(kind.clone()).or_default().insert(id);
+        if !ONCE.contains(&kind.as_str()) {
             continue;
         }
         if let Some(first) = seen.insert((id, kind.clone(), detail.clone()), seq) {
-            a.double_applied.push(format!(
+            a.advanced_twice.push(format!(
                 "{id}: {kind} \"{detail}\" at seq {first} and {seq}"
             ));
         }
+    }
+    for (kind, sagas) in sagas_by_kind {
+        a.kinds.entry(kind).or_default().1 = sagas.len() as i64;
     }
     a.processed_events = o
         .query_one("SELECT count(*) FROM processed_events", &[])
         .await?
         .get(0);
 
-    for (name, url) in [
-        ("order", &dbs.order),
-        ("payment", &dbs.payment),
-        ("inventory", &dbs.inventory),
+    for (url, tombstones) in [
+        (
+            &dbs.order,
+            "SELECT count(*) FROM orders WHERE status = 'CANCELLED' AND customer_id IS NULL",
+        ),
+        (
+            &dbs.payment,
+            "SELECT count(*) FROM payments WHERE status = 'VOIDED' AND customer_id IS NULL",
+        ),
+        (
+            &dbs.inventory,
+            "SELECT count(*) FROM reservations WHERE status = 'VOIDED' AND items IS NULL",
+        ),
     ] {
         let p = db::connect(url).await?;
-        for r in p
-            .query(
-                "SELECT saga_id, step, kind, count(*) FROM inbox GROUP BY 1, 2, 3 HAVING count(*) > 1",
-                &[],
-            )
-            .await?
-        {
-            let (id, step, kind, n): (uuid::Uuid, i32, String, i64) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            a.repeated_steps
-                .push(format!("{id}: {name} ran the {kind} of step {step} {n} times"));
-        }
+        a.tombstones += p.query_one(tombstones, &[]).await?.get::<_, i64>(0);
         let r = p
             .query_one("SELECT count(*), count(DISTINCT event_id) FROM outbox", &[])
             .await?;

@@ -54,13 +54,19 @@ pub async fn check(
     for row in &orders {
         let id: uuid::Uuid = row.get(0);
         let status: String = row.get(1);
-        let amount: i64 = row.get(2);
-        let items: serde_json::Value = row.get(3);
+        // NULL in a tombstone: a cancel that arrived before the create.
+        let amount: Option<i64> = row.get(2);
+        let items: Option<serde_json::Value> = row.get(3);
         match status.as_str() {
-            "APPROVED" => {
-                r.approved_cents += amount;
-                r.approved_quantity += quantity_of(&items);
-            }
+            "APPROVED" => match (amount, items) {
+                (Some(amount), Some(items)) => {
+                    r.approved_cents += amount;
+                    r.approved_quantity += quantity_of(&items);
+                }
+                _ => r
+                    .violations
+                    .push(format!("order {id} is APPROVED without an amount or items")),
+            },
             "PENDING" => r.pending_orders += 1,
             _ => {}
         }
@@ -73,7 +79,16 @@ pub async fn check(
     {
         let id: uuid::Uuid = row.get(0);
         let status: String = row.get(1);
-        let amount: i64 = row.get(2);
+        // NULL in a tombstone (VOIDED: a refund before the charge).
+        let amount: i64 = match (status.as_str(), row.get::<_, Option<i64>>(2)) {
+            (_, Some(a)) => a,
+            ("CHARGED" | "REFUNDED", None) => {
+                r.violations
+                    .push(format!("payment {id} is {status} without an amount"));
+                0
+            }
+            (_, None) => 0,
+        };
         match status.as_str() {
             "CHARGED" => {
                 r.charged_cents += amount;

@@ -8,15 +8,26 @@
 //!   clients, and helpers to wait for sagas to settle.
 //! - [`credentials`]: each system's own CA, certificates and tokens.
 //! - [`clients`]: API clients with a token, channels with an identity.
-//! - [`invariants`]: cross-database business checks.
-//! - [`audit`]: where sagas ended, and whether anything happened twice.
+//! - [`checks`]: everything checked once sagas settled, in one report:
+//!   - [`reconcile`]: the operator's `reconcile` command, run and read back
+//!     (each finished saga against what its participants say they did);
+//!   - [`books`]: each order saga's final state against its business rows;
+//!   - [`invariants`]: cross-database business totals;
+//!   - [`audit`]: where sagas ended, which fault paths their histories show,
+//!     history gap-free and no transition recorded twice.
+//! - [`outcomes`]: each saga's end against a clean run's.
 //! - [`placer`]: placing many orders while orchestrators come and go.
-//! - [`faults`]: a seeded schedule of process and emulator kills.
+//! - [`faults`]: seeded fault schedules: sequential kills of processes and
+//!   the emulator, and overlapping outages and refund holds;
+//!   [`injector`] carries them out; [`paused`] is the operator's part
+//!   (list paused sagas, retry them).
 //! - [`history`]: step latencies and re-sends, from sagas' histories.
 //! - [`duplicator`]: duplicate and late event deliveries, injected.
 
 pub mod audit;
+pub mod books;
 pub mod business;
+pub mod checks;
 pub mod clients;
 pub mod credentials;
 pub mod databases;
@@ -24,9 +35,13 @@ pub mod duplicator;
 pub mod emulator;
 pub mod faults;
 pub mod history;
+pub mod injector;
 pub mod invariants;
 pub mod orders;
+pub mod outcomes;
+pub mod paused;
 pub mod placer;
+pub mod reconcile;
 pub mod system;
 
 use std::time::{Duration, Instant};

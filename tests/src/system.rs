@@ -453,6 +453,23 @@ impl System {
         Ok(out)
     }
 
+    /// Run one of the service binaries as a command with this system's
+    /// environment, whatever its exit status (an operator command such as
+    /// `reconcile` reports with it).
+    pub async fn command_output(
+        &self,
+        bin: &str,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
+        Ok(tokio::process::Command::new(bin_dir()?.join(bin))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .await?)
+    }
+
     /// SIGKILL a process, as a crash would.
     pub fn kill(&mut self, name: &str) {
         if let Some(mut p) = self.procs.remove(name) {

@@ -1,14 +1,17 @@
 //! Graceful shutdown: SIGTERM each binary while sagas are in flight. Each
 //! must exit with status 0 within [`EXIT_BOUND`]; started again, the system
-//! finishes every saga. Then the same with every process at once.
+//! finishes every saga, each as a clean run would (unless its history shows
+//! a fault path), and the reconciliation, the books and the invariants find
+//! nothing wrong. Then the same with every process at once.
 //! Prints one line per SIGTERM:
 //! `shutdown: NAME exit=CODE after_s=X in_flight=N`.
 
 use std::time::{Duration, Instant};
 
 use sagaflow_tests::audit;
-use sagaflow_tests::invariants;
+use sagaflow_tests::checks::Checks;
 use sagaflow_tests::orders::mixed;
+use sagaflow_tests::outcomes;
 use sagaflow_tests::placer::{Pace, place_all};
 use sagaflow_tests::system::{Options, PARTICIPANTS, System};
 
@@ -66,6 +69,7 @@ async fn sigterm_mid_flight_exits_cleanly_and_nothing_is_lost() -> anyhow::Resul
     .await?;
     let clients = sys.orchestrator_clients()?;
     let mut ids = Vec::new();
+    let mut expected = Vec::new();
     let mut failures = Vec::new();
     let mut next = 0;
     let mut names: Vec<String> = PARTICIPANTS.iter().map(|s| s.to_string()).collect();
@@ -80,6 +84,7 @@ async fn sigterm_mid_flight_exits_cleanly_and_nothing_is_lost() -> anyhow::Resul
         let batch_ids: Vec<uuid::Uuid> = placed.iter().map(|p| p.saga_id).collect();
         let in_flight = audit::not_terminal(&sys.dbs.orchestrator, &batch_ids).await?;
         ids.extend(batch_ids);
+        expected.extend(placed.iter().map(|p| (p.saga_id, p.expect)));
         let t = Instant::now();
         sys.sigterm(name)?;
         let (code, took) = exited(&mut sys, name, t, in_flight).await;
@@ -95,6 +100,7 @@ async fn sigterm_mid_flight_exits_cleanly_and_nothing_is_lost() -> anyhow::Resul
     let batch_ids: Vec<uuid::Uuid> = placed.iter().map(|p| p.saga_id).collect();
     let in_flight = audit::not_terminal(&sys.dbs.orchestrator, &batch_ids).await?;
     ids.extend(batch_ids);
+    expected.extend(placed.iter().map(|p| (p.saga_id, p.expect)));
     // Signal everyone first, so they shut down concurrently.
     let t = Instant::now();
     for name in &names {
@@ -119,28 +125,24 @@ async fn sigterm_mid_flight_exits_cleanly_and_nothing_is_lost() -> anyhow::Resul
     audit::wait_all_terminal(&sys.dbs.orchestrator, &ids, Duration::from_secs(180))
         .await
         .map_err(|e| anyhow::anyhow!("{e}; logs in {}", sys.log_dir.display()))?;
-    let audit = audit::audit(&sys.dbs).await?;
-    let inv = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
+    let checks = Checks::run(&sys).await?;
+    let outcomes = outcomes::classify(&sys.dbs.orchestrator, &expected).await?;
     println!(
-        "shutdown: all {} sagas terminal {:.1}s after the restart; {:?}; double_applied={}; invariants {}",
+        "shutdown: all {} sagas terminal {:.1}s after the restart; {:?}; {outcomes}; double_applied={}; invariants {}",
         ids.len(),
         t.elapsed().as_secs_f64(),
-        audit.by_status,
-        audit.double_applied_sagas(),
-        if inv.ok() { "ok" } else { "FAILED" }
+        checks.audit.by_status,
+        checks.double_applied(),
+        checks.invariants_word()
     );
+    println!("shutdown: {}", checks.describe());
     assert!(
         failures.is_empty(),
         "unclean exits: {failures:?}; logs in {}",
         sys.log_dir.display()
     );
-    assert_eq!(
-        audit.double_applied_sagas(),
-        0,
-        "{:?}",
-        audit.double_applied
-    );
-    assert!(inv.ok(), "{:?}", inv.violations);
-    assert_eq!(audit.count("COMPENSATION_FAILED"), 0);
+    checks.assert_ok(&sys);
+    assert!(outcomes.wrong.is_empty(), "{:?}", outcomes.wrong);
+    assert_eq!(checks.audit.count("COMPENSATION_FAILED"), 0);
     Ok(())
 }
