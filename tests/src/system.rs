@@ -461,9 +461,16 @@ impl System {
         bin: &str,
         args: &[&str],
     ) -> anyhow::Result<std::process::Output> {
+        // An orchestrator command (`reconcile`) runs in an orchestrator's
+        // environment, as an operator runs it beside the service.
+        let own = match (&self.credentials, bin) {
+            (Some(c), "sagaflow-orchestrator") => c.env_for("orchestrator-0"),
+            _ => Vec::new(),
+        };
         Ok(tokio::process::Command::new(bin_dir()?.join(bin))
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(own)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .output()
