@@ -1,5 +1,5 @@
-//! Configuration from environment variables. Every variable is listed in the
-//! README; defaults suit a local Postgres at 127.0.0.1:5432 with trust auth.
+//! Configuration from environment variables. Every variable is listed in
+//! docs/settings.md; defaults suit a local Postgres at 127.0.0.1:5432 with trust auth.
 //!
 //! Every numeric setting is read with its rule ([`int_in`], [`millis_in`],
 //! [`secs_in`]): a value that does not parse, or falls outside its range,

@@ -1,6 +1,6 @@
 //! The operator's part when sagas pause (`COMPENSATION_FAILED`): list them
 //! through the API (`ListSagas` by state) and, once the cause is fixed,
-//! retry each one (`RetrySaga`), as the README's operating section says.
+//! retry each one (`RetrySaga`), as docs/operating.md says.
 
 use sagaflow_protos::orchestrator::v1::{ListSagasRequest, RetrySagaRequest, SagaState};
 
