@@ -10,6 +10,7 @@
 //! - [`telemetry`]: one `init` for logs and traces (OTLP when configured).
 //! - [`trace`]: W3C `traceparent` in and out of gRPC metadata and strings.
 //! - [`shutdown`]: SIGTERM / SIGINT as a cancellation token.
+//! - `testkit` (feature `testkit`): fresh databases for tests, dropped after.
 //! - [`security`]: mutual TLS and the client identity pin for participants,
 //!   bearer tokens for the public API, the insecure switch.
 
@@ -21,4 +22,6 @@ pub mod pubsub;
 pub mod security;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod trace;

@@ -3,14 +3,12 @@
 
 use std::time::Duration;
 
-use sagaflow_common::db;
+use sagaflow_common::{db, testkit};
 use sagaflow_orchestrator::definitions::order;
 use sagaflow_orchestrator::retention::{self, Retention};
 use sagaflow_orchestrator::saga::{Event, Kind, Outcome};
 use sagaflow_orchestrator::store::{self, Applied, NewSaga};
 use uuid::Uuid;
-
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
 fn days(n: u64) -> Duration {
     Duration::from_secs(n * 86_400)
@@ -25,9 +23,8 @@ struct TestDb {
 
 impl TestDb {
     async fn new() -> TestDb {
-        let name = format!("sagaflow_test_{}", Uuid::new_v4().simple());
-        let url = format!("{SERVER}/{name}");
-        db::ensure_database(&url).await.expect("creating database");
+        let name = testkit::unique_name("sagaflow_test");
+        let url = testkit::create(&name).await.expect("creating database");
         let pool = db::pool(&url, 4).expect("pool");
         db::migrate(&pool, &sagaflow_orchestrator::migrations())
             .await
@@ -79,20 +76,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let admin = db::connect(&format!("{SERVER}/postgres")).await?;
-                admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await?;
-                anyhow::Ok(())
-            })
-        })
-        .join();
+        testkit::drop_now(vec![self.name.clone()]);
     }
 }
 

@@ -1,8 +1,6 @@
 //! A fresh set of service databases per test run, named by a UUID.
 
-use sagaflow_common::db;
-
-pub const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+use sagaflow_common::{db, testkit};
 
 /// The four databases of one system. Dropped (best effort) on drop.
 pub struct Databases {
@@ -18,7 +16,7 @@ impl Databases {
     /// Create `sf_<prefix>_<uuid>_{orchestrator,order,payment,inventory}`.
     pub async fn create(prefix: &str) -> anyhow::Result<Databases> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let base = std::env::var("SAGAFLOW_SERVER_URL").unwrap_or_else(|_| SERVER.to_owned());
+        let base = testkit::server_url();
         let name = |svc: &str| format!("sf_{prefix}_{}_{svc}", &id[..12]);
         let names: Vec<String> = ["orchestrator", "order", "payment", "inventory"]
             .iter()
@@ -41,7 +39,7 @@ impl Databases {
     /// The default databases (`sagaflow_orchestrator`, `sagaflow_order`,
     /// `sagaflow_payment`, `sagaflow_inventory`), created if missing and kept.
     pub async fn defaults() -> anyhow::Result<Databases> {
-        let base = std::env::var("SAGAFLOW_SERVER_URL").unwrap_or_else(|_| SERVER.to_owned());
+        let base = testkit::server_url();
         let names: Vec<String> = ["orchestrator", "order", "payment", "inventory"]
             .iter()
             .map(|s| format!("sagaflow_{s}"))
@@ -68,25 +66,8 @@ impl Databases {
 
 impl Drop for Databases {
     fn drop(&mut self) {
-        if self.keep {
-            return;
+        if !self.keep {
+            testkit::drop_now(std::mem::take(&mut self.names));
         }
-        let names = std::mem::take(&mut self.names);
-        // Drop may run inside a runtime: use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let client = db::connect(&format!("{SERVER}/postgres")).await?;
-                for n in names {
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"))
-                        .await;
-                }
-                anyhow::Ok(())
-            })
-        })
-        .join();
     }
 }

@@ -6,11 +6,13 @@
 
 use std::time::Duration;
 
+use sagaflow_tests::audit;
+use sagaflow_tests::checks::Checks;
 use sagaflow_tests::history::entries_about;
 use sagaflow_tests::orders::{Expect, mixed};
+use sagaflow_tests::outcomes;
 use sagaflow_tests::placer::{Pace, place_all};
 use sagaflow_tests::system::{Options, System};
-use sagaflow_tests::{audit, invariants};
 
 /// Debian's libfaketime (package `libfaketime`), the thread-safe variant.
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -105,19 +107,12 @@ async fn an_instance_with_a_fast_clock_fires_no_deadline_early() -> anyhow::Resu
             .await?,
         );
     }
-    let statuses = audit::statuses(&sys.dbs.orchestrator, &ids).await?;
-    let wrong: Vec<String> = placed
-        .iter()
-        .filter_map(|p| {
-            let want = match p.expect {
-                Expect::Completed => "COMPLETED",
-                Expect::PaymentRefused | Expect::StockShort => "COMPENSATED",
-            };
-            let got = statuses.get(&p.saga_id).map(String::as_str).unwrap_or("?");
-            (got != want).then(|| format!("{}: {:?} ended {got}", p.saga_id, p.expect))
-        })
-        .collect();
-    let inv = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
+    // Every saga ends exactly as a clean run ends it, and the books, the
+    // reconciliation and the totals agree.
+    let expected: Vec<(uuid::Uuid, Expect)> =
+        placed.iter().map(|p| (p.saga_id, p.expect)).collect();
+    let outcomes = outcomes::classify(&sys.dbs.orchestrator, &expected).await?;
+    let checks = Checks::run(&sys).await?;
     println!(
         "clock: {} sagas, {} commands re-sent or given up on early",
         ids.len(),
@@ -128,7 +123,11 @@ async fn an_instance_with_a_fast_clock_fires_no_deadline_early() -> anyhow::Resu
         "deadlines fired early: {:?}",
         &early[..early.len().min(10)]
     );
-    assert!(wrong.is_empty(), "{wrong:?}");
-    assert!(inv.ok(), "{:?}", inv.violations);
+    assert!(
+        outcomes.wrong.is_empty() && outcomes.affected_total() == 0,
+        "{outcomes}: {:?}",
+        outcomes.wrong
+    );
+    checks.assert_ok(&sys);
     Ok(())
 }

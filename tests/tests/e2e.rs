@@ -515,7 +515,7 @@ async fn a_command_rejected_as_malformed_is_refused_at_once() -> anyhow::Result<
         "malformed",
         Options {
             env: vec![
-                ("SAGAFLOW_STEP_DEADLINE_MS".into(), "2000".into()),
+                ("SAGAFLOW_STEP_DEADLINE_MS".into(), "5000".into()),
                 ("SAGAFLOW_STEP_MAX_ATTEMPTS".into(), "5".into()),
                 ("SAGAFLOW_TIMER_POLL_MS".into(), "100".into()),
             ],

@@ -18,10 +18,11 @@ use sagaflow_protos::orchestrator::v1::{
     CancelSagaRequest, GetSagaRequest, ListSagasRequest, RetrySagaRequest, Saga, SagaState,
 };
 use sagaflow_tests::audit::{self, count_in_log};
+use sagaflow_tests::checks::Checks;
 use sagaflow_tests::orders::{Expect, mixed, order};
 use sagaflow_tests::placer::{Pace, place_all};
 use sagaflow_tests::system::{Options, System};
-use sagaflow_tests::{invariants, wait_for};
+use sagaflow_tests::{outcomes, wait_for};
 
 fn env() -> Vec<(String, String)> {
     [
@@ -146,14 +147,14 @@ async fn one_bad_saga_never_stops_the_others() -> anyhow::Result<()> {
         .get(0);
     println!("suspend: 30 other sagas finished; {resent} commands re-sent by their timers");
     assert!(resent > 0, "the other sagas did not need their timers");
-    let statuses = audit::statuses(&sys.dbs.orchestrator, &other_ids).await?;
-    for p in &others {
-        let want = match p.expect {
-            Expect::Completed => "COMPLETED",
-            Expect::PaymentRefused | Expect::StockShort => "COMPENSATED",
-        };
-        assert_eq!(statuses[&p.saga_id], want, "{}", p.saga_id);
-    }
+    let expected: Vec<(uuid::Uuid, Expect)> =
+        others.iter().map(|p| (p.saga_id, p.expect)).collect();
+    let o = outcomes::classify(&sys.dbs.orchestrator, &expected).await?;
+    assert!(
+        o.wrong.is_empty() && o.affected_total() == 0,
+        "{o}: {:?}",
+        o.wrong
+    );
 
     // The two bad sagas are suspended, say why, and are listed by state.
     let s = wait_state(&sys, unreadable, SagaState::Suspended).await?;
@@ -297,7 +298,6 @@ async fn one_bad_saga_never_stops_the_others() -> anyhow::Result<()> {
         kinds.contains(&"suspended") && kinds.contains(&"resumed"),
         "{kinds:?}"
     );
-    let inv = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
-    assert!(inv.ok(), "{:?}", inv.violations);
+    Checks::run(&sys).await?.assert_ok(&sys);
     Ok(())
 }

@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use outbox_relay::RelayConfig;
-use sagaflow_common::db;
 use sagaflow_common::outbox;
 use sagaflow_common::pubsub::{
     EventSubscriber, PubSubConfig, ReceivedMessage, SubscriptionSpec, ensure_subscription,
     ensure_topic,
 };
+use sagaflow_common::{db, testkit};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 const EMULATOR: &str =
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator";
 const EMULATOR_START: Duration = Duration::from_secs(60);
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -232,8 +231,7 @@ impl TestDb {
     /// A new empty database (no outbox table).
     pub async fn empty() -> Self {
         let name = unique("sagaflow_relay_test");
-        let url = format!("{SERVER}/{name}");
-        db::ensure_database(&url)
+        let url = testkit::create(&name)
             .await
             .expect("creating test database (is Postgres running on 127.0.0.1:5432?)");
         Self { name, url }
@@ -281,7 +279,7 @@ impl TestDb {
     /// Transactions rolled back in this database so far (server statistics,
     /// updated about once a second).
     pub async fn rollbacks(&self) -> i64 {
-        let client = db::connect(&format!("{SERVER}/postgres"))
+        let client = db::connect(&format!("{}/postgres", testkit::server_url()))
             .await
             .expect("connecting to postgres");
         client
@@ -297,7 +295,7 @@ impl TestDb {
     /// Terminate every other session on this database (as a restart or a
     /// network cut would); returns their pids.
     pub async fn kill_other_connections(&self) -> Vec<i32> {
-        let client = db::connect(&format!("{SERVER}/postgres"))
+        let client = db::connect(&format!("{}/postgres", testkit::server_url()))
             .await
             .expect("connecting to postgres");
         // Two statements: in one, the planner may call pg_terminate_backend
@@ -324,7 +322,7 @@ impl TestDb {
 
     /// Pids of sessions on this database whose last statement was LISTEN.
     pub async fn listeners(&self) -> Vec<i32> {
-        let client = db::connect(&format!("{SERVER}/postgres"))
+        let client = db::connect(&format!("{}/postgres", testkit::server_url()))
             .await
             .expect("connecting to postgres");
         client
@@ -352,23 +350,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside async context guarantees: use a private runtime
-        // on a plain thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let client = db::connect(&format!("{SERVER}/postgres")).await.ok()?;
-                client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+        testkit::drop_now(vec![self.name.clone()]);
     }
 }
 

@@ -14,10 +14,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prost::Message as _;
-use sagaflow_common::db;
 use sagaflow_common::security::identity::DEFAULT_CLIENT;
 use sagaflow_common::security::pki::{Issued, Pki};
 use sagaflow_common::security::tls::{ClientTls, ServerTls};
+use sagaflow_common::{db, testkit};
 use sagaflow_participants::{Kind, ParticipantConfig, Security, serve};
 use sagaflow_protos::events::v1::EventEnvelope;
 use sagaflow_protos::participant::v1::{OrderInput, OrderItem, StepCommand};
@@ -28,7 +28,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The test binary's CA and the certificates it signed.
@@ -83,14 +82,12 @@ pub struct TestParticipant {
 impl TestParticipant {
     /// Serve `kind` over a new database.
     pub async fn start(kind: Kind) -> Self {
-        let db_name = format!("sagaflow_test_{}", Uuid::new_v4().simple());
-        Self::start_on(kind, db_name).await
+        Self::start_on(kind, testkit::unique_name("sagaflow_test")).await
     }
 
     /// Serve `kind` over the database `db_name` (created if missing).
     pub async fn start_on(kind: Kind, db_name: String) -> Self {
-        let url = format!("{SERVER}/{db_name}");
-        db::ensure_database(&url)
+        let url = testkit::create(&db_name)
             .await
             .expect("creating test database");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -222,24 +219,7 @@ impl Drop for TestParticipant {
         if let Some(server) = self.server.take() {
             server.abort();
         }
-        let name = self.db_name.clone();
-        // A thread of its own: Drop may run inside the test's runtime.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let admin = db::connect(&format!("{SERVER}/postgres")).await?;
-                admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await?;
-                anyhow::Ok(())
-            })
-        })
-        .join();
-        if let Ok(Err(e)) = dropped {
-            eprintln!("could not drop test database: {e:#}");
-        }
+        testkit::drop_now(vec![self.db_name.clone()]);
     }
 }
 
