@@ -23,9 +23,26 @@ const MIGRATION_LOCK_KEY: i64 = 0x5a6a_f10e;
 
 /// A connection pool of at most `max_size` connections to `url`.
 pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let pg: tokio_postgres::Config = url
+    pool_with_settings(url, max_size, &[])
+}
+
+/// As [`pool`], with server settings for every session of the pool (added
+/// to any the url's `options` give), e.g. `("enable_seqscan", "off")`.
+pub fn pool_with_settings(
+    url: &str,
+    max_size: usize,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<Pool> {
+    let mut pg: tokio_postgres::Config = url
         .parse()
         .with_context(|| format!("invalid database url {}", redact(url)))?;
+    if !settings.is_empty() {
+        let mut options = pg.get_options().unwrap_or_default().to_owned();
+        for (name, value) in settings {
+            options.push_str(&format!(" -c {name}={value}"));
+        }
+        pg.options(options.trim());
+    }
     let manager = Manager::from_config(
         pg,
         NoTls,

@@ -130,6 +130,11 @@ pub const VARS: &[Var] = &[
         meaning: "create the subscription with message ordering",
     },
     Var {
+        name: "SAGAFLOW_FAST_PATH",
+        default: "true",
+        meaning: "apply the outcome in a participant's reply at once (false: only events from Pub/Sub)",
+    },
+    Var {
         name: "SAGAFLOW_SUBSCRIBER_STREAMS",
         default: "2",
         meaning: "parallel streaming pulls (1..=64)",
@@ -413,6 +418,7 @@ impl Config {
                     1..=100_000,
                 )?,
                 queued: int_in("SAGAFLOW_MAX_QUEUED_SENDS", 10_000, 1..=10_000_000)?,
+                apply_replies: bool_or("SAGAFLOW_FAST_PATH", true)?,
             },
             command_timeout: millis_in("SAGAFLOW_COMMAND_TIMEOUT_MS", 5000, 1..=3_600_000)?,
             placement_check_timeout: millis_in(

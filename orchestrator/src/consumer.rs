@@ -43,11 +43,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded, String> {
         Ok(CommandKind::Compensation) => Kind::Compensation,
         _ => return Err(format!("kind: invalid value {}", env.kind)),
     };
-    let outcome = match PbOutcome::try_from(env.outcome) {
-        Ok(PbOutcome::Succeeded) => Outcome::Succeeded,
-        Ok(PbOutcome::Refused) => Outcome::Refused { reason: env.reason },
-        _ => return Err(format!("outcome: invalid value {}", env.outcome)),
-    };
+    let outcome = outcome_of(env.outcome, &env.reason)?;
     Ok(Decoded {
         event_id,
         saga_id,
@@ -57,6 +53,17 @@ pub fn decode(data: &[u8]) -> Result<Decoded, String> {
             outcome,
         },
     })
+}
+
+/// The outcome an event (or a participant's reply) carries.
+pub fn outcome_of(outcome: i32, reason: &str) -> Result<Outcome, String> {
+    match PbOutcome::try_from(outcome) {
+        Ok(PbOutcome::Succeeded) => Ok(Outcome::Succeeded),
+        Ok(PbOutcome::Refused) => Ok(Outcome::Refused {
+            reason: reason.to_owned(),
+        }),
+        _ => Err(format!("outcome: invalid value {outcome}")),
+    }
 }
 
 /// Consume until shutdown, handling up to `concurrency` messages at once.
@@ -93,6 +100,7 @@ async fn handle(driver: &Driver, dead_letters: &EventPublisher, msg: ReceivedMes
         "saga.consume",
         saga.id = tracing::field::Empty,
         event.id = tracing::field::Empty,
+        event.duplicate = tracing::field::Empty,
         messaging.message.id = %msg.message_id,
         otel.kind = "consumer",
     );
@@ -128,6 +136,7 @@ async fn handle(driver: &Driver, dead_letters: &EventPublisher, msg: ReceivedMes
                 msg.ack();
             }
             Ok(Applied::Duplicate) => {
+                tracing::Span::current().record("event.duplicate", true);
                 tracing::debug!("event already applied");
                 msg.ack();
             }

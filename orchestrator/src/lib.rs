@@ -192,6 +192,7 @@ pub fn migrations() -> Vec<sagaflow_common::db::Migration> {
         .iter()
         .chain(deadletter::MIGRATIONS)
         .chain(retention::MIGRATIONS)
+        .chain(store::WAKEUP_MIGRATIONS)
         .copied()
         .collect()
 }

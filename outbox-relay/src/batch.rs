@@ -29,7 +29,10 @@ const CLAIM: &str = "
     LIMIT $1
     FOR UPDATE SKIP LOCKED";
 
-const MARK_SENT: &str = "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])";
+/// `clock_timestamp()`, not `now()`: the time Pub/Sub acknowledged, not the
+/// time the claim began, so `sent_at - created_at` is the relay's lag.
+const MARK_SENT: &str =
+    "UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1::bigint[])";
 
 const MARK_FAILED: &str = "
     UPDATE outbox AS o
@@ -104,6 +107,7 @@ pub(crate) async fn relay_batch(
     pool: &Pool,
     publisher: &EventPublisher,
     limit: i64,
+    ordering_key: bool,
     skip: &[i64],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Outcome> {
@@ -111,7 +115,7 @@ pub(crate) async fn relay_batch(
         () = shutdown.cancelled() => return Ok(Outcome::default()),
         c = db("getting a database connection", pool.get()) => c?,
     };
-    let outcome = claim_and_publish(&mut client, publisher, limit, skip).await;
+    let outcome = claim_and_publish(&mut client, publisher, limit, ordering_key, skip).await;
     if outcome.is_err() {
         // The connection may be broken or mid-statement (timeout): close it
         // rather than hand it to the next round.
@@ -124,10 +128,12 @@ async fn claim_and_publish(
     client: &mut deadpool_postgres::Object,
     publisher: &EventPublisher,
     limit: i64,
+    ordering_key: bool,
     skip: &[i64],
 ) -> anyhow::Result<Outcome> {
     let tx = db("starting a transaction", client.transaction()).await?;
-    let rows = db("claiming outbox rows", tx.query(CLAIM, &[&limit, &skip]))
+    let claim = db("preparing the claim", tx.prepare_cached(CLAIM)).await?;
+    let rows = db("claiming outbox rows", tx.query(&claim, &[&limit, &skip]))
         .await?
         .iter()
         .map(Row::from_sql)
@@ -145,9 +151,12 @@ async fn claim_and_publish(
         outbox.last_id = rows[claimed - 1].id,
         outbox.failed = tracing::field::Empty,
     );
-    let results = futures::future::join_all(rows.into_iter().map(|row| publish(publisher, row)))
-        .instrument(span.clone())
-        .await;
+    let results = futures::future::join_all(
+        rows.into_iter()
+            .map(|row| publish(publisher, row, ordering_key)),
+    )
+    .instrument(span.clone())
+    .await;
 
     let mut sent = Vec::with_capacity(claimed);
     let (mut failed_ids, mut errors, mut failed) = (Vec::new(), Vec::new(), Vec::new());
@@ -169,7 +178,8 @@ async fn claim_and_publish(
     }
     span.record("outbox.failed", failed.len());
     if !sent.is_empty() {
-        db("marking rows sent", tx.execute(MARK_SENT, &[&sent])).await?;
+        let mark = db("preparing the mark", tx.prepare_cached(MARK_SENT)).await?;
+        db("marking rows sent", tx.execute(&mark, &[&sent])).await?;
     }
     if !failed_ids.is_empty() {
         db(
@@ -188,7 +198,11 @@ async fn claim_and_publish(
 
 /// Publish one row in a `relay.publish` span that continues the row's trace.
 /// Returns the row id, its previous failed attempts and the result.
-async fn publish(publisher: &EventPublisher, row: Row) -> (i64, i32, anyhow::Result<String>) {
+async fn publish(
+    publisher: &EventPublisher,
+    row: Row,
+    ordering_key: bool,
+) -> (i64, i32, anyhow::Result<String>) {
     let span = tracing::info_span!(
         "relay.publish",
         outbox.id = row.id,
@@ -210,7 +224,11 @@ async fn publish(publisher: &EventPublisher, row: Row) -> (i64, i32, anyhow::Res
     }
     let msg = OutgoingMessage {
         data: row.payload,
-        ordering_key: row.saga_id.to_string(),
+        ordering_key: if ordering_key {
+            row.saga_id.to_string()
+        } else {
+            String::new()
+        },
         attributes: attrs,
     };
     let result = publisher.publish(msg).instrument(span).await;

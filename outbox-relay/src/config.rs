@@ -35,6 +35,16 @@ pub const VARS: &[Var] = &[
         meaning: "publishes awaiting Pub/Sub at once (1..=1000000)",
     },
     Var {
+        name: "SAGAFLOW_RELAY_PUBLISH_DELAY_MS",
+        default: "1",
+        meaning: "longest wait for other events to share a Pub/Sub batch (0..=1000)",
+    },
+    Var {
+        name: "SAGAFLOW_RELAY_ORDERING_KEY",
+        default: "false",
+        meaning: "publish with the saga id as ordering key (one batch per saga; only for ordered subscriptions)",
+    },
+    Var {
         name: "SAGAFLOW_RELAY_RETENTION_SECS",
         default: "3600",
         meaning: "sent rows older than this are deleted (0..=315360000)",
@@ -71,6 +81,14 @@ pub struct RelayConfig {
     /// Messages in flight to Pub/Sub at once, across all databases.
     /// `SAGAFLOW_RELAY_MAX_IN_FLIGHT`.
     pub max_in_flight: usize,
+    /// Longest wait for other events to share a Pub/Sub batch.
+    /// `SAGAFLOW_RELAY_PUBLISH_DELAY_MS`.
+    pub publish_delay: Duration,
+    /// Publish with the saga id as ordering key. Off by default: the
+    /// orchestrator's subscription is unordered and nothing depends on the
+    /// order, and a key gives every saga its own batch (no batching across
+    /// sagas). `SAGAFLOW_RELAY_ORDERING_KEY`.
+    pub ordering_key: bool,
 }
 
 impl RelayConfig {
@@ -108,6 +126,8 @@ impl RelayConfig {
                 1..=86_400_000,
             )?,
             max_in_flight: config::int_in("SAGAFLOW_RELAY_MAX_IN_FLIGHT", 1000, 1..=1_000_000)?,
+            publish_delay: config::millis_in("SAGAFLOW_RELAY_PUBLISH_DELAY_MS", 1, 0..=1000)?,
+            ordering_key: config::bool_or("SAGAFLOW_RELAY_ORDERING_KEY", false)?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -153,6 +173,8 @@ impl std::fmt::Debug for RelayConfig {
             .field("retention", &self.retention)
             .field("cleanup_interval", &self.cleanup_interval)
             .field("max_in_flight", &self.max_in_flight)
+            .field("publish_delay", &self.publish_delay)
+            .field("ordering_key", &self.ordering_key)
             .finish()
     }
 }

@@ -4,8 +4,9 @@
 //! Each participant commits its outcome event into its own `outbox` table in
 //! the same transaction as the business change. The relay claims unsent rows
 //! with `FOR UPDATE SKIP LOCKED` (so several relays can run against the same
-//! databases), publishes each row's payload with the saga id as ordering key
-//! and `event_id` / `saga_id` / `event_type` / `traceparent` attributes, and
+//! databases), publishes each row's payload with `event_id` / `saga_id` /
+//! `event_type` / `traceparent` attributes (batched across sagas; the saga
+//! id as ordering key only when `SAGAFLOW_RELAY_ORDERING_KEY` asks), and
 //! marks the rows Pub/Sub acknowledged as sent in the same transaction.
 //! Delivery is at least once: a crash between publish and commit publishes
 //! the row again, and consumers dedupe on `event_id`.
@@ -48,6 +49,13 @@ pub use config::RelayConfig;
 /// spare for a reconnect racing a closing connection.
 const POOL_SIZE: usize = 3;
 
+/// Settings of the relay's database sessions. The claim must stay a range
+/// scan of the unsent-rows index however the table churns: rows are
+/// inserted and marked sent all the time, so the planner's statistics of
+/// `outbox` are always stale, and a sequential scan would read every row
+/// kept for the retention period on every claim.
+const SESSION_SETTINGS: [(&str, &str); 1] = [("enable_seqscan", "off")];
+
 /// Relay every configured database until `shutdown` is cancelled, then stop
 /// claiming, finish the batches in hand, flush the publisher and return.
 ///
@@ -60,7 +68,13 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> anyhow::Re
         return Ok(());
     }
     let publisher = Arc::new(
-        EventPublisher::new(&config.pubsub, &config.topic_id, config.max_in_flight).await?,
+        EventPublisher::with_delay(
+            &config.pubsub,
+            &config.topic_id,
+            config.max_in_flight,
+            Some(config.publish_delay),
+        )
+        .await?,
     );
 
     let topic = Arc::new(topic::Topic::new(
@@ -74,13 +88,14 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> anyhow::Re
         let worker = worker::Worker {
             url: url.clone(),
             label: config::label(url),
-            pool: db::pool(url, POOL_SIZE)?,
+            pool: db::pool_with_settings(url, POOL_SIZE, &SESSION_SETTINGS)?,
             publisher: publisher.clone(),
             topic: topic.clone(),
             batch_size: config.batch_size,
             poll_interval: config.poll_interval,
             retention: config.retention,
             cleanup_interval: config.cleanup_interval,
+            ordering_key: config.ordering_key,
         };
         workers.spawn(worker.run(stop.clone()));
     }

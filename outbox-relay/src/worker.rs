@@ -47,6 +47,8 @@ pub(crate) struct Worker {
     pub poll_interval: Duration,
     pub retention: Duration,
     pub cleanup_interval: Duration,
+    /// Publish with the saga id as ordering key.
+    pub ordering_key: bool,
 }
 
 /// What to do before the next round.
@@ -99,6 +101,7 @@ impl Worker {
                 &self.pool,
                 &self.publisher,
                 self.batch_size,
+                self.ordering_key,
                 &skip,
                 shutdown,
             )

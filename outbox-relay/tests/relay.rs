@@ -25,6 +25,7 @@ async fn relays_every_row_with_its_attributes_and_ordering_key_on_notify() {
     // LISTEN connects) can relay rows within the deadlines below.
     let relay = Relay::start(outbox_relay::RelayConfig {
         poll_interval: Duration::from_secs(60),
+        ordering_key: true,
         ..relay_config(&emu, &[&db], &topic)
     });
 

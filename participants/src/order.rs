@@ -21,11 +21,12 @@ use crate::command::{
 };
 
 /// Every migration of the order database, in order.
-pub const MIGRATIONS: [Migration; 4] = [
+pub const MIGRATIONS: [Migration; 5] = [
     outbox::MIGRATION,
     INBOX_MIGRATION,
     ORDERS,
     crate::retention::MIGRATION,
+    outbox::TUNING,
 ];
 
 /// A `CANCELLED` row with no customer or items is a tombstone: the order was

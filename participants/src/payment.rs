@@ -39,13 +39,14 @@ use crate::command::{
 };
 
 /// Every migration of the payment database, in order.
-pub const MIGRATIONS: [Migration; 6] = [
+pub const MIGRATIONS: [Migration; 7] = [
     outbox::MIGRATION,
     INBOX_MIGRATION,
     TABLES,
     SEEDS,
     REFUND_HOLDS,
     crate::retention::MIGRATION,
+    outbox::TUNING,
 ];
 
 /// A `VOIDED` row with no customer is a tombstone: the refund arrived before

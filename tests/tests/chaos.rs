@@ -538,6 +538,10 @@ async fn a_pivot_whose_outcome_is_late_is_not_compensated() -> anyhow::Result<()
                 ),
                 ("SAGAFLOW_STEP_MAX_ATTEMPTS".into(), attempts.to_string()),
                 ("SAGAFLOW_TIMER_POLL_MS".into(), "100".into()),
+                // The approval's outcome must be missing everywhere: its
+                // event is lost below, and its reply is not used (as when
+                // the call times out after the participant committed).
+                ("SAGAFLOW_FAST_PATH".into(), "false".into()),
             ],
             ..Options::default()
         },

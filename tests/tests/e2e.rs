@@ -548,7 +548,7 @@ async fn a_command_rejected_as_malformed_is_refused_at_once() -> anyhow::Result<
     // Due now: the orchestrator's timer sends it.
     let c = db::connect(&sys.dbs.orchestrator).await?;
     c.execute(
-        "UPDATE sagas SET next_wakeup = now() WHERE saga_id = $1",
+        "UPDATE saga_wakeups SET due = now() WHERE saga_id = $1",
         &[&saga_id],
     )
     .await?;

@@ -104,17 +104,17 @@ async fn one_bad_saga_never_stops_the_others() -> anyhow::Result<()> {
     let unreadable_state = original(unreadable).await?;
     let misfit_state = original(misfit).await?;
     c.batch_execute(&format!(
-        "UPDATE sagas SET state = '{{\"not\": \"a saga state\"}}',
-                          next_wakeup = now() - interval '1 hour' WHERE saga_id = '{unreadable}';
-         UPDATE sagas SET state = jsonb_set(state, '{{steps}}', (state->'steps') - 3),
-                          next_wakeup = now() - interval '1 hour' WHERE saga_id = '{misfit}';
-         UPDATE sagas SET definition_version = 99,
-                          next_wakeup = now() - interval '1 hour' WHERE saga_id = '{unknown_version}';"
+        "UPDATE sagas SET state = '{{\"not\": \"a saga state\"}}' WHERE saga_id = '{unreadable}';
+         UPDATE sagas SET state = jsonb_set(state, '{{steps}}', (state->'steps') - 3)
+                      WHERE saga_id = '{misfit}';
+         UPDATE sagas SET definition_version = 99 WHERE saga_id = '{unknown_version}';
+         UPDATE saga_wakeups SET due = now() - interval '1 hour'
+                      WHERE saga_id IN ('{unreadable}', '{misfit}', '{unknown_version}');"
     ))
     .await?;
     let unknown_wakeup: Option<chrono::DateTime<chrono::Utc>> = c
         .query_one(
-            "SELECT next_wakeup FROM sagas WHERE saga_id = $1",
+            "SELECT due FROM saga_wakeups WHERE saga_id = $1",
             &[&unknown_version],
         )
         .await?
@@ -181,7 +181,8 @@ async fn one_bad_saga_never_stops_the_others() -> anyhow::Result<()> {
     // The one of an unknown version is left alone, and said so once.
     let r = c
         .query_one(
-            "SELECT status, next_wakeup FROM sagas WHERE saga_id = $1",
+            "SELECT s.status, w.due FROM sagas s LEFT JOIN saga_wakeups w USING (saga_id)
+             WHERE s.saga_id = $1",
             &[&unknown_version],
         )
         .await?;
@@ -213,8 +214,8 @@ async fn one_bad_saga_never_stops_the_others() -> anyhow::Result<()> {
     sys.kill("orchestrator-0");
     let at_start_state = original(at_start).await?;
     c.execute(
-        "UPDATE sagas SET state = '[]', next_wakeup = now() + interval '1 hour'
-         WHERE saga_id = $1",
+        "WITH s AS (UPDATE sagas SET state = '[]' WHERE saga_id = $1)
+         UPDATE saga_wakeups SET due = now() + interval '1 hour' WHERE saga_id = $1",
         &[&at_start],
     )
     .await?;

@@ -112,6 +112,9 @@ pub struct EventPublisher {
     current: Mutex<Generation>,
     /// One permit per message in flight.
     in_flight: Semaphore,
+    /// How long a message may wait for others to share its batch (`None`:
+    /// the crate's default, 10 ms).
+    delay: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -127,6 +130,18 @@ impl EventPublisher {
         cfg: &PubSubConfig,
         topic_id: &str,
         max_in_flight: usize,
+    ) -> anyhow::Result<Self> {
+        Self::with_delay(cfg, topic_id, max_in_flight, None).await
+    }
+
+    /// As [`EventPublisher::new`], with the longest time a message waits
+    /// for others to share its batch (`None`: the crate's default). Messages
+    /// without an ordering key share batches; each ordering key has its own.
+    pub async fn with_delay(
+        cfg: &PubSubConfig,
+        topic_id: &str,
+        max_in_flight: usize,
+        delay: Option<Duration>,
     ) -> anyhow::Result<Self> {
         let topic = cfg.topic_path(topic_id);
         let mut b = BasePublisher::builder()
@@ -148,8 +163,9 @@ impl EventPublisher {
             .build()
             .await
             .with_context(|| format!("building the Pub/Sub publisher for {topic}"))?;
-        let publisher = base.publisher(topic.clone()).build();
+        let publisher = build(&base, &topic, delay);
         Ok(Self {
+            delay,
             topic,
             base,
             current: Mutex::new(Generation {
@@ -217,7 +233,7 @@ impl EventPublisher {
             g.keyed += 1;
             if g.keyed > KEYS_PER_GENERATION {
                 tracing::debug!(topic = %self.topic, "replacing publisher to free per-key tasks");
-                g.publisher = self.base.publisher(self.topic.clone()).build();
+                g.publisher = build(&self.base, &self.topic, self.delay);
                 g.keyed = 1;
             }
         }
@@ -228,6 +244,14 @@ impl EventPublisher {
         // The guarded data is two plain fields; a panic elsewhere cannot
         // leave it inconsistent.
         self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn build(base: &BasePublisher, topic: &str, delay: Option<Duration>) -> Publisher {
+    let b = base.publisher(topic.to_owned());
+    match delay {
+        Some(d) => b.set_delay_threshold(d).build(),
+        None => b.build(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! step commands, arms in-memory timers, and fires persisted timers.
 //!
 //! Commands are at-least-once: a crash between commit and send is covered by
-//! the resume scan at start-up and by the persisted deadline (`next_wakeup`),
+//! the resume scan at start-up and by the persisted deadline (`saga_wakeups`),
 //! which re-sends with the same command id. So a send may be dropped safely
 //! whenever going on with it would hurt the others (see [`send`]).
 //!
@@ -47,6 +47,10 @@ pub struct Limits {
     /// deadline re-sends it), so memory stays bounded when a participant is
     /// slow and sagas keep coming.
     pub queued: usize,
+    /// Apply the outcome a participant's reply carries at once (the fast
+    /// path), instead of waiting for its event from Pub/Sub. The event still
+    /// comes through Pub/Sub and is absorbed as a duplicate.
+    pub apply_replies: bool,
 }
 
 impl Default for Limits {
@@ -55,6 +59,7 @@ impl Default for Limits {
             per_participant: 64,
             total: 256,
             queued: 10_000,
+            apply_replies: true,
         }
     }
 }

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use sagaflow_protos::participant::v1::StepCommand;
+use sagaflow_protos::participant::v1::{CommandAck, StepCommand};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -132,6 +132,9 @@ impl Driver {
                 let e = match result {
                     Ok(ack) => {
                         tracing::debug!(ack.status = ack.status, "command acknowledged");
+                        if self.inner.limits.apply_replies {
+                            self.apply_reply(&ctx, &cmd, ack).await;
+                        }
                         return;
                     }
                     Err(SendError::Invalid(message)) => {
@@ -201,6 +204,67 @@ impl Driver {
             }
         }
     }
+
+    /// The fast path: apply the outcome the participant's reply carries,
+    /// through the same dedupe, transition and transaction as its event from
+    /// Pub/Sub, and send what follows. The participant committed that event
+    /// before it answered, so the reply and the event are the same outcome
+    /// under the same event id: whichever arrives second is a duplicate.
+    /// Anything that keeps the reply from applying here (a malformed reply, a
+    /// database error, a transition the machine refuses) is left to the
+    /// event from Pub/Sub, the guaranteed path, which judges it again.
+    async fn apply_reply(&self, ctx: &SagaContext, cmd: &Command, ack: CommandAck) {
+        let span = tracing::info_span!(
+            "saga.apply_reply",
+            saga.id = %ctx.saga_id,
+            saga.type = %ctx.saga_type,
+            saga.step = cmd.step,
+            event.id = %ack.event_id,
+            saga.outcome = tracing::field::Empty,
+        );
+        async move {
+            let (event_id, outcome) = match parse_reply(&ack) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the participant's reply carries no usable outcome; waiting for its event");
+                    return;
+                }
+            };
+            let event = Event::Outcome {
+                step: cmd.step,
+                kind: cmd.kind,
+                outcome,
+            };
+            match store::apply_reply(self.pool(), event_id, ctx.saga_id, &event).await {
+                Ok(Applied::Changed(c)) => {
+                    tracing::Span::current().record("saga.outcome", "applied");
+                    self.carry_out(&c, sagaflow_common::trace::current_traceparent());
+                }
+                Ok(Applied::Duplicate) => {
+                    tracing::Span::current().record("saga.outcome", "duplicate");
+                }
+                Ok(Applied::Unchanged) => {
+                    tracing::Span::current().record("saga.outcome", "unchanged");
+                }
+                Ok(Applied::Rejected(e)) => {
+                    tracing::debug!(error = %e, "reply not applied; its event is judged when it arrives");
+                }
+                Ok(Applied::UnknownSaga | Applied::Suspended { .. }) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "applying the reply failed; its event from Pub/Sub applies it");
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The event id and outcome a reply carries.
+fn parse_reply(ack: &CommandAck) -> Result<(Uuid, Outcome), String> {
+    let event_id = Uuid::parse_str(&ack.event_id).map_err(|_| "event_id: not a UUID".to_owned())?;
+    let outcome = crate::consumer::outcome_of(ack.outcome, &ack.reason)?;
+    Ok((event_id, outcome))
 }
 
 /// A permit of the participant's own limit, then one of the overall limit;

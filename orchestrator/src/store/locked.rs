@@ -4,7 +4,9 @@
 use deadpool_postgres::{GenericClient, Pool};
 use uuid::Uuid;
 
-use super::{Committed, DB_NOW, Error, SagaContext, append_history, parse_status, to_time};
+use super::{
+    Committed, DB_NOW, Error, SagaContext, append_history, parse_status, set_wakeup, to_time,
+};
 use crate::definitions;
 use crate::saga::{self, Event, Millis, Note, SagaState, Status};
 
@@ -115,14 +117,19 @@ pub(super) fn load(row: Row) -> Loaded {
     }))
 }
 
-/// Lock the saga's row until the transaction ends.
-pub(super) async fn lock(tx: &impl GenericClient, saga_id: Uuid) -> Result<Option<Row>, Error> {
-    let select = tx
+/// The statement that reads and locks one saga row (`$1`).
+async fn lock_statement(tx: &impl GenericClient) -> Result<tokio_postgres::Statement, Error> {
+    Ok(tx
         .prepare_cached(&format!(
             "SELECT {} FROM sagas WHERE saga_id = $1 FOR UPDATE",
             columns()
         ))
-        .await?;
+        .await?)
+}
+
+/// Lock the saga's row until the transaction ends.
+pub(super) async fn lock(tx: &impl GenericClient, saga_id: Uuid) -> Result<Option<Row>, Error> {
+    let select = lock_statement(tx).await?;
     Ok(tx
         .query_opt(&select, &[&saga_id])
         .await?
@@ -153,37 +160,45 @@ pub(super) async fn apply_locked(
     };
     let version = locked.version + 1;
     let state_json = serde_json::to_value(&t.state).expect("state serialises");
-    let update = tx
-        .prepare_cached(
-            "UPDATE sagas SET state = $2, status = $3, version = $4, next_wakeup = $5, reason = $6,
-                              updated_at = now()
-             WHERE saga_id = $1",
-        )
-        .await?;
-    tx.execute(
-        &update,
-        &[
-            &locked.ctx.saga_id,
-            &state_json,
-            &t.state.status.as_str(),
-            &version,
-            &t.state.deadline.map(to_time),
-            &t.state.reason,
-        ],
-    )
-    .await?;
     let Note { kind, detail } = note;
     let detail = match annotation {
         Some(a) => format!("{detail}; {a}"),
         None => detail,
     };
-    append_history(
-        tx,
-        locked.ctx.saga_id,
-        version,
-        kind,
-        t.state.status,
-        &detail,
+    // One statement: the saga row (HOT: no indexed column changes unless
+    // the status does), its wake-up, its history entry and the NOTIFY.
+    let transition = tx
+        .prepare_cached(
+            "WITH saga AS (
+                 UPDATE sagas SET state = $2, status = $3, version = $4, reason = $5,
+                                  updated_at = now()
+                 WHERE saga_id = $1
+             ), upsert AS (
+                 INSERT INTO saga_wakeups (saga_id, due)
+                 SELECT $1, $6::timestamptz WHERE $6::timestamptz IS NOT NULL
+                 ON CONFLICT (saga_id) DO UPDATE SET due = EXCLUDED.due
+             ), clear AS (
+                 DELETE FROM saga_wakeups WHERE saga_id = $1 AND $6::timestamptz IS NULL
+             ), history AS (
+                 INSERT INTO saga_history (saga_id, seq, kind, status, detail)
+                 VALUES ($1, $4, $7, $3, $8)
+             )
+             SELECT pg_notify($9, $1::text)",
+        )
+        .await?;
+    tx.execute(
+        &transition,
+        &[
+            &locked.ctx.saga_id,
+            &state_json,
+            &t.state.status.as_str(),
+            &version,
+            &t.state.reason,
+            &t.state.deadline.map(to_time),
+            &kind,
+            &detail,
+            &super::HISTORY_CHANNEL,
+        ],
     )
     .await?;
     Ok(Ok(Persisted::Changed(Box::new(Committed {
@@ -206,12 +221,12 @@ pub(super) async fn suspend_row(
     let why = format!("suspended: {reason}");
     let version = version + 1;
     tx.execute(
-        "UPDATE sagas SET status = 'SUSPENDED', reason = $2, next_wakeup = NULL, version = $3,
-                          updated_at = now()
+        "UPDATE sagas SET status = 'SUSPENDED', reason = $2, version = $3, updated_at = now()
          WHERE saga_id = $1",
         &[&row_saga, &why, &version],
     )
     .await?;
+    set_wakeup(tx, row_saga, None).await?;
     append_history(tx, row_saga, version, "suspended", Status::Suspended, &why).await
 }
 
@@ -235,26 +250,88 @@ pub enum Applied {
 }
 
 /// Apply an outcome event exactly once (by event id), in one transaction.
+/// A copy of an event applied before (the Pub/Sub copy of a reply the fast
+/// path applied, a redelivery) costs one read, no write transaction.
 pub async fn apply_event(
     pool: &Pool,
     event_id: Uuid,
     saga_id: Uuid,
     event: &Event,
 ) -> Result<Applied, Error> {
+    apply(pool, event_id, saga_id, event, true).await
+}
+
+/// As [`apply_event`], for an outcome that is most likely new (a
+/// participant's reply): no read ahead of the transaction, which tells a
+/// duplicate anyway.
+pub async fn apply_reply(
+    pool: &Pool,
+    event_id: Uuid,
+    saga_id: Uuid,
+    event: &Event,
+) -> Result<Applied, Error> {
+    apply(pool, event_id, saga_id, event, false).await
+}
+
+async fn apply(
+    pool: &Pool,
+    event_id: Uuid,
+    saga_id: Uuid,
+    event: &Event,
+    read_first: bool,
+) -> Result<Applied, Error> {
     let mut client = pool.get().await?;
+    if read_first {
+        // Rows of `processed_events` are only ever inserted (and pruned long
+        // after any copy can come), so one seen here is final.
+        let seen = client
+            .prepare_cached("SELECT 1 FROM processed_events WHERE event_id = $1")
+            .await?;
+        if client.query_opt(&seen, &[&event_id]).await?.is_some() {
+            return Ok(Applied::Duplicate);
+        }
+    }
     let tx = client.transaction().await?;
-    let Some(row) = lock(&tx, saga_id).await? else {
+    let record = tx
+        .prepare_cached(
+            "INSERT INTO processed_events (event_id, saga_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    // Lock the saga and record the event id in one round trip (pipelined;
+    // the server runs them in this order, so the record is made under the
+    // saga's lock). What follows undoes the record where the event is not
+    // to count as applied.
+    // Both statements are prepared before either is sent, so the lock is
+    // always sent first: two copies of one event never take the two locks
+    // in opposite orders.
+    let select = lock_statement(&tx).await?;
+    let key: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&saga_id];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&event_id, &saga_id];
+    let (row, recorded) = futures::join!(tx.query_opt(&select, &key), tx.execute(&record, &params));
+    let (row, recorded) = (row?.map(|r| Row::read(&r)), recorded?);
+    let Some(row) = row else {
         tx.rollback().await?;
         return Ok(Applied::UnknownSaga);
     };
+    if recorded == 0 {
+        tx.rollback().await?;
+        return Ok(Applied::Duplicate);
+    }
     let (version, status) = (row.version, row.status.clone());
     let locked = match load(row) {
         Loaded::Ok(locked) => locked,
         Loaded::Unreadable { reason } => {
-            if status != Status::Suspended.as_str() {
+            if status == Status::Suspended.as_str() {
+                tx.rollback().await?;
+            } else {
+                // The suspension stands; the event is not recorded.
+                let forget = tx
+                    .prepare_cached("DELETE FROM processed_events WHERE event_id = $1")
+                    .await?;
+                tx.execute(&forget, &[&event_id]).await?;
                 suspend_row(&tx, saga_id, version, &reason).await?;
+                tx.commit().await?;
             }
-            tx.commit().await?;
             return Ok(Applied::Suspended { reason });
         }
         Loaded::UnknownDefinition(e) => {
@@ -262,15 +339,6 @@ pub async fn apply_event(
             return Err(e);
         }
     };
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO processed_events (event_id, saga_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .await?;
-    if tx.execute(&insert, &[&event_id, &saga_id]).await? == 0 {
-        tx.commit().await?;
-        return Ok(Applied::Duplicate);
-    }
     match apply_locked(&tx, *locked, event, None).await? {
         Ok(Persisted::Changed(c)) => {
             tx.commit().await?;

@@ -4,7 +4,9 @@
 use deadpool_postgres::{GenericClient, Pool};
 use uuid::Uuid;
 
-use super::{Committed, DB_NOW, Error, SagaContext, append_history, parse_status, to_time};
+use super::{
+    Committed, DB_NOW, Error, SagaContext, append_history, parse_status, set_wakeup, to_time,
+};
 use crate::saga::{self, Event, Millis, SagaState, Status};
 
 /// A saga to create.
@@ -71,7 +73,8 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
     let def = &new.definition;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let now: Millis = tx.query_one(&format!("SELECT {DB_NOW}"), &[]).await?.get(0);
+    let clock = tx.prepare_cached(&format!("SELECT {DB_NOW}")).await?;
+    let now: Millis = tx.query_one(&clock, &[]).await?.get(0);
     let t =
         saga::apply(def, &SagaState::new(def.steps.len()), &Event::Start, now).map_err(|e| {
             Error::Corrupt {
@@ -83,8 +86,8 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
     let insert = tx
         .prepare_cached(
             "INSERT INTO sagas (saga_id, saga_type, definition_version, idempotency_key, input,
-                                status, state, version, next_wakeup, traceparent)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9)
+                                status, state, version, traceparent)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8)
              ON CONFLICT (saga_type, idempotency_key) DO NOTHING",
         )
         .await?;
@@ -99,7 +102,6 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
                 &new.input,
                 &t.state.status.as_str(),
                 &state_json,
-                &t.state.deadline.map(to_time),
                 &new.traceparent,
             ],
         )
@@ -118,6 +120,7 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
         Some(note) => format!("placed; {}", note.detail),
         None => "placed".to_owned(),
     };
+    set_wakeup(&tx, new.saga_id, t.state.deadline.map(to_time)).await?;
     append_history(&tx, new.saga_id, 1, "placed", t.state.status, &detail).await?;
     tx.commit().await?;
     Ok(Placed::Created(Box::new(Committed {

@@ -1,7 +1,7 @@
 //! Persisted deadlines: which sagas are due, firing one saga's timer in its
 //! own transaction, and the scan of sagas in flight at start-up.
 //!
-//! Due means `next_wakeup` has passed by the database's clock. Only sagas
+//! Due means its `saga_wakeups.due` has passed by the database's clock. Only sagas
 //! whose definition version this build has are picked: one this instance
 //! cannot run is left for an instance that can (counted by
 //! [`count_due_unknown`]), and never blocks the sagas behind it.
@@ -10,7 +10,7 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use super::locked::{Loaded, Persisted, Row, apply_locked, columns, load, suspend_row};
-use super::{Committed, Error, SagaContext, known_definitions, to_time};
+use super::{Committed, Error, SagaContext, known_definitions, set_wakeup, to_time};
 use crate::saga::{Event, SagaState, Status};
 
 /// Up to `limit` due sagas this build can run, most overdue first.
@@ -18,10 +18,10 @@ pub async fn due_sagas(pool: &Pool, limit: i64) -> Result<Vec<Uuid>, Error> {
     let client = pool.get().await?;
     let select = client
         .prepare_cached(
-            "SELECT saga_id FROM sagas
-             WHERE next_wakeup <= clock_timestamp()
-               AND saga_type || ':' || definition_version = ANY($1)
-             ORDER BY next_wakeup LIMIT $2",
+            "SELECT w.saga_id FROM saga_wakeups w JOIN sagas s USING (saga_id)
+             WHERE w.due <= clock_timestamp()
+               AND s.saga_type || ':' || s.definition_version = ANY($1)
+             ORDER BY w.due LIMIT $2",
         )
         .await?;
     Ok(client
@@ -37,9 +37,10 @@ pub async fn count_due_unknown(pool: &Pool) -> Result<Vec<(String, i64)>, Error>
     let client = pool.get().await?;
     let rows = client
         .query(
-            "SELECT saga_type || ':' || definition_version, count(*) FROM sagas
-             WHERE next_wakeup <= clock_timestamp()
-               AND NOT saga_type || ':' || definition_version = ANY($1)
+            "SELECT s.saga_type || ':' || s.definition_version, count(*)
+             FROM saga_wakeups w JOIN sagas s USING (saga_id)
+             WHERE w.due <= clock_timestamp()
+               AND NOT s.saga_type || ':' || s.definition_version = ANY($1)
              GROUP BY 1 ORDER BY 1",
             &[&known_definitions()],
         )
@@ -70,8 +71,10 @@ pub async fn fire_timer(pool: &Pool, saga_id: Uuid) -> Result<Fired, Error> {
     let select = tx
         .prepare_cached(&format!(
             "SELECT {} FROM sagas
-             WHERE saga_id = $1 AND next_wakeup <= clock_timestamp()
-             FOR UPDATE SKIP LOCKED",
+             WHERE saga_id = $1
+               AND EXISTS (SELECT 1 FROM saga_wakeups w
+                           WHERE w.saga_id = $1 AND w.due <= clock_timestamp())
+             FOR UPDATE OF sagas SKIP LOCKED",
             columns()
         ))
         .await?;
@@ -100,11 +103,7 @@ pub async fn fire_timer(pool: &Pool, saga_id: Uuid) -> Result<Fired, Error> {
                     // nothing in flight): follow the state, so the timer
                     // does not fire again at once.
                     let next = deadline.filter(|d| *d > now).map(to_time);
-                    tx.execute(
-                        "UPDATE sagas SET next_wakeup = $2 WHERE saga_id = $1",
-                        &[&saga_id, &next],
-                    )
-                    .await?;
+                    set_wakeup(&tx, saga_id, next).await?;
                     Fired::Unchanged
                 }
                 Err(e) => {

@@ -257,7 +257,8 @@ impl TestDb {
 
     /// Insert rows in transactions of up to 500.
     pub async fn insert(&self, rows: &[Event]) {
-        let mut client = self.client().await;
+        let pool = db::pool(&self.url, 1).expect("a pool");
+        let mut client = pool.get().await.expect("connecting");
         for chunk in rows.chunks(500) {
             let tx = client.transaction().await.expect("begin");
             for e in chunk {
@@ -406,6 +407,8 @@ pub fn relay_config(emu: &Emulator, dbs: &[&TestDb], topic: &str) -> RelayConfig
         retention: Duration::from_secs(3600),
         cleanup_interval: Duration::from_secs(60),
         max_in_flight: 1000,
+        publish_delay: Duration::from_millis(1),
+        ordering_key: false,
     }
 }
 

@@ -23,12 +23,13 @@ use crate::Error;
 use crate::command::{Executor, INBOX_MIGRATION, Rpc, key};
 
 /// Every migration of the inventory database, in order.
-pub const MIGRATIONS: [Migration; 5] = [
+pub const MIGRATIONS: [Migration; 6] = [
     outbox::MIGRATION,
     INBOX_MIGRATION,
     TABLES,
     SEEDS,
     crate::retention::MIGRATION,
+    outbox::TUNING,
 ];
 
 /// A `VOIDED` row with no items is a tombstone: the release arrived before
