@@ -101,6 +101,15 @@ async fn one_bad_saga_never_stops_the_others() -> anyhow::Result<()> {
             anyhow::Ok(row.get::<_, serde_json::Value>(0))
         }
     };
+    // Read and corrupt in one transaction holding the rows' locks: the
+    // orchestrator may be applying an outcome to them right now, and the
+    // state kept for the repair must be the one that was corrupted.
+    c.batch_execute("BEGIN").await?;
+    c.execute(
+        "SELECT 1 FROM sagas WHERE saga_id = ANY($1) FOR UPDATE",
+        &[&vec![unreadable, misfit, unknown_version]],
+    )
+    .await?;
     let unreadable_state = original(unreadable).await?;
     let misfit_state = original(misfit).await?;
     c.batch_execute(&format!(
@@ -109,7 +118,8 @@ async fn one_bad_saga_never_stops_the_others() -> anyhow::Result<()> {
                       WHERE saga_id = '{misfit}';
          UPDATE sagas SET definition_version = 99 WHERE saga_id = '{unknown_version}';
          UPDATE saga_wakeups SET due = now() - interval '1 hour'
-                      WHERE saga_id IN ('{unreadable}', '{misfit}', '{unknown_version}');"
+                      WHERE saga_id IN ('{unreadable}', '{misfit}', '{unknown_version}');
+         COMMIT;"
     ))
     .await?;
     let unknown_wakeup: Option<chrono::DateTime<chrono::Utc>> = c
