@@ -170,6 +170,11 @@ pub const VARS: &[Var] = &[
         meaning: "how long PlaceOrder waits for the item and customer look-ups before accepting unchecked (1..=60000)",
     },
     Var {
+        name: "SAGAFLOW_PLACEMENT_CHECK_CACHE_MS",
+        default: "10000",
+        meaning: "how long a customer or item a placement check found is not asked for again (0..=3600000; 0: always ask)",
+    },
+    Var {
         name: "SAGAFLOW_TIMER_POLL_MS",
         default: "500",
         meaning: "how often persisted deadlines are checked (10..=3600000)",
@@ -267,6 +272,9 @@ pub struct Config {
     pub sends: Limits,
     pub command_timeout: Duration,
     pub placement_check_timeout: Duration,
+    /// How long a customer or item found by a placement check is not asked
+    /// for again (zero: always ask).
+    pub placement_check_cache: Duration,
     /// Where poison messages go, and its subscription (drained into the
     /// `dead_letters` table).
     pub dead_letter_topic: String,
@@ -425,6 +433,11 @@ impl Config {
                 "SAGAFLOW_PLACEMENT_CHECK_TIMEOUT_MS",
                 1000,
                 1..=60_000,
+            )?,
+            placement_check_cache: millis_in(
+                "SAGAFLOW_PLACEMENT_CHECK_CACHE_MS",
+                10_000,
+                0..=3_600_000,
             )?,
             timer_poll: millis_in("SAGAFLOW_TIMER_POLL_MS", 500, 10..=3_600_000)?,
             retention,

@@ -111,6 +111,7 @@ pub async fn run(
         inventory: channel(definitions::order::INVENTORY)?,
         payment: channel(definitions::order::PAYMENT)?,
         timeout: config.placement_check_timeout,
+        known: api::Known::new(config.placement_check_cache),
     };
     let work = shutdown.child_token();
     let driver = driver::Driver::new(pool, Arc::new(participants), config.sends, work.clone());

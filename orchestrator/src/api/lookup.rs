@@ -6,9 +6,14 @@
 //! A check is a convenience, not a guarantee: the steps check again. So a
 //! participant that is down or slow (no answer within the timeout) does not
 //! block placement: the order is accepted and its step refuses it if need
-//! be.
+//! be. For the same reason a name found is remembered for a while
+//! (`SAGAFLOW_PLACEMENT_CHECK_CACHE_MS`) and not asked for again: under
+//! load most orders name the same customers and items, and each look-up is
+//! a call and a query. A name not found is never remembered.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sagaflow_protos::participant::v1::inventory_service_client::InventoryServiceClient;
 use sagaflow_protos::participant::v1::payment_service_client::PaymentServiceClient;
@@ -25,6 +30,52 @@ pub struct Lookups {
     pub payment: Channel,
     /// How long a look-up may take before the order is accepted unchecked.
     pub timeout: Duration,
+    /// Names found lately.
+    pub known: Known,
+}
+
+/// Names a look-up found, each remembered for `ttl` (zero: never). Bounded:
+/// when full it is emptied.
+#[derive(Clone)]
+pub struct Known {
+    ttl: Duration,
+    found: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+/// Most names remembered at once.
+const KNOWN_MAX: usize = 100_000;
+
+impl Known {
+    pub fn new(ttl: Duration) -> Self {
+        Known {
+            ttl,
+            found: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.found.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.lock()
+            .get(name)
+            .is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    fn remember(&self, names: impl IntoIterator<Item = String>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut found = self.lock();
+        let now = Instant::now();
+        for name in names {
+            if found.len() >= KNOWN_MAX {
+                found.clear();
+            }
+            found.insert(name, now);
+        }
+    }
 }
 
 impl Lookups {
@@ -37,6 +88,9 @@ impl Lookups {
 
     async fn items(&self, input: &OrderInput) -> Result<(), Status> {
         let skus: Vec<String> = input.items.iter().map(|i| i.sku.clone()).collect();
+        if skus.iter().all(|s| self.known.contains(&sku_key(s))) {
+            return Ok(());
+        }
         let mut client = InventoryServiceClient::new(self.inventory.clone());
         let mut request = tonic::Request::new(GetItemsRequest { skus: skus.clone() });
         request.set_timeout(self.timeout);
@@ -45,6 +99,7 @@ impl Lookups {
             Ok(Err(e)) => return unchecked("inventory", e.message()),
             Err(_) => return unchecked("inventory", "no answer in time"),
         };
+        self.known.remember(known.iter().map(|k| sku_key(&k.sku)));
         for (i, sku) in skus.iter().enumerate() {
             if !known.iter().any(|k| &k.sku == sku) {
                 return Err(invalid(
@@ -57,6 +112,9 @@ impl Lookups {
     }
 
     async fn customer(&self, input: &OrderInput) -> Result<(), Status> {
+        if self.known.contains(&customer_key(&input.customer_id)) {
+            return Ok(());
+        }
         let mut client = PaymentServiceClient::new(self.payment.clone());
         let mut request = tonic::Request::new(GetCustomersRequest {
             customer_ids: vec![input.customer_id.clone()],
@@ -68,6 +126,7 @@ impl Lookups {
             Err(_) => return unchecked("payment", "no answer in time"),
         };
         if known.iter().any(|c| c.customer_id == input.customer_id) {
+            self.known.remember([customer_key(&input.customer_id)]);
             Ok(())
         } else {
             Err(invalid(
@@ -78,6 +137,14 @@ impl Lookups {
     }
 }
 
+fn sku_key(sku: &str) -> String {
+    format!("sku:{sku}")
+}
+
+fn customer_key(customer: &str) -> String {
+    format!("customer:{customer}")
+}
+
 /// Accept without the check, saying why.
 fn unchecked(participant: &str, why: &str) -> Result<(), Status> {
     tracing::warn!(
@@ -86,4 +153,27 @@ fn unchecked(participant: &str, why: &str) -> Result<(), Status> {
         "placement check skipped: the order is accepted and its step checks it"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn found_names_are_remembered_for_their_ttl_only() {
+        let known = Known::new(Duration::from_millis(50));
+        assert!(!known.contains("sku:a"));
+        known.remember(["sku:a".to_owned()]);
+        assert!(known.contains("sku:a"));
+        assert!(!known.contains("sku:b"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!known.contains("sku:a"));
+    }
+
+    #[test]
+    fn a_zero_ttl_remembers_nothing() {
+        let known = Known::new(Duration::ZERO);
+        known.remember(["customer:c".to_owned()]);
+        assert!(!known.contains("customer:c"));
+    }
 }

@@ -32,7 +32,7 @@ use crate::saga::Event;
 use crate::store::{self, Existing, Operated, Placed};
 use crate::views;
 pub(crate) use input::invalid;
-pub use lookup::Lookups;
+pub use lookup::{Known, Lookups};
 
 pub struct Api {
     pub driver: Driver,

@@ -4,9 +4,7 @@
 use deadpool_postgres::{GenericClient, Pool};
 use uuid::Uuid;
 
-use super::{
-    Committed, DB_NOW, Error, SagaContext, append_history, parse_status, set_wakeup, to_time,
-};
+use super::{Committed, DB_NOW, Error, SagaContext, parse_status, to_time};
 use crate::saga::{self, Event, Millis, SagaState, Status};
 
 /// A saga to create.
@@ -83,16 +81,32 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
             }
         })?;
     let state_json = serde_json::to_value(&t.state).expect("state serialises");
+    let detail = match &t.note {
+        Some(note) => format!("placed; {}", note.detail),
+        None => "placed".to_owned(),
+    };
+    // One statement: the saga row, its wake-up, its first history entry and
+    // the NOTIFY, or nothing at all when the idempotency key is taken.
     let insert = tx
         .prepare_cached(
-            "INSERT INTO sagas (saga_id, saga_type, definition_version, idempotency_key, input,
-                                status, state, version, traceparent)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8)
-             ON CONFLICT (saga_type, idempotency_key) DO NOTHING",
+            "WITH saga AS (
+                 INSERT INTO sagas (saga_id, saga_type, definition_version, idempotency_key,
+                                    input, status, state, version, traceparent)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8)
+                 ON CONFLICT (saga_type, idempotency_key) DO NOTHING
+                 RETURNING saga_id
+             ), wakeup AS (
+                 INSERT INTO saga_wakeups (saga_id, due)
+                 SELECT saga_id, $9::timestamptz FROM saga WHERE $9::timestamptz IS NOT NULL
+             ), history AS (
+                 INSERT INTO saga_history (saga_id, seq, kind, status, detail)
+                 SELECT saga_id, 1, 'placed', $6, $10 FROM saga
+             )
+             SELECT pg_notify($11, saga_id::text) FROM saga",
         )
         .await?;
     let inserted = tx
-        .execute(
+        .query(
             &insert,
             &[
                 &new.saga_id,
@@ -103,9 +117,13 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
                 &t.state.status.as_str(),
                 &state_json,
                 &new.traceparent,
+                &t.state.deadline.map(to_time),
+                &detail,
+                &super::HISTORY_CHANNEL,
             ],
         )
-        .await?;
+        .await?
+        .len();
     if inserted == 0 {
         let existing = by_key(&tx, &def.saga_type, &new.idempotency_key, &new.input)
             .await?
@@ -116,12 +134,6 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
         tx.commit().await?;
         return Ok(Placed::Existing(existing));
     }
-    let detail = match &t.note {
-        Some(note) => format!("placed; {}", note.detail),
-        None => "placed".to_owned(),
-    };
-    set_wakeup(&tx, new.saga_id, t.state.deadline.map(to_time)).await?;
-    append_history(&tx, new.saga_id, 1, "placed", t.state.status, &detail).await?;
     tx.commit().await?;
     Ok(Placed::Created(Box::new(Committed {
         ctx: SagaContext {

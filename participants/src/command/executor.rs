@@ -123,16 +123,21 @@ impl Executor {
         let event_id = Uuid::now_v7();
         let event = build(event_id, self.participant, kind, cmd, &decision);
         let encoded = event.encode_to_vec();
-        inbox::record(&tx, cmd.command_id, event_id, &event, &encoded).await?;
-        outbox::insert(
-            &tx,
-            event_id,
-            cmd.saga_id,
-            &event_type(&event),
-            &encoded,
-            traceparent.as_deref(),
-        )
-        .await?;
+        // The inbox answer and the outbox row in one round trip (pipelined).
+        let event_type = event_type(&event);
+        let (recorded, inserted) = futures::join!(
+            inbox::record(&tx, cmd.command_id, event_id, &event, &encoded),
+            outbox::insert(
+                &tx,
+                event_id,
+                cmd.saga_id,
+                &event_type,
+                &encoded,
+                traceparent.as_deref(),
+            )
+        );
+        recorded?;
+        inserted?;
         tx.commit().await?;
         tracing::Span::current().record("command.outcome", outcome_name(decision.outcome));
         tracing::info!(event.id = %event_id, reason = %decision.reason, "command handled");
