@@ -158,7 +158,7 @@ impl SagaService for Api {
         .await?;
         match placed {
             Placed::Created(committed) => {
-                tracing::info!(saga.id = %saga_id, "order saga placed");
+                tracing::debug!(saga.id = %saga_id, "order saga placed");
                 self.driver.carry_out(&committed, None);
                 Ok(Response::new(pb::PlaceOrderResponse {
                     saga_id: saga_id.to_string(),

@@ -133,7 +133,7 @@ impl Driver {
                     });
                 }
                 Effect::Finish(status) => {
-                    tracing::info!(saga.id = %ctx.saga_id, saga.status = status.as_str(), "saga finished");
+                    tracing::debug!(saga.id = %ctx.saga_id, saga.status = status.as_str(), "saga finished");
                 }
             }
         }

@@ -110,7 +110,7 @@ impl Executor {
             .await?;
             tx.commit().await?;
             tracing::Span::current().record("command.outcome", outcome_name(stored.outcome));
-            tracing::info!(event.id = %stored.event_id, reason = %stored.reason, "repeated command: stored outcome re-emitted");
+            tracing::debug!(event.id = %stored.event_id, reason = %stored.reason, "repeated command: stored outcome re-emitted");
             return Ok(ack(
                 command_ack::Status::Duplicate,
                 stored.event_id,
@@ -140,7 +140,7 @@ impl Executor {
         inserted?;
         tx.commit().await?;
         tracing::Span::current().record("command.outcome", outcome_name(decision.outcome));
-        tracing::info!(event.id = %event_id, reason = %decision.reason, "command handled");
+        tracing::debug!(event.id = %event_id, reason = %decision.reason, "command handled");
         Ok(ack(
             command_ack::Status::Accepted,
             event_id,
