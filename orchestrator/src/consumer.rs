@@ -66,7 +66,14 @@ pub fn outcome_of(outcome: i32, reason: &str) -> Result<Outcome, String> {
     }
 }
 
+/// Most deliveries checked for duplicates with one read.
+const BATCH: usize = 256;
+
 /// Consume until shutdown, handling up to `concurrency` messages at once.
+/// Deliveries waiting together are checked against `processed_events` with
+/// one read: a copy of an event already applied (the Pub/Sub copy of a
+/// reply the fast path applied, a redelivery) is acked at once, and only
+/// the others take a transaction.
 pub async fn run(
     driver: Driver,
     mut messages: tokio::sync::mpsc::Receiver<ReceivedMessage>,
@@ -75,26 +82,49 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
-    loop {
-        let msg = tokio::select! {
+    let mut batch = Vec::with_capacity(BATCH);
+    'consume: loop {
+        let first = tokio::select! {
             m = messages.recv() => match m { Some(m) => m, None => break },
             _ = shutdown.cancelled() => break,
         };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let driver = driver.clone();
-        let dead_letters = dead_letters.clone();
-        tokio::spawn(async move {
-            handle(&driver, &dead_letters, msg).await;
-            drop(permit);
-        });
+        batch.push(first);
+        while batch.len() < BATCH {
+            match messages.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<Uuid> = batch
+            .iter()
+            .filter_map(|m| decode(&m.data).ok().map(|d| d.event_id))
+            .collect();
+        // On a database error nothing is known: each message goes the
+        // whole way (and meets the error there).
+        let applied = store::applied_among(driver.pool(), &ids)
+            .await
+            .unwrap_or_default();
+        for msg in batch.drain(..) {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break 'consume;
+            };
+            let driver = driver.clone();
+            let dead_letters = dead_letters.clone();
+            let seen = decode(&msg.data)
+                .ok()
+                .is_some_and(|d| applied.contains(&d.event_id));
+            tokio::spawn(async move {
+                handle(&driver, &dead_letters, msg, seen).await;
+                drop(permit);
+            });
+        }
     }
     // Let handlers in hand finish (they ack or nack what they hold).
     let _ = permits.acquire_many(concurrency as u32).await;
 }
 
-async fn handle(driver: &Driver, dead_letters: &EventPublisher, msg: ReceivedMessage) {
+/// Handle one delivery; `seen`: its event id was found applied just now.
+async fn handle(driver: &Driver, dead_letters: &EventPublisher, msg: ReceivedMessage, seen: bool) {
     let traceparent = msg.attributes.get(attributes::TRACEPARENT).cloned();
     let span = tracing::info_span!(
         "saga.consume",
@@ -118,9 +148,12 @@ async fn handle(driver: &Driver, dead_letters: &EventPublisher, msg: ReceivedMes
             .and_then(|t| t.elapsed().ok())
             .map(|d| d.as_millis() as u64);
         let started = std::time::Instant::now();
-        let result =
-            store::apply_event(driver.pool(), decoded.event_id, decoded.saga_id, &decoded.event)
-                .await;
+        let result = if seen {
+            Ok(Applied::Duplicate)
+        } else {
+            store::apply_fresh(driver.pool(), decoded.event_id, decoded.saga_id, &decoded.event)
+                .await
+        };
         tracing::debug!(
             received_lag_ms,
             apply_ms = started.elapsed().as_millis() as u64,

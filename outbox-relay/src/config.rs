@@ -41,7 +41,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "SAGAFLOW_RELAY_PUBLISH_DELAY_MS",
-        default: "1",
+        default: "5",
         meaning: "longest wait for other events to share a Pub/Sub batch (0..=1000)",
     },
     Var {
@@ -133,7 +133,7 @@ impl RelayConfig {
                 1..=86_400_000,
             )?,
             max_in_flight: config::int_in("SAGAFLOW_RELAY_MAX_IN_FLIGHT", 1000, 1..=1_000_000)?,
-            publish_delay: config::millis_in("SAGAFLOW_RELAY_PUBLISH_DELAY_MS", 1, 0..=1000)?,
+            publish_delay: config::millis_in("SAGAFLOW_RELAY_PUBLISH_DELAY_MS", 5, 0..=1000)?,
             ordering_key: config::bool_or("SAGAFLOW_RELAY_ORDERING_KEY", false)?,
             lanes: config::int_in("SAGAFLOW_RELAY_LANES", 1, 1..=64)?,
         };

@@ -235,7 +235,7 @@ impl Driver {
                 kind: cmd.kind,
                 outcome,
             };
-            match store::apply_reply(self.pool(), event_id, ctx.saga_id, &event).await {
+            match store::apply_fresh(self.pool(), event_id, ctx.saga_id, &event).await {
                 Ok(Applied::Changed(c)) => {
                     tracing::Span::current().record("saga.outcome", "applied");
                     self.carry_out(&c, sagaflow_common::trace::current_traceparent());

@@ -262,15 +262,36 @@ pub async fn apply_event(
 }
 
 /// As [`apply_event`], for an outcome that is most likely new (a
-/// participant's reply): no read ahead of the transaction, which tells a
-/// duplicate anyway.
-pub async fn apply_reply(
+/// participant's reply, or an event [`applied_among`] did not find): no read
+/// ahead of the transaction, which tells a duplicate anyway.
+pub async fn apply_fresh(
     pool: &Pool,
     event_id: Uuid,
     saga_id: Uuid,
     event: &Event,
 ) -> Result<Applied, Error> {
     apply(pool, event_id, saga_id, event, false).await
+}
+
+/// Which of `event_ids` were applied already: one read for a batch of
+/// deliveries, so copies of applied events are acked without a transaction.
+pub async fn applied_among(
+    pool: &Pool,
+    event_ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, Error> {
+    if event_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let client = pool.get().await?;
+    let seen = client
+        .prepare_cached("SELECT event_id FROM processed_events WHERE event_id = ANY($1)")
+        .await?;
+    Ok(client
+        .query(&seen, &[&event_ids])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 async fn apply(
