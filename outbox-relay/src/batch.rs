@@ -21,7 +21,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Claims unsent rows in id order, skipping rows another relay holds and
 /// rows this worker is backing off from (`$2`).
-const CLAIM: &str = "
+pub const CLAIM: &str = "
     SELECT id, event_id, saga_id, event_type, payload, traceparent, publish_attempts
     FROM outbox
     WHERE sent_at IS NULL AND id <> ALL($2::bigint[])

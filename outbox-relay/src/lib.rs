@@ -43,6 +43,7 @@ use sagaflow_common::pubsub::{EventPublisher, ensure_topic};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use batch::CLAIM;
 pub use config::RelayConfig;
 
 /// Connections per database beyond one per claim loop: one for cleanup,
@@ -54,7 +55,7 @@ const SPARE_CONNECTIONS: usize = 2;
 /// inserted and marked sent all the time, so the planner's statistics of
 /// `outbox` are always stale, and a sequential scan would read every row
 /// kept for the retention period on every claim.
-const SESSION_SETTINGS: [(&str, &str); 1] = [("enable_seqscan", "off")];
+pub const SESSION_SETTINGS: [(&str, &str); 1] = [("enable_seqscan", "off")];
 
 /// Relay every configured database until `shutdown` is cancelled, then stop
 /// claiming, finish the batches in hand, flush the publisher and return.

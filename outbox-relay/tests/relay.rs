@@ -332,3 +332,42 @@ async fn relay_throughput() {
         r.stop().await;
     }
 }
+
+/// The claim stays a range scan of the unsent-rows index in the relay's
+/// sessions, whatever the planner believes of the table. Its statement is
+/// prepared once per connection, and a plan made while the table was empty
+/// (a sequential scan and a sort) would be kept while the table fills up
+/// with rows kept for the retention period, each claim reading them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claim_is_an_index_range_scan_in_relay_sessions() {
+    init_logs();
+    let db = TestDb::migrated().await;
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE outbox SET (autovacuum_enabled = false); ANALYZE outbox;")
+        .await
+        .expect("freezing the statistics of an empty table");
+    let explain = |pool: deadpool_postgres::Pool| async move {
+        let client = pool.get().await.expect("a connection");
+        let plan = client
+            .query(
+                &format!("EXPLAIN {}", outbox_relay::CLAIM),
+                &[&100i64, &Vec::<i64>::new()],
+            )
+            .await
+            .expect("explain");
+        plan.iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let plain = explain(sagaflow_common::db::pool(&db.url, 1).expect("pool")).await;
+    eprintln!("the claim's plan without the relay's settings:\n{plain}");
+    let relay = explain(
+        sagaflow_common::db::pool_with_settings(&db.url, 1, &outbox_relay::SESSION_SETTINGS)
+            .expect("pool"),
+    )
+    .await;
+    assert!(relay.contains("outbox_unsent_idx"), "{relay}");
+    assert!(!relay.contains("Seq Scan"), "{relay}");
+}

@@ -69,8 +69,10 @@ async fn by_key(
 /// database's time) unless its idempotency key exists.
 pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
     let def = &new.definition;
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    // No explicit transaction: the insert below is one statement (atomic on
+    // its own), and the clock read before it locks nothing.
+    let client = pool.get().await?;
+    let tx = &client;
     let clock = tx.prepare_cached(&format!("SELECT {DB_NOW}")).await?;
     let now: Millis = tx.query_one(&clock, &[]).await?.get(0);
     let t =
@@ -125,16 +127,14 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
         .await?
         .len();
     if inserted == 0 {
-        let existing = by_key(&tx, &def.saga_type, &new.idempotency_key, &new.input)
+        let existing = by_key(tx, &def.saga_type, &new.idempotency_key, &new.input)
             .await?
             .ok_or_else(|| Error::Corrupt {
                 saga_id: new.saga_id,
                 reason: "idempotency key conflicted but its saga cannot be read".into(),
             })?;
-        tx.commit().await?;
         return Ok(Placed::Existing(existing));
     }
-    tx.commit().await?;
     Ok(Placed::Created(Box::new(Committed {
         ctx: SagaContext {
             saga_id: new.saga_id,
