@@ -248,14 +248,7 @@ mod tests {
 
     #[test]
     fn every_status_maps_both_ways() {
-        for s in [
-            Status::Running,
-            Status::Compensating,
-            Status::Completed,
-            Status::Compensated,
-            Status::CompensationFailed,
-            Status::Suspended,
-        ] {
+        for s in Status::ALL {
             assert_eq!(status_of(state_of(s) as i32), Some(s));
         }
         assert_eq!(status_of(0), None);

@@ -29,6 +29,16 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status.
+    pub const ALL: [Status; 6] = [
+        Status::Running,
+        Status::Compensating,
+        Status::Completed,
+        Status::Compensated,
+        Status::CompensationFailed,
+        Status::Suspended,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -48,16 +58,7 @@ impl Status {
     }
 
     pub fn parse(s: &str) -> Option<Status> {
-        [
-            Status::Running,
-            Status::Compensating,
-            Status::Completed,
-            Status::Compensated,
-            Status::CompensationFailed,
-            Status::Suspended,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
     }
 }
 

@@ -15,14 +15,7 @@ use StepState as S;
 // Exhaustive sweep
 // ---------------------------------------------------------------------------
 
-const STATUSES: [Status; 6] = [
-    Status::Running,
-    Status::Compensating,
-    Status::Completed,
-    Status::Compensated,
-    Status::CompensationFailed,
-    Status::Suspended,
-];
+const STATUSES: [Status; 6] = Status::ALL;
 
 const STEP_STATES: [StepState; 9] = [
     S::NotStarted,
