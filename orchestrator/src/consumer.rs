@@ -95,26 +95,24 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let ids: Vec<Uuid> = batch
-            .iter()
-            .filter_map(|m| decode(&m.data).ok().map(|d| d.event_id))
-            .collect();
+        let decoded: Vec<Result<Decoded, String>> = batch.iter().map(|m| decode(&m.data)).collect();
+        let ids: Vec<Uuid> = decoded.iter().flatten().map(|d| d.event_id).collect();
         // On a database error nothing is known: each message goes the
         // whole way (and meets the error there).
         let applied = store::applied_among(driver.pool(), &ids)
             .await
             .unwrap_or_default();
-        for msg in batch.drain(..) {
+        for (msg, decoded) in batch.drain(..).zip(decoded) {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break 'consume;
             };
             let driver = driver.clone();
             let dead_letters = dead_letters.clone();
-            let seen = decode(&msg.data)
-                .ok()
-                .is_some_and(|d| applied.contains(&d.event_id));
+            let seen = decoded
+                .as_ref()
+                .is_ok_and(|d| applied.contains(&d.event_id));
             tokio::spawn(async move {
-                handle(&driver, &dead_letters, msg, seen).await;
+                handle(&driver, &dead_letters, msg, decoded, seen).await;
                 drop(permit);
             });
         }
@@ -123,8 +121,15 @@ pub async fn run(
     let _ = permits.acquire_many(concurrency as u32).await;
 }
 
-/// Handle one delivery; `seen`: its event id was found applied just now.
-async fn handle(driver: &Driver, dead_letters: &EventPublisher, msg: ReceivedMessage, seen: bool) {
+/// Handle one delivery, `decoded` from its data; `seen`: its event id was
+/// found applied just now.
+async fn handle(
+    driver: &Driver,
+    dead_letters: &EventPublisher,
+    msg: ReceivedMessage,
+    decoded: Result<Decoded, String>,
+    seen: bool,
+) {
     let traceparent = msg.attributes.get(attributes::TRACEPARENT).cloned();
     let span = tracing::info_span!(
         "saga.consume",
@@ -136,7 +141,7 @@ async fn handle(driver: &Driver, dead_letters: &EventPublisher, msg: ReceivedMes
     );
     sagaflow_common::trace::set_parent(&span, traceparent.as_deref());
     async move {
-        let decoded = match decode(&msg.data) {
+        let decoded = match decoded {
             Ok(d) => d,
             Err(reason) => return reject(dead_letters, msg, &reason).await,
         };
@@ -151,7 +156,7 @@ async fn handle(driver: &Driver, dead_letters: &EventPublisher, msg: ReceivedMes
         let result = if seen {
             Ok(Applied::Duplicate)
         } else {
-            store::apply_fresh(driver.pool(), decoded.event_id, decoded.saga_id, &decoded.event)
+            store::apply_event(driver.pool(), decoded.event_id, decoded.saga_id, &decoded.event)
                 .await
         };
         tracing::debug!(

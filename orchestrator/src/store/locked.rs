@@ -249,32 +249,10 @@ pub enum Applied {
     Unchanged,
 }
 
-/// Apply an outcome event exactly once (by event id), in one transaction.
-/// A copy of an event applied before (the Pub/Sub copy of a reply the fast
-/// path applied, a redelivery) costs one read, no write transaction.
-pub async fn apply_event(
-    pool: &Pool,
-    event_id: Uuid,
-    saga_id: Uuid,
-    event: &Event,
-) -> Result<Applied, Error> {
-    apply(pool, event_id, saga_id, event, true).await
-}
-
-/// As [`apply_event`], for an outcome that is most likely new (a
-/// participant's reply, or an event [`applied_among`] did not find): no read
-/// ahead of the transaction, which tells a duplicate anyway.
-pub async fn apply_fresh(
-    pool: &Pool,
-    event_id: Uuid,
-    saga_id: Uuid,
-    event: &Event,
-) -> Result<Applied, Error> {
-    apply(pool, event_id, saga_id, event, false).await
-}
-
 /// Which of `event_ids` were applied already: one read for a batch of
 /// deliveries, so copies of applied events are acked without a transaction.
+/// Rows of `processed_events` are only ever inserted (and pruned long after
+/// any copy can come), so an id found here is final.
 pub async fn applied_among(
     pool: &Pool,
     event_ids: &[Uuid],
@@ -294,24 +272,17 @@ pub async fn applied_among(
         .collect())
 }
 
-async fn apply(
+/// Apply an outcome event exactly once (by event id), in one transaction
+/// that records the event id under the saga's lock. Copies of applied
+/// events are best told apart before, a batch at a time, with
+/// [`applied_among`]; this tells them anyway.
+pub async fn apply_event(
     pool: &Pool,
     event_id: Uuid,
     saga_id: Uuid,
     event: &Event,
-    read_first: bool,
 ) -> Result<Applied, Error> {
     let mut client = pool.get().await?;
-    if read_first {
-        // Rows of `processed_events` are only ever inserted (and pruned long
-        // after any copy can come), so one seen here is final.
-        let seen = client
-            .prepare_cached("SELECT 1 FROM processed_events WHERE event_id = $1")
-            .await?;
-        if client.query_opt(&seen, &[&event_id]).await?.is_some() {
-            return Ok(Applied::Duplicate);
-        }
-    }
     let tx = client.transaction().await?;
     let record = tx
         .prepare_cached(

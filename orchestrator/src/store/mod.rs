@@ -37,7 +37,7 @@ use uuid::Uuid;
 
 use crate::saga::{self, Effect, Millis, SagaState, Status};
 
-pub use locked::{Applied, applied_among, apply_event, apply_fresh, suspend};
+pub use locked::{Applied, applied_among, apply_event, suspend};
 pub use operate::{Operated, Operation, operate};
 pub use place::{Existing, NewSaga, Placed, find_by_key, place};
 pub use timers::{Fired, InFlight, count_due_unknown, due_sagas, fire_timer, in_flight_page};

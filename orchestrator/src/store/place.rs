@@ -72,9 +72,8 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
     // No explicit transaction: the insert below is one statement (atomic on
     // its own), and the clock read before it locks nothing.
     let client = pool.get().await?;
-    let tx = &client;
-    let clock = tx.prepare_cached(&format!("SELECT {DB_NOW}")).await?;
-    let now: Millis = tx.query_one(&clock, &[]).await?.get(0);
+    let clock = client.prepare_cached(&format!("SELECT {DB_NOW}")).await?;
+    let now: Millis = client.query_one(&clock, &[]).await?.get(0);
     let t =
         saga::apply(def, &SagaState::new(def.steps.len()), &Event::Start, now).map_err(|e| {
             Error::Corrupt {
@@ -89,7 +88,7 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
     };
     // One statement: the saga row, its wake-up, its first history entry and
     // the NOTIFY, or nothing at all when the idempotency key is taken.
-    let insert = tx
+    let insert = client
         .prepare_cached(
             "WITH saga AS (
                  INSERT INTO sagas (saga_id, saga_type, definition_version, idempotency_key,
@@ -107,7 +106,7 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
              SELECT pg_notify($11, saga_id::text) FROM saga",
         )
         .await?;
-    let inserted = tx
+    let inserted = client
         .query(
             &insert,
             &[
@@ -127,7 +126,7 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
         .await?
         .len();
     if inserted == 0 {
-        let existing = by_key(tx, &def.saga_type, &new.idempotency_key, &new.input)
+        let existing = by_key(&client, &def.saga_type, &new.idempotency_key, &new.input)
             .await?
             .ok_or_else(|| Error::Corrupt {
                 saga_id: new.saga_id,
