@@ -47,6 +47,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use sagaflow_common::db;
 use sagaflow_protos::orchestrator::v1::PlaceOrderRequest;
 use sagaflow_protos::participant::v1::OrderItem;
 use sagaflow_tests::checks::Checks;
@@ -166,9 +167,7 @@ impl Watcher {
         listen.batch_execute("LISTEN sagaflow_saga").await?;
         // Keep the listening connection alive as long as the watcher.
         let listen = Arc::new(listen);
-        let (reader, conn) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(conn);
-        let reader = Arc::new(reader);
+        let reader = Arc::new(db::connect(url).await?);
         let waiters: Waiters = Arc::default();
         let (w, r) = (waiters.clone(), reader.clone());
         tokio::spawn(async move {
@@ -296,21 +295,15 @@ async fn next_xid(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
         .get(0))
 }
 
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
 /// Per outbox row written since `since` (the database's clock), ms from
 /// the row's insert to its ack by Pub/Sub; waits for the relay to finish.
 async fn relay_lags(sys: &System, since: &str) -> anyhow::Result<Vec<f64>> {
     let mut lags = Vec::new();
     for url in [&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory] {
-        let db = connect(url).await?;
+        let client = db::connect(url).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let unsent: i64 = db
+            let unsent: i64 = client
                 .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])
                 .await?
                 .get(0);
@@ -319,7 +312,7 @@ async fn relay_lags(sys: &System, since: &str) -> anyhow::Result<Vec<f64>> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        for row in db
+        for row in client
             .query(
                 "SELECT (extract(epoch from sent_at - created_at) * 1000)::float8
                  FROM outbox WHERE created_at >= $1::text::timestamptz AND sent_at IS NOT NULL",
@@ -357,7 +350,7 @@ async fn one_run(args: &Args) -> anyhow::Result<bool> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("no orchestrator"))?;
     let watcher = Watcher::start(&sys.dbs.orchestrator).await?;
-    let orch = connect(&sys.dbs.orchestrator).await?;
+    let orch = db::connect(&sys.dbs.orchestrator).await?;
 
     if args.warmup > 0 {
         run_batch(&client, &watcher, 0..args.warmup, args.c).await?;
