@@ -25,11 +25,6 @@ pub const VARS: &[Var] = &[
         meaning: "rows claimed per transaction (1..=10000)",
     },
     Var {
-        name: "SAGAFLOW_RELAY_LANES",
-        default: "1",
-        meaning: "claim loops per database, each with its batch in flight (1..=64)",
-    },
-    Var {
         name: "SAGAFLOW_RELAY_POLL_INTERVAL_MS",
         default: "500",
         meaning: "polling fallback when no NOTIFY arrives (1..=3600000)",
@@ -94,8 +89,6 @@ pub struct RelayConfig {
     /// order, and a key gives every saga its own batch (no batching across
     /// sagas). `SAGAFLOW_RELAY_ORDERING_KEY`.
     pub ordering_key: bool,
-    /// Claim loops per database. `SAGAFLOW_RELAY_LANES`.
-    pub lanes: usize,
 }
 
 impl RelayConfig {
@@ -135,7 +128,6 @@ impl RelayConfig {
             max_in_flight: config::int_in("SAGAFLOW_RELAY_MAX_IN_FLIGHT", 1000, 1..=1_000_000)?,
             publish_delay: config::millis_in("SAGAFLOW_RELAY_PUBLISH_DELAY_MS", 5, 0..=1000)?,
             ordering_key: config::bool_or("SAGAFLOW_RELAY_ORDERING_KEY", false)?,
-            lanes: config::int_in("SAGAFLOW_RELAY_LANES", 1, 1..=64)?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -183,7 +175,6 @@ impl std::fmt::Debug for RelayConfig {
             .field("max_in_flight", &self.max_in_flight)
             .field("publish_delay", &self.publish_delay)
             .field("ordering_key", &self.ordering_key)
-            .field("lanes", &self.lanes)
             .finish()
     }
 }

@@ -46,9 +46,9 @@ use tokio_util::sync::CancellationToken;
 pub use batch::CLAIM;
 pub use config::RelayConfig;
 
-/// Connections per database beyond one per claim loop: one for cleanup,
-/// one spare for a reconnect racing a closing connection.
-const SPARE_CONNECTIONS: usize = 2;
+/// Connections per database: one for the claim loop, one for cleanup, one
+/// spare for a reconnect racing a closing connection.
+const POOL_SIZE: usize = 3;
 
 /// Settings of the relay's database sessions. The claim must stay a range
 /// scan of the unsent-rows index however the table churns: rows are
@@ -89,7 +89,7 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> anyhow::Re
         let worker = worker::Worker {
             url: url.clone(),
             label: config::label(url),
-            pool: db::pool_with_settings(url, config.lanes + SPARE_CONNECTIONS, &SESSION_SETTINGS)?,
+            pool: db::pool_with_settings(url, POOL_SIZE, &SESSION_SETTINGS)?,
             publisher: publisher.clone(),
             topic: topic.clone(),
             batch_size: config.batch_size,
@@ -97,7 +97,6 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> anyhow::Re
             retention: config.retention,
             cleanup_interval: config.cleanup_interval,
             ordering_key: config.ordering_key,
-            lanes: config.lanes,
         };
         workers.spawn(worker.run(stop.clone()));
     }

@@ -49,10 +49,6 @@ pub(crate) struct Worker {
     pub cleanup_interval: Duration,
     /// Publish with the saga id as ordering key.
     pub ordering_key: bool,
-    /// Claim loops run at once on this database: while one waits for
-    /// Pub/Sub to acknowledge its batch, another claims the rows inserted
-    /// meanwhile (`FOR UPDATE SKIP LOCKED` keeps them apart).
-    pub lanes: usize,
 }
 
 /// What to do before the next round.
@@ -85,10 +81,7 @@ impl Worker {
             helpers.clone(),
         ));
         tracing::info!(db = %self.label, "relaying outbox");
-        futures::future::join_all(
-            (0..self.lanes.max(1)).map(|_| self.claim_loop(&wake, &shutdown)),
-        )
-        .await;
+        self.claim_loop(&wake, &shutdown).await;
         helpers.cancel();
         for task in [listener, cleanup] {
             if let Err(e) = task.await {
