@@ -235,7 +235,7 @@ impl Driver {
                 kind: cmd.kind,
                 outcome,
             };
-            match store::apply_fresh(self.pool(), event_id, ctx.saga_id, &event).await {
+            match store::apply_event(self.pool(), event_id, ctx.saga_id, &event).await {
                 Ok(Applied::Changed(c)) => {
                     tracing::Span::current().record("saga.outcome", "applied");
                     self.carry_out(&c, sagaflow_common::trace::current_traceparent());
@@ -283,5 +283,55 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sagaflow_protos::events::v1::Outcome as PbOutcome;
+
+    fn reply(event_id: &str, outcome: i32, reason: &str) -> CommandAck {
+        CommandAck {
+            event_id: event_id.into(),
+            outcome,
+            reason: reason.into(),
+            ..CommandAck::default()
+        }
+    }
+
+    #[test]
+    fn a_reply_carries_its_event_id_and_outcome() {
+        let id = Uuid::now_v7();
+        let (got, outcome) = parse_reply(&reply(
+            &id.to_string(),
+            PbOutcome::Refused as i32,
+            "no_credit",
+        ))
+        .unwrap();
+        assert_eq!(got, id);
+        assert_eq!(
+            outcome,
+            Outcome::Refused {
+                reason: "no_credit".into()
+            }
+        );
+    }
+
+    /// A reply that says nothing usable (an old participant, a broken one)
+    /// is not applied: the event from Pub/Sub decides.
+    #[test]
+    fn a_reply_without_a_usable_outcome_is_not_applied() {
+        let id = Uuid::now_v7().to_string();
+        for bad in [
+            reply("", PbOutcome::Succeeded as i32, ""),
+            reply("not-a-uuid\0", PbOutcome::Succeeded as i32, ""),
+            reply(&id, 0, ""),
+            reply(&id, 7, ""),
+            reply(&id, i32::MAX, ""),
+            reply(&id, -1, ""),
+        ] {
+            assert!(parse_reply(&bad).is_err(), "{bad:?}");
+        }
     }
 }
