@@ -202,6 +202,7 @@ const tracking = { sagaState: false, steps: false, rows: null };
 async function screenshot(page, label) {
   if (!screenshotDir) return;
   mkdirSync(screenshotDir, { recursive: true });
+  await new Promise((r) => setTimeout(r, 600)); // let colour transitions settle
   const path = join(screenshotDir, `${scenario}-${label}.png`);
   await page.screenshot({ path, fullPage: true });
   emit("screenshot", { path });
@@ -268,6 +269,7 @@ async function operatorAction(page, id, action) {
   await screenshot(page, "before");
   await page.getByTestId(button).click();
   emit("clicked", { testid: button });
+  await screenshot(page, "dialog");
   const reason = process.env[action === "retry" ? "RETRY_REASON" : "CANCEL_REASON"] ?? (action === "cancel" ? "cancelled by the system test" : "");
   if (reason) await page.getByTestId("action-reason").fill(reason);
   await page.getByTestId("confirm-button").click();
@@ -362,6 +364,9 @@ try {
   const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
   page = await context.newPage();
   page.on("pageerror", (err) => emit("page-error", { message: err.message }));
+  page.on("response", (res) => {
+    if (res.status() >= 400) emit("http-error", { url: res.url(), status: res.status() });
+  });
   page.on("console", (msg) => {
     if (msg.type() === "error") emit("console", { level: "error", text: msg.text() });
   });
