@@ -66,7 +66,8 @@ function nextStdinLine() {
   if (stdinClosed) return Promise.reject(new Error("stdin closed before the expected line"));
   return new Promise((resolve, reject) => stdinWaiters.push({ resolve, reject }));
 }
-if (scenario === "restart") {
+const idsFromStdin = scenario === "list" && sagaIds.length === 1 && sagaIds[0] === "-";
+if (scenario === "restart" || idsFromStdin) {
   const rl = createInterface({ input: process.stdin });
   rl.on("line", (line) => {
     const w = stdinWaiters.shift();
@@ -297,12 +298,21 @@ const run = {
 
   // Waits for the given sagas to appear in the list and reach a final state, live.
   async list(page) {
-    const wanted = new Set(sagaIds);
+    const wanted = new Set(idsFromStdin ? [] : sagaIds);
     const final = states("FINAL_STATES", "COMPLETED,COMPENSATED,COMPENSATION_FAILED");
     tracking.rows = wanted;
     await page.goto(`${consoleUrl.replace(/#.*$/, "")}#/`);
     const ready = await waitFor("the list's snapshot", (s) => (s.connection === "live" && s.counts.ALL !== "–" ? s : null));
     emit("list-ready", { rows: ready.rows.length, counts: ready.counts });
+    if (idsFromStdin) {
+      // The sagas are started only now: they must show up live.
+      emit("waiting-for-ids");
+      const line = await nextStdinLine();
+      for (const id of line.split(",").map((x) => x.trim()).filter(Boolean)) wanted.add(id);
+      if (wanted.size === 0) throw new Error("no saga id on stdin");
+      const inSnapshot = ready.rows.filter(([id]) => wanted.has(id)).map(([id]) => id);
+      emit("ids", { ids: [...wanted], inSnapshot });
+    }
     const done = new Set();
     await waitFor(`${wanted.size} sagas in ${final.join("|")}`, (s) => {
       for (const [id, state] of s.rows) {
@@ -361,7 +371,11 @@ let exitCode = 0;
 try {
   browser = await chromium.launch({ executablePath, headless: true, args: CHROMIUM_FLAGS });
   emit("start", { scenario, url: consoleUrl, ids: sagaIds, browser: browser.version() });
-  const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+  const context = await browser.newContext({
+    viewport: { width: 1400, height: 900 },
+    // A system test's API may use TLS with its own CA.
+    ignoreHTTPSErrors: process.env.IGNORE_HTTPS_ERRORS === "1",
+  });
   page = await context.newPage();
   page.on("pageerror", (err) => emit("page-error", { message: err.message }));
   page.on("response", (res) => {
