@@ -109,6 +109,7 @@ function observerScript() {
       actionError: error ? { code: attr(error, "data-code"), text: error.textContent.trim() } : null,
       sagaError: sagaError ? { code: attr(sagaError, "data-code"), text: sagaError.textContent.trim() } : null,
       tokenPrompt: !!document.querySelector('[data-testid="token-input"]'),
+      tokenError: document.querySelector('[data-testid="token-error"]')?.textContent?.trim() ?? null,
       retryButton: !!document.querySelector('[data-testid="retry-button"]'),
       cancelButton: !!document.querySelector('[data-testid="cancel-button"]'),
     };
@@ -140,6 +141,17 @@ function observerScript() {
 let latest = null;
 let documents = 0;
 const waiters = new Set();
+/** Set when the scenario cannot go on (e.g. a refused token): every wait fails with it. */
+let fatal = null;
+
+function fail(err) {
+  fatal = err;
+  for (const w of [...waiters]) {
+    waiters.delete(w);
+    clearTimeout(w.timer);
+    w.reject(err);
+  }
+}
 
 function check() {
   for (const w of [...waiters]) {
@@ -162,6 +174,9 @@ function check() {
 
 /** Resolves with the predicate's first truthy value over the page's snapshots. */
 function waitFor(what, predicate, ms = timeoutMs) {
+  const now = latest ? predicate(latest) : null;
+  if (now) return Promise.resolve(now);
+  if (fatal) return Promise.reject(fatal);
   return new Promise((resolve, reject) => {
     const w = { predicate: (s) => (s ? predicate(s) : false), resolve, reject, timer: undefined };
     w.timer = setTimeout(() => {
@@ -385,6 +400,7 @@ try {
     if (msg.type() === "error") emit("console", { level: "error", text: msg.text() });
   });
   let tokenTyped = false;
+  let tokenEntries = 0;
   await page.exposeBinding("__sagaflowObserve", (_source, data) => {
     if (data.document) {
       documents += 1;
@@ -392,11 +408,18 @@ try {
     }
     latest = data.snapshot;
     emitChanges(latest);
+    check();
     if (latest.tokenPrompt && !tokenTyped) {
       tokenTyped = true;
       if (!token) {
-        for (const w of [...waiters]) w.reject(new Error("the console asks for a token: set SAGAFLOW_TOKEN"));
+        emit("token-asked", { error: latest.tokenError });
+        fail(new Error("the console asks for a token: set SAGAFLOW_TOKEN"));
+      } else if (tokenEntries > 0 && latest.tokenError) {
+        // Asked again after our token: the orchestrator refused it.
+        emit("token-refused", { error: latest.tokenError });
+        fail(new Error(`the orchestrator refused the token: ${latest.tokenError}`));
       } else {
+        tokenEntries += 1;
         void (async () => {
           await page.getByTestId("token-input").fill(token);
           await page.getByTestId("token-submit").click();
@@ -406,7 +429,6 @@ try {
     } else if (!latest.tokenPrompt) {
       tokenTyped = false;
     }
-    check();
   });
   await page.addInitScript(observerScript);
   await run[scenario](page);

@@ -7,31 +7,39 @@ import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
 
 const here = new URL("..", import.meta.url).pathname;
-let fake;
+const fakes = [];
 let base;
 
-before(async () => {
-  fake = spawn(process.execPath, ["tests/output/fake-orchestrator.mjs", "--step-ms", "200"], {
+/** Starts a fake orchestrator; resolves with its HTTP base URL. */
+async function startFake(...args) {
+  const fake = spawn(process.execPath, ["tests/output/fake-orchestrator.mjs", "--step-ms", "200", ...args], {
     cwd: here,
     stdio: ["ignore", "pipe", "inherit"],
   });
+  fakes.push(fake);
   const line = await new Promise((resolve, reject) => {
     createInterface({ input: fake.stdout }).once("line", resolve);
     fake.once("exit", (code) => reject(new Error(`the fake orchestrator exited with ${code}`)));
   });
-  base = `http://127.0.0.1:${JSON.parse(line).http}`;
+  return `http://127.0.0.1:${JSON.parse(line).http}`;
+}
+
+before(async () => {
+  base = await startFake();
 });
 
-after(() => fake?.kill());
+after(() => {
+  for (const f of fakes) f.kill();
+});
 
-async function place(outcome, n = 1) {
-  const res = await fetch(`${base}/__fake/place?outcome=${outcome}&n=${n}`, { method: "POST" });
+async function place(outcome, n = 1, at = base) {
+  const res = await fetch(`${at}/__fake/place?outcome=${outcome}&n=${n}`, { method: "POST" });
   return (await res.json()).ids;
 }
 
 /** Runs the driver; `onEvent` may answer on its stdin. Resolves with its events and exit code. */
-function drive(scenario, ids, env = {}, onEvent = () => {}) {
-  const child = spawn(process.execPath, ["tests/driver.mjs", scenario, `${base}/`, ids.join(",")], {
+function drive(scenario, ids, env = {}, onEvent = () => {}, at = base) {
+  const child = spawn(process.execPath, ["tests/driver.mjs", scenario, `${at}/`, ids.join(",")], {
     cwd: here,
     env: { ...process.env, TIMEOUT_MS: "40000", ...env },
     stdio: ["pipe", "pipe", "inherit"],
@@ -97,4 +105,22 @@ test("restart: the saga page resumes after the orchestrator comes back, each ent
   const final = of(events, "saga-final")[0];
   assert.equal(final.state, "COMPLETED");
   assert.deepEqual(final.history, [...final.history.keys()].map((i) => i + 1));
+});
+
+test("token: the console asks for one, sends it, and a client token cannot retry", async () => {
+  const secured = await startFake("--token", "client-secret", "--operator-token", "operator-secret");
+  const [paused] = await place("compfail", 1, secured);
+  const asOperator = await drive("retry", [paused], { SAGAFLOW_TOKEN: "operator-secret" }, undefined, secured);
+  assert.equal(asOperator.code, 0, JSON.stringify(asOperator.events.at(-2)));
+  assert.equal(of(asOperator.events, "token-entered").length, 1);
+  assert.equal(of(asOperator.events, "saga-final")[0].state, "COMPENSATED");
+
+  const [other] = await place("compfail", 1, secured);
+  const asClient = await drive("retry", [other], { SAGAFLOW_TOKEN: "client-secret" }, undefined, secured);
+  assert.equal(asClient.code, 1);
+  assert.equal(of(asClient.events, "action-error")[0].code, "PERMISSION_DENIED");
+
+  const wrong = await drive("saga", [other], { SAGAFLOW_TOKEN: "nonsense", TIMEOUT_MS: "15000" }, undefined, secured);
+  assert.equal(wrong.code, 1);
+  assert.match(of(wrong.events, "token-refused")[0].error, /UNAUTHENTICATED/);
 });

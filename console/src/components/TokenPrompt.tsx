@@ -12,7 +12,7 @@ export function TokenPrompt(props: { error: CallError | null; onSubmit: (token: 
     <form class="token-prompt" onSubmit={submit} aria-labelledby="token-title">
       <h2 id="token-title">Bearer token</h2>
       {props.error ? (
-        <p class="error" role="alert">
+        <p class="error" role="alert" data-testid="token-error" data-code={props.error.code}>
           The orchestrator refused the call: <code>{props.error.code}</code> {props.error.message}. Enter a token
           with the rights it needs (an operator token for Retry and Cancel).
         </p>

@@ -2,7 +2,7 @@
 // its browser driver without the Rust system: the same protos, served as
 // gRPC-Web with CORS, sagas that move on timers, and a simulated restart.
 //
-//   npm run fake -- [--grpc-port N] [--http-port N] [--step-ms N]
+//   npm run fake -- [--grpc-port N] [--http-port N] [--step-ms N] [--token T] [--operator-token T]
 //
 // Prints {"event":"listening","grpc":N,"http":N} on stdout. The HTTP port
 // serves ../../dist and /config.json like the orchestrator's HTTP address,
@@ -11,7 +11,7 @@
 //   POST /__fake/restart?ms=N   the gRPC port goes away for N ms (streams end UNAVAILABLE)
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { randomUUID } from "node:crypto";
 import { readFile } from "node:fs/promises";
@@ -38,6 +38,14 @@ const arg = (name: string, fallback: number) => {
   return i >= 0 ? Number(args[i + 1]) : fallback;
 };
 const STEP_MS = arg("step-ms", 400);
+const argText = (name: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? (args[i + 1] ?? "") : "";
+};
+// With --token, every call needs it or the operator token; the operator
+// actions need --operator-token (PERMISSION_DENIED for the other).
+const CLIENT_TOKEN = argText("token");
+const OPERATOR_TOKEN = argText("operator-token");
 const DIST = process.env.SAGAFLOW_CONSOLE_DIR ?? new URL("../../dist", import.meta.url).pathname;
 
 type Outcome = "complete" | "refuse" | "compfail" | "slow";
@@ -329,7 +337,30 @@ function routes(router: ConnectRouter) {
 
 // ------------------------------------------------------------------ servers
 
-const grpcHandler = connectNodeAdapter({ routes, grpcWeb: true, connect: false, grpc: false });
+const OPERATOR_METHODS = new Set(["RetrySaga", "CancelSaga", "ListDeadLetters", "RedriveDeadLetters"]);
+
+const auth: Interceptor = (next) => async (req) => {
+  if (CLIENT_TOKEN || OPERATOR_TOKEN) {
+    const header = req.header.get("authorization") ?? "";
+    const token = header.startsWith("Bearer ") ? header.slice(7) : "";
+    const operator = OPERATOR_TOKEN !== "" && token === OPERATOR_TOKEN;
+    if (!operator && (CLIENT_TOKEN === "" || token !== CLIENT_TOKEN)) {
+      throw new ConnectError("missing or unknown bearer token", Code.Unauthenticated);
+    }
+    if (!operator && OPERATOR_METHODS.has(req.method.name)) {
+      throw new ConnectError("this action needs an operator token", Code.PermissionDenied);
+    }
+  }
+  return next(req);
+};
+
+const grpcHandler = connectNodeAdapter({
+  routes,
+  grpcWeb: true,
+  connect: false,
+  grpc: false,
+  interceptors: [auth],
+});
 
 function cors(req: IncomingMessage, res: ServerResponse): boolean {
   res.setHeader("access-control-allow-origin", req.headers.origin ?? "*");
@@ -382,7 +413,7 @@ const httpServer = createServer(async (req, res) => {
       res.end(
         JSON.stringify({
           apiUrl: `http://127.0.0.1:${grpcPort}`,
-          tokenRequired: false,
+          tokenRequired: CLIENT_TOKEN !== "" || OPERATOR_TOKEN !== "",
           jaegerUiUrl: process.env.JAEGER_UI_URL ?? null,
         }),
       );
