@@ -22,7 +22,37 @@ pub const VARS: &[Var] = &[
     Var {
         name: "SAGAFLOW_ORCHESTRATOR_LISTEN",
         default: "127.0.0.1:50051",
-        meaning: "gRPC listen address",
+        meaning: "gRPC listen address (gRPC, and gRPC-Web over HTTP/1.1 for browsers)",
+    },
+    Var {
+        name: "SAGAFLOW_ORCHESTRATOR_HTTP_LISTEN",
+        default: "127.0.0.1:8080",
+        meaning: "HTTP address: the web console and /config.json (empty: no HTTP server)",
+    },
+    Var {
+        name: "SAGAFLOW_CONSOLE_DIR",
+        default: "console/dist (from the working directory, else next to the binary's build tree)",
+        meaning: "the built web console served on the HTTP address",
+    },
+    Var {
+        name: "SAGAFLOW_CONSOLE_API_URL",
+        default: "the gRPC address, as reached by the browser's host name",
+        meaning: "the API URL the console calls (gRPC-Web)",
+    },
+    Var {
+        name: "SAGAFLOW_CORS_ALLOWED_ORIGINS",
+        default: "the console's own origins (http://127.0.0.1:PORT, http://localhost:PORT, the HTTP address)",
+        meaning: "comma-separated browser origins allowed to call the API with gRPC-Web; `*` for any",
+    },
+    Var {
+        name: "SAGAFLOW_JAEGER_UI_URL",
+        default: "(unset: no trace links)",
+        meaning: "Jaeger's UI; the console links each saga's trace id there",
+    },
+    Var {
+        name: "SAGAFLOW_WATCH_BUFFER",
+        default: "64",
+        meaning: "messages queued per WatchSaga/WatchSagas stream before its client counts as too slow and is told to resume (1..=100000)",
     },
     Var {
         name: "SAGAFLOW_ORCHESTRATOR_DATABASE_URL",
@@ -259,6 +289,13 @@ pub const VARS: &[Var] = &[
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: String,
+    /// The HTTP address (console, `/config.json`); `None`: no HTTP server.
+    pub http_listen: Option<String>,
+    pub console: crate::http::ConsoleSettings,
+    /// Browser origins allowed to call the API (`None`: any).
+    pub cors_origins: Option<Vec<String>>,
+    /// Messages queued per watcher.
+    pub watch_buffer: usize,
     pub database_url: String,
     pub pool_size: usize,
     /// Participant key → gRPC URL.
@@ -396,8 +433,20 @@ impl Config {
             interval: secs_in("SAGAFLOW_RETENTION_INTERVAL_SECS", HOUR, 1..=DAY)?,
         };
         retention.check()?;
+        let listen = var_or("SAGAFLOW_ORCHESTRATOR_LISTEN", "127.0.0.1:50051");
+        let http_listen = Some(var_or(
+            "SAGAFLOW_ORCHESTRATOR_HTTP_LISTEN",
+            "127.0.0.1:8080",
+        ))
+        .filter(|a| !a.trim().is_empty());
+        let console = crate::http::ConsoleSettings::from_env(&listen, &security)?;
+        let cors_origins = crate::http::cors_origins_from_env(http_listen.as_deref())?;
         Ok(Config {
-            listen: var_or("SAGAFLOW_ORCHESTRATOR_LISTEN", "127.0.0.1:50051"),
+            listen: listen.clone(),
+            http_listen,
+            console,
+            cors_origins,
+            watch_buffer: int_in("SAGAFLOW_WATCH_BUFFER", 64, 1..=100_000)?,
             dead_letter_topic: var_or(
                 "SAGAFLOW_DEAD_LETTER_TOPIC",
                 &format!("{events_topic}-dead-letter"),

@@ -15,6 +15,9 @@
 //! - [`cli`]: the `dead-letters` commands, as API calls.
 //! - [`reconcile`]: the operator's read-only comparison of every finished
 //!   saga with what its participants say they did.
+//! - [`watch`]: `WatchSaga` and `WatchSagas`, live from one `LISTEN`
+//!   connection per instance.
+//! - [`http`]: the HTTP address (the web console, `/config.json`).
 //! - [`config`]: environment variables.
 
 pub mod api;
@@ -25,12 +28,14 @@ pub mod consumer;
 pub mod deadletter;
 pub mod definitions;
 pub mod driver;
+pub mod http;
 pub mod participants;
 pub mod reconcile;
 pub mod retention;
 pub mod saga;
 pub mod store;
 pub mod views;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -58,7 +63,7 @@ pub async fn run(
         def.validate().map_err(anyhow::Error::msg)?;
     }
     // TLS settings are checked before anything else is touched.
-    let (mut server, tokens, participants_tls) = match &config.security {
+    let (server, tokens, participants_tls) = match &config.security {
         Security::Secure(secured) => (
             tonic::transport::Server::builder()
                 .tls_config(secured.api_tls.config())
@@ -150,15 +155,45 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SagaServiceServer<api::Api>>().await;
+    let hub = watch::Hub::new();
+    let listening = tokio::spawn(
+        hub.clone()
+            .listen(config.database_url.clone(), work.clone()),
+    );
     let api = api::Api {
         driver,
         lookups,
         redrive: redrive.clone(),
         events_topic: config.events_topic.clone(),
+        watch: api::Watching {
+            hub,
+            settings: watch::Settings {
+                buffer: config.watch_buffer,
+                cursor_max_age: config.retention.history,
+            },
+            shutdown: shutdown.clone(),
+        },
+    };
+    let web = match &config.http_listen {
+        Some(addr) => {
+            let http_listener = TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("binding {addr} (SAGAFLOW_ORCHESTRATOR_HTTP_LISTEN): {e}")
+            })?;
+            http::announce(&config.console, http_listener.local_addr()?);
+            Some(tokio::spawn(http::serve(
+                http_listener,
+                config.console.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
     };
     let tls = tokens.is_some();
     tracing::info!(addr = %listener.local_addr()?, tls, "orchestrator listening");
     let served = server
+        .accept_http1(true)
+        .layer(http::cors(config.cors_origins.as_deref()))
+        .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health_service)
         .add_service(auth::Guarded::new(SagaServiceServer::new(api), tokens))
         .serve_with_incoming_shutdown(
@@ -182,6 +217,16 @@ pub async fn run(
     if let Err(e) = timers.await {
         failed.push(format!("timers: {e}"));
     }
+    if let Err(e) = listening.await {
+        failed.push(format!("watch listener: {e}"));
+    }
+    if let Some(web) = web {
+        match web.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed.push(format!("HTTP server: {e:#}")),
+            Err(e) => failed.push(format!("HTTP server: {e}")),
+        }
+    }
     served?;
     anyhow::ensure!(failed.is_empty(), "tasks failed: {}", failed.join("; "));
     Ok(())
@@ -194,6 +239,7 @@ pub fn migrations() -> Vec<sagaflow_common::db::Migration> {
         .chain(deadletter::MIGRATIONS)
         .chain(retention::MIGRATIONS)
         .chain(store::WAKEUP_MIGRATIONS)
+        .chain(watch::list::MIGRATIONS)
         .copied()
         .collect()
 }

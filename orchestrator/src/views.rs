@@ -72,10 +72,11 @@ impl PageToken {
     }
 }
 
-const COLUMNS: &str = "saga_id, saga_type, definition_version, state, reason, created_at,
+pub(crate) const COLUMNS: &str =
+    "saga_id, saga_type, definition_version, state, reason, created_at,
                        updated_at, input, idempotency_key, traceparent, status";
 
-fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
+pub(crate) fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
     let saga_id: Uuid = row.get(0);
     let saga_type: String = row.get(1);
     let version = row.get::<_, i32>(2) as u32;

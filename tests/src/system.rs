@@ -343,6 +343,9 @@ impl System {
             .filter(|_| name.starts_with("orchestrator"))
         {
             cmd.env("SAGAFLOW_ORCHESTRATOR_LISTEN", addr);
+            if let Some(http) = self.addrs.get(&format!("{name}.http")) {
+                cmd.env("SAGAFLOW_ORCHESTRATOR_HTTP_LISTEN", http);
+            }
         }
         if let Some(extra) = self.process_env.get(name) {
             cmd.envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -420,7 +423,16 @@ impl System {
         self.addrs
             .entry(name.clone())
             .or_insert_with(|| format!("127.0.0.1:{}", free_port()));
+        self.addrs
+            .entry(format!("{name}.http"))
+            .or_insert_with(|| format!("127.0.0.1:{}", free_port()));
         self.spawn(&name)
+    }
+
+    /// The HTTP address of orchestrator `n` (the web console,
+    /// `/config.json`), as a URL.
+    pub fn console_url(&self, n: usize) -> String {
+        format!("http://{}/", self.addrs[&format!("orchestrator-{n}.http")])
     }
 
     /// A command for one of the service binaries with the environment every

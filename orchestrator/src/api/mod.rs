@@ -41,6 +41,15 @@ pub struct Api {
     /// Publishes re-driven dead letters to the events topic.
     pub redrive: Arc<EventPublisher>,
     pub events_topic: String,
+    /// Watchers' fan-out, their settings, and the shutdown that ends them.
+    pub watch: Watching,
+}
+
+#[derive(Clone)]
+pub struct Watching {
+    pub hub: Arc<crate::watch::Hub>,
+    pub settings: crate::watch::Settings,
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Api {
@@ -119,6 +128,44 @@ fn existing(e: Existing) -> Result<Response<pb::PlaceOrderResponse>, Status> {
 
 #[tonic::async_trait]
 impl SagaService for Api {
+    type WatchSagaStream = crate::watch::Outgoing<pb::WatchSagaResponse>;
+    type WatchSagasStream = crate::watch::Outgoing<pb::WatchSagasResponse>;
+
+    async fn watch_saga(
+        &self,
+        request: Request<pb::WatchSagaRequest>,
+    ) -> Result<Response<Self::WatchSagaStream>, Status> {
+        let req = request.into_inner();
+        let id = input::saga_id(&req.saga_id)?;
+        let w = &self.watch;
+        let stream = crate::watch::saga::watch(
+            self.driver.pool().clone(),
+            w.hub.clone(),
+            w.settings,
+            w.shutdown.clone(),
+            id,
+            req.after_seq,
+        )
+        .await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn watch_sagas(
+        &self,
+        request: Request<pb::WatchSagasRequest>,
+    ) -> Result<Response<Self::WatchSagasStream>, Status> {
+        let w = &self.watch;
+        let stream = crate::watch::list::watch(
+            self.driver.pool().clone(),
+            w.hub.clone(),
+            w.settings,
+            w.shutdown.clone(),
+            request.into_inner(),
+        )
+        .await?;
+        Ok(Response::new(stream))
+    }
+
     #[tracing::instrument(name = "saga.place_order", skip_all, fields(saga.id, otel.kind = "server"))]
     async fn place_order(
         &self,

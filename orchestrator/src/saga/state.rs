@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 pub type Millis = i64;
 
 /// Where a saga is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Status {
     /// Running the actions forward.
     Running,
