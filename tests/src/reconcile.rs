@@ -1,4 +1,4 @@
-//! The operator's reconciliation (`sagaflow-orchestrator reconcile`), run
+//! The operator's reconciliation (`sagaflow reconcile`), run
 //! against a system's processes as an operator would run it, with the
 //! system's environment, and its output read back.
 
@@ -32,7 +32,7 @@ pub async fn run(sys: &System, ids: &[Uuid]) -> anyhow::Result<Reconciled> {
     let mut args = vec!["reconcile".to_owned()];
     args.extend(ids.iter().map(Uuid::to_string));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = sys.command_output("sagaflow-orchestrator", &args).await?;
+    let out = sys.cli_output(&args).await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         matches!(out.status.code(), Some(0 | MISMATCHES_FOUND)),

@@ -443,8 +443,8 @@ impl System {
         Ok(cmd)
     }
 
-    /// Run one of the service binaries as a command (e.g. the orchestrator's
-    /// `dead-letters list`) with this system's environment, the address of
+    /// Run one of the workspace binaries as a command (e.g. `sagaflow
+    /// dead-letters list`) with this system's environment, the address of
     /// its first running orchestrator (`SAGAFLOW_API_URL`) and the
     /// commands' CA and operator token.
     pub fn run_command(&self, bin: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
@@ -487,6 +487,32 @@ impl System {
             .stdin(Stdio::null())
             .output()
             .await?)
+    }
+
+    /// The `sagaflow` command, not started, as an operator runs it beside
+    /// the first running orchestrator: this system's environment, that
+    /// orchestrator's own settings (for `reconcile`), its API address
+    /// (`SAGAFLOW_API_URL`), the API's CA and an operator token.
+    pub fn cli_command(&self) -> anyhow::Result<tokio::process::Command> {
+        let first = self.first_orchestrator();
+        let mut cmd = tokio::process::Command::new(bin_dir()?.join("sagaflow"));
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.credentials.iter().flat_map(|c| {
+                let mut env = c.env_for(&format!("orchestrator-{first}"));
+                env.extend(c.cli_env());
+                env
+            }))
+            .env("SAGAFLOW_API_URL", self.orchestrator_url(first))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// Run `sagaflow args…` (see [`cli_command`](Self::cli_command)),
+    /// whatever its exit status (`watch` and `reconcile` report with it).
+    pub async fn cli_output(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(self.cli_command()?.args(args).output().await?)
     }
 
     /// SIGKILL a process, as a crash would.

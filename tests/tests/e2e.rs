@@ -642,15 +642,15 @@ async fn poison_messages_are_dead_lettered_listed_and_redriven() -> anyhow::Resu
     );
     // The documented commands list and re-drive them; a re-driven poison
     // message comes back to the dead-letter table, nothing else changes.
-    let listed = sys.run_command("sagaflow-orchestrator", &["dead-letters", "list"])?;
+    let listed = sys.run_command("sagaflow", &["dead-letters", "list"])?;
     let listed = String::from_utf8(listed.stdout)?;
     assert!(listed.starts_with("dead letters: 2\n"), "{listed}");
     assert!(listed.contains("unknown saga"), "{listed}");
-    let redriven = sys.run_command("sagaflow-orchestrator", &["dead-letters", "redrive"])?;
+    let redriven = sys.run_command("sagaflow", &["dead-letters", "redrive", "--all"])?;
     assert!(String::from_utf8(redriven.stdout)?.contains("re-drove 2 dead letters"));
     let reasons = wait_for("re-driven poison to come back", SETTLE, || dead(4)).await?;
     assert_eq!(reasons.len(), 4, "{reasons:?}");
-    let again = sys.run_command("sagaflow-orchestrator", &["dead-letters", "redrive"])?;
+    let again = sys.run_command("sagaflow", &["dead-letters", "redrive", "--all"])?;
     assert!(
         String::from_utf8(again.stdout)?.contains("re-drove 2 dead letters"),
         "only the new ones"

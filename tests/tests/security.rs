@@ -401,7 +401,7 @@ async fn binaries_refuse_to_start_unsecured_unless_told_and_then_warn() -> anyho
     ] {
         assert!(log.contains(setting), "{setting} not named: {log}");
     }
-    let (ok, log) = run_alone("sagaflow-orchestrator", &["dead-letters", "list"], &[])?;
+    let (ok, log) = run_alone("sagaflow", &["dead-letters", "list"], &[])?;
     assert!(!ok, "{log}");
     assert!(
         log.contains("SAGAFLOW_API_CA") && log.contains("SAGAFLOW_API_TOKEN"),
