@@ -147,7 +147,10 @@ async fn a_saga_is_replayed_then_streamed_live_and_resumes_exactly_after_any_seq
     let done = until("the stream to end", &seen, |s| s.end.is_some()).await;
     assert_eq!(done.end, Some(Ok(())), "{done:?}");
     assert_eq!(done.states.last(), Some(&(SagaState::Completed as i32)));
-    assert!(done.states.len() >= 2, "live messages after the replay: {done:?}");
+    assert!(
+        done.states.len() >= 2,
+        "live messages after the replay: {done:?}"
+    );
     let stored = history(&mut client, &id).await;
     let n = stored.len() as u64;
     assert_eq!(seqs(&done.entries), (1..=n).collect::<Vec<_>>());
@@ -235,7 +238,11 @@ async fn a_watcher_sees_another_instance_advance_the_saga_and_resumes_elsewhere_
     let mut all = cut.entries.clone();
     all.extend(rest.entries);
     let n = history(&mut placer, &id).await.len() as u64;
-    assert_eq!(seqs(&all), (1..=n).collect::<Vec<_>>(), "no gap, no duplicate");
+    assert_eq!(
+        seqs(&all),
+        (1..=n).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
     Ok(())
 }
 
@@ -272,8 +279,8 @@ impl ListView {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_list_stream_keeps_counts_exact_across_reconnects_with_its_cursor()
--> anyhow::Result<()> {
+async fn the_list_stream_keeps_counts_exact_across_reconnects_with_its_cursor() -> anyhow::Result<()>
+{
     let sys = System::start("watchlist", Options::default()).await?;
     let mut client = sys.client().await?;
 
