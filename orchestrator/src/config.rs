@@ -50,6 +50,11 @@ pub const VARS: &[Var] = &[
         meaning: "Jaeger's UI; the console links each saga's trace id there",
     },
     Var {
+        name: "SAGAFLOW_WATCH_POOL_SIZE",
+        default: "4",
+        meaning: "database connections for WatchSaga/WatchSagas reads, apart from the engine's pool (1..=1000)",
+    },
+    Var {
         name: "SAGAFLOW_WATCH_BUFFER",
         default: "64",
         meaning: "messages queued per WatchSaga/WatchSagas stream before its client counts as too slow and is told to resume (1..=100000)",
@@ -296,6 +301,8 @@ pub struct Config {
     pub cors_origins: Option<Vec<String>>,
     /// Messages queued per watcher.
     pub watch_buffer: usize,
+    /// Database connections for watchers' reads (apart from the engine's).
+    pub watch_pool_size: usize,
     pub database_url: String,
     pub pool_size: usize,
     /// Participant key → gRPC URL.
@@ -447,6 +454,7 @@ impl Config {
             console,
             cors_origins,
             watch_buffer: int_in("SAGAFLOW_WATCH_BUFFER", 64, 1..=100_000)?,
+            watch_pool_size: int_in("SAGAFLOW_WATCH_POOL_SIZE", 4, 1..=1000)?,
             dead_letter_topic: var_or(
                 "SAGAFLOW_DEAD_LETTER_TOPIC",
                 &format!("{events_topic}-dead-letter"),

@@ -166,6 +166,7 @@ pub async fn run(
         redrive: redrive.clone(),
         events_topic: config.events_topic.clone(),
         watch: api::Watching {
+            pool: sagaflow_common::db::pool(&config.database_url, config.watch_pool_size)?,
             hub,
             settings: watch::Settings {
                 buffer: config.watch_buffer,

@@ -106,13 +106,24 @@ async fn a_change_that_commits_late_is_not_skipped_and_none_is_sent_twice() {
     let y = t.place("y").await;
 
     let (changes, c1) = since(&t, &filter, &c0).await;
-    assert_eq!(ids(&changes), vec![y.to_string()], "only what has committed");
+    assert_eq!(
+        ids(&changes),
+        vec![y.to_string()],
+        "only what has committed"
+    );
     assert_eq!(changes[0].previous_state, 0, "created");
-    assert!(c1.xip.iter().any(|x| *x >= c0.xmin), "X is still in progress");
+    assert!(
+        c1.xip.iter().any(|x| *x >= c0.xmin),
+        "X is still in progress"
+    );
 
     tx.commit().await.unwrap();
     let (changes, c2) = since(&t, &filter, &c1).await;
-    assert_eq!(ids(&changes), vec![x.to_string()], "the late commit arrives");
+    assert_eq!(
+        ids(&changes),
+        vec![x.to_string()],
+        "the late commit arrives"
+    );
     assert_eq!(changes[0].previous_state, SagaState::Running as i32);
     assert_eq!(
         changes[0].saga.as_ref().unwrap().state,
@@ -155,7 +166,10 @@ async fn changes_fold_per_saga_and_counts_kept_from_them_match_the_table() {
         .find(|c| c.saga.as_ref().unwrap().saga_id == a.to_string())
         .unwrap();
     assert_eq!(ca.previous_state, SagaState::Running as i32, "folded");
-    assert_eq!(ca.saga.as_ref().unwrap().state, SagaState::Compensated as i32);
+    assert_eq!(
+        ca.saga.as_ref().unwrap().state,
+        SagaState::Compensated as i32
+    );
     assert!(ca.matches);
     let cb = changes
         .iter()
@@ -172,7 +186,10 @@ async fn changes_fold_per_saga_and_counts_kept_from_them_match_the_table() {
     assert_eq!(changes.len(), 1);
     assert!(!changes[0].matches);
     assert_eq!(changes[0].previous_state, SagaState::Compensated as i32);
-    assert!(changes[0].saga.as_ref().unwrap().created_at.is_some(), "full");
+    assert!(
+        changes[0].saga.as_ref().unwrap().created_at.is_some(),
+        "full"
+    );
 }
 
 #[tokio::test]
@@ -195,10 +212,12 @@ async fn a_saga_read_resumes_after_any_seq_and_reports_pruned_history() {
     }
     let r = saga::read(&t.pool, s, 0).await.unwrap().unwrap();
     assert!(saga::start(4, &r).is_err(), "past the end");
-    assert!(saga::read(&t.pool, Uuid::now_v7(), 0)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(
+        saga::read(&t.pool, Uuid::now_v7(), 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     c.execute(
         "DELETE FROM saga_history WHERE saga_id = $1 AND seq < 3",
@@ -210,5 +229,9 @@ async fn a_saga_read_resumes_after_any_seq_and_reports_pruned_history() {
     assert_eq!(saga::start(0, &r).ok(), Some(Some(3)));
     assert_eq!(r.entries.len(), 1);
     let r = saga::read(&t.pool, s, 2).await.unwrap().unwrap();
-    assert_eq!(saga::start(2, &r).ok(), Some(None), "nothing missing after 2");
+    assert_eq!(
+        saga::start(2, &r).ok(),
+        Some(None),
+        "nothing missing after 2"
+    );
 }

@@ -47,6 +47,9 @@ pub struct Api {
 
 #[derive(Clone)]
 pub struct Watching {
+    /// The watchers' own connections: their reads never wait for, or take,
+    /// the engine's.
+    pub pool: deadpool_postgres::Pool,
     pub hub: Arc<crate::watch::Hub>,
     pub settings: crate::watch::Settings,
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -139,7 +142,7 @@ impl SagaService for Api {
         let id = input::saga_id(&req.saga_id)?;
         let w = &self.watch;
         let stream = crate::watch::saga::watch(
-            self.driver.pool().clone(),
+            w.pool.clone(),
             w.hub.clone(),
             w.settings,
             w.shutdown.clone(),
@@ -156,7 +159,7 @@ impl SagaService for Api {
     ) -> Result<Response<Self::WatchSagasStream>, Status> {
         let w = &self.watch;
         let stream = crate::watch::list::watch(
-            self.driver.pool().clone(),
+            w.pool.clone(),
             w.hub.clone(),
             w.settings,
             w.shutdown.clone(),
