@@ -534,6 +534,11 @@ impl System {
         self.signal(name, nix::sys::signal::Signal::SIGCONT)
     }
 
+    /// The process id of `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.get(name).map(|p| p.child.id())
+    }
+
     fn signal(&self, name: &str, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
         let p = self
             .procs
