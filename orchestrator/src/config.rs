@@ -132,22 +132,22 @@ pub const VARS: &[Var] = &[
     Var {
         name: "SAGAFLOW_API_URL",
         default: "https:// + the listen address",
-        meaning: "dead-letters commands: the orchestrator to call",
+        meaning: "the `sagaflow` command (run beside the orchestrator): the orchestrator to call",
     },
     Var {
         name: "SAGAFLOW_API_CA",
         default: "required",
-        meaning: "dead-letters commands: the CA of the API's certificate",
+        meaning: "the `sagaflow` command (run beside the orchestrator): the CA of the API's certificate",
     },
     Var {
         name: "SAGAFLOW_API_TOKEN",
         default: "required (or _FILE)",
-        meaning: "dead-letters commands: one operator token",
+        meaning: "the `sagaflow` command (run beside the orchestrator): one operator token",
     },
     Var {
         name: "SAGAFLOW_API_TOKEN_FILE",
         default: "unset",
-        meaning: "dead-letters commands: the operator token, in a file",
+        meaning: "the `sagaflow` command (run beside the orchestrator): the operator token, in a file",
     },
     Var {
         name: "SAGAFLOW_EVENTS_TOPIC",

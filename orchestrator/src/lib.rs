@@ -12,7 +12,7 @@
 //! - [`retention`]: what the tables may forget, and the sweeps.
 //! - [`api`] and [`views`]: the public gRPC API and its read models.
 //! - [`auth`]: bearer tokens on the public API.
-//! - [`cli`]: the `dead-letters` commands, as API calls.
+//! - [`cli`]: the API URL a local `sagaflow` command calls by default.
 //! - [`reconcile`]: the operator's read-only comparison of every finished
 //!   saga with what its participants say they did.
 //! - [`watch`]: `WatchSaga` and `WatchSagas`, live from one `LISTEN`
@@ -193,6 +193,11 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, tls, "orchestrator listening");
     let served = server
         .accept_http1(true)
+        // Long-lived watch streams: find dead peers (a closed laptop, a
+        // dropped NAT entry) instead of keeping their watchers forever.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .layer(http::cors(config.cors_origins.as_deref()))
         .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health_service)

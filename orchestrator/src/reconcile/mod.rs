@@ -1,4 +1,4 @@
-//! `sagaflow-orchestrator reconcile`: compare, saga by saga, what the
+//! `sagaflow reconcile`: compare, saga by saga, what the
 //! orchestrator recorded with what each participant says it did.
 //!
 //! The orchestrator's `steps` say what it believes each step's outcome was;
