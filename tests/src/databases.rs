@@ -2,6 +2,14 @@
 
 use sagaflow_common::{db, testkit};
 
+/// The default databases (the services' own defaults, and the demo's).
+pub const DEFAULT_NAMES: [&str; 4] = [
+    "sagaflow_orchestrator",
+    "sagaflow_order",
+    "sagaflow_payment",
+    "sagaflow_inventory",
+];
+
 /// The four databases of one system. Dropped (best effort) on drop.
 pub struct Databases {
     pub orchestrator: String,
@@ -40,10 +48,7 @@ impl Databases {
     /// `sagaflow_payment`, `sagaflow_inventory`), created if missing and kept.
     pub async fn defaults() -> anyhow::Result<Databases> {
         let base = testkit::server_url();
-        let names: Vec<String> = ["orchestrator", "order", "payment", "inventory"]
-            .iter()
-            .map(|s| format!("sagaflow_{s}"))
-            .collect();
+        let names: Vec<String> = DEFAULT_NAMES.iter().map(|n| (*n).to_owned()).collect();
         for n in &names {
             db::ensure_database(&format!("{base}/{n}")).await?;
         }
