@@ -44,7 +44,7 @@
 //! A refusal is a business decision, final for its command. Reasons start
 //! with a stable code, optionally followed by `: detail`:
 //! `compensated_before_action`, `already_approved`, `unknown_order`,
-//! `order_cancelled`, `credit_limit_exceeded: cust-bob needs 20000 has 10000`,
+//! `order_cancelled`, `credit_limit_exceeded: cust-bob needs EUR 200.00 has EUR 100.00`,
 //! `unknown_customer: cust-x`, `stock_short: sku-rare needs 6 has 5`,
 //! `unknown_sku: sku-x`, and for a compensation `refunds_held: cust-bob`
 //! (`RefundPayment` while the customer's refunds are held, see [`payment`]).

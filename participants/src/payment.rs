@@ -176,6 +176,13 @@ impl PaymentService for PaymentParticipant {
     }
 }
 
+/// Cents as units with two decimals: `25000` is `250.00`.
+fn money(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let c = cents.unsigned_abs();
+    format!("{sign}{}.{:02}", c / 100, c % 100)
+}
+
 /// A payment row as locked by [`lock_payment`].
 struct Payment {
     status: String,
@@ -197,7 +204,10 @@ async fn charge(tx: &Tx<'_>, saga_id: Uuid, input: &OrderInput) -> Result<Decisi
     let refusal = match available {
         None => Some(format!("unknown_customer: {customer}")),
         Some(has) if has < amount => Some(format!(
-            "credit_limit_exceeded: {customer} needs {amount} has {has}"
+            "credit_limit_exceeded: {customer} needs {cur} {} has {cur} {}",
+            money(amount),
+            money(has),
+            cur = input.currency
         )),
         Some(_) => None,
     };

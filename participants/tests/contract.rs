@@ -77,7 +77,7 @@ async fn a_repeated_refusal_is_answered_with_the_stored_reason() {
     assert_eq!(first.outcome, Outcome::Refused as i32);
     assert_eq!(
         first.reason,
-        "credit_limit_exceeded: cust-bob needs 10001 has 10000"
+        "credit_limit_exceeded: cust-bob needs EUR 100.01 has EUR 100.00"
     );
     assert_eq!(second.status(), AckStatus::Duplicate);
     assert_eq!(

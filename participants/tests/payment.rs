@@ -134,7 +134,7 @@ async fn a_charge_over_the_available_credit_is_refused_and_records_nothing_charg
     assert_eq!(ack.outcome, Outcome::Refused as i32);
     assert_eq!(
         ack.reason,
-        format!("credit_limit_exceeded: {cust} needs 1001 has 1000")
+        format!("credit_limit_exceeded: {cust} needs EUR 10.01 has EUR 10.00")
     );
     assert_eq!(available(&p, &cust).await, 1_000);
     assert_eq!(payment(&p, saga).await.unwrap().0, "REFUSED");
