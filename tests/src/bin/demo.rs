@@ -27,7 +27,7 @@ use sagaflow_protos::orchestrator::v1::{GetSagaRequest, PlaceOrderRequest, SagaS
 use sagaflow_tests::databases::DEFAULT_NAMES;
 use sagaflow_tests::invariants;
 use sagaflow_tests::orders::{Expect, mixed, order};
-use sagaflow_tests::system::{Client, Options, System};
+use sagaflow_tests::system::{self, Client, Options, System};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -143,6 +143,30 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
          (SAGAFLOW_INSECURE=true), on 127.0.0.1 only, so the CLI and a browser need no \
          certificates. Never expose it; see docs/security.md."
     );
+    println!("Building the service binaries if needed (cargo build --workspace --bins) ...");
+    let mut build = tokio::task::spawn_blocking(system::bin_dir);
+    let interrupted = tokio::select! {
+        biased;
+        signal = stop.recv() => {
+            // The build is a child too: it stops with a terminal's Ctrl-C,
+            // otherwise it is let finish rather than left behind.
+            let _ = (&mut build).await;
+            Some(signal)
+        }
+        built = &mut build => match built.map_err(anyhow::Error::from).and_then(|b| b) {
+            Ok(_) => None,
+            // Ctrl-C in a terminal stops the build too: its failure is the
+            // interruption's.
+            Err(e) => match tokio::time::timeout(Duration::from_millis(200), stop.recv()).await {
+                Ok(signal) => Some(signal),
+                Err(_) => return Err(e),
+            },
+        },
+    };
+    if let Some(signal) = interrupted {
+        println!("{signal} while building: nothing was started.");
+        return Ok(ExitCode::from(130));
+    }
     println!(
         "Starting Sagaflow: Pub/Sub emulator, 3 participants (order, payment, inventory), \
          outbox relay, orchestrator ..."
