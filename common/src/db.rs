@@ -3,7 +3,8 @@
 //!
 //! Migrations are `(version, name, sql)` triples applied in order, each in its
 //! own transaction, under a transaction-scoped advisory lock so that several
-//! instances starting together apply each migration once.
+//! instances starting together (two replicas of a deployment) apply each
+//! migration once: the others wait on the lock, then find it recorded.
 
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -70,18 +71,28 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 /// Apply every migration not yet recorded in `sagaflow_migrations`.
+///
+/// Safe to call from several processes at once: every transaction here,
+/// the one creating the record table included, first takes the same
+/// transaction-scoped advisory lock, so they run one at a time and each
+/// sees what the one before committed. The lock is released at commit or
+/// rollback, and with the session if the process dies, so a crashed
+/// instance never holds it. Advisory locks are per database: migrating one
+/// database does not wait for another on the same server.
 pub async fn migrate(pool: &Pool, migrations: &[Migration]) -> anyhow::Result<()> {
     let mut client = pool.get().await.context("database unavailable")?;
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS sagaflow_migrations (
-                version    integer PRIMARY KEY,
-                name       text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )",
-        )
-        .await
-        .or_else(ignore_concurrent_create)?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS sagaflow_migrations (
+            version    integer PRIMARY KEY,
+            name       text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    tx.commit().await?;
     for m in migrations {
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
@@ -109,15 +120,6 @@ pub async fn migrate(pool: &Pool, migrations: &[Migration]) -> anyhow::Result<()
     Ok(())
 }
 
-/// Two instances racing on `CREATE TABLE IF NOT EXISTS` can collide on the
-/// catalog's unique index; the table exists either way.
-fn ignore_concurrent_create(e: tokio_postgres::Error) -> anyhow::Result<()> {
-    match e.code() {
-        Some(c) if *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => Ok(()),
-        _ => Err(e.into()),
-    }
-}
-
 /// Create the database named in `url` if it does not exist, connecting to the
 /// `postgres` maintenance database of the same server.
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
@@ -136,8 +138,18 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         if let Err(e) = client.batch_execute(&sql).await {
-            // Lost a race with another creator: fine.
-            if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
+            // Lost a race with another creator (a replica starting at the
+            // same time): fine. Postgres says DUPLICATE_DATABASE when the
+            // other committed between our look and our CREATE, and a
+            // unique violation on pg_database's name index when both
+            // CREATEs ran at once.
+            let lost_race = [
+                tokio_postgres::error::SqlState::DUPLICATE_DATABASE,
+                tokio_postgres::error::SqlState::UNIQUE_VIOLATION,
+            ]
+            .iter()
+            .any(|c| e.code() == Some(c));
+            if !lost_race {
                 return Err(e).context("creating database");
             }
         }
