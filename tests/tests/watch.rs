@@ -395,3 +395,77 @@ async fn the_list_stream_keeps_counts_exact_across_reconnects_with_its_cursor() 
     assert_eq!(v.states.len(), 60);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_is_told_to_resume_and_resuming_loses_nothing()
+-> anyhow::Result<()> {
+    // One queued message per watcher: a client that does not read fills it
+    // (behind the HTTP/2 window) and is cut off.
+    let mut options = quick();
+    options
+        .env
+        .push(("SAGAFLOW_WATCH_BUFFER".to_owned(), "1".to_owned()));
+    options.insecure = true;
+    let sys = System::start("watchslow", options).await?;
+    let mut client = sys.client().await?;
+    // A connection with a small HTTP/2 window, so the server soon has to
+    // queue what the client does not read.
+    let url = sys.orchestrator_urls()[0].clone();
+    let narrow = sagaflow_tests::clients::endpoint(&url, None)?
+        .initial_stream_window_size(Some(4096))
+        .initial_connection_window_size(Some(4096))
+        .connect()
+        .await?;
+    let mut stalled = sagaflow_tests::clients::api_client(narrow, None)?
+        .watch_sagas(WatchSagasRequest::default())
+        .await?
+        .into_inner();
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        ids.push(client.place_order(mixed(i).0).await?.into_inner().saga_id);
+    }
+    let done = sys.wait_terminal(&ids, SETTLE).await?;
+
+    // Now read what was queued: it ends with a status saying to resume.
+    let mut view = ListView::default();
+    let status = loop {
+        match tokio::time::timeout(SETTLE, stalled.next()).await? {
+            Some(Ok(m)) => view.apply(m),
+            Some(Err(e)) => break e,
+            None => anyhow::bail!("the stream ended cleanly; expected a resume status"),
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("resume"), "{status:?}");
+    assert!(view.messages >= 1);
+    let got_before = view.states.len();
+    assert!(got_before < 300, "cut off before the end: {got_before}");
+
+    // Resuming with the last cursor received catches up exactly.
+    let mut resumed = client
+        .watch_sagas(WatchSagasRequest {
+            cursor: view.cursor.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let want: HashMap<String, i32> = done.iter().map(|s| (s.saga_id.clone(), s.state)).collect();
+    while !want.iter().all(|(id, st)| view.states.get(id) == Some(st)) {
+        match tokio::time::timeout(SETTLE, resumed.next()).await? {
+            Some(Ok(m)) => {
+                assert!(m.snapshot.is_none(), "resumed without a snapshot");
+                view.apply(m);
+            }
+            other => anyhow::bail!("resumed stream: {other:?}"),
+        }
+    }
+    let server = sys.count_by_state().await?;
+    for state in 1..=6 {
+        assert_eq!(
+            view.counts.get(&state).copied().unwrap_or(0),
+            server.get(&state).copied().unwrap_or(0) as i64,
+            "count of state {state}"
+        );
+    }
+    Ok(())
+}
