@@ -1,0 +1,273 @@
+//! The top-level Dockerfile: what the image holds, read from the file, and
+//! checked against the workspace.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{code, root};
+
+/// The service binaries every deployment runs, and the operators' command.
+const REQUIRED_BINARIES: [&str; 4] = [
+    "sagaflow-orchestrator",
+    "sagaflow-participant",
+    "sagaflow-outbox-relay",
+    "sagaflow",
+];
+
+/// One `FROM` stage: its base image, its name, its instructions.
+#[derive(Debug)]
+struct Stage {
+    base: String,
+    name: Option<String>,
+    /// (instruction, rest of the line), continuation lines joined.
+    lines: Vec<(String, String)>,
+}
+
+impl Stage {
+    fn all(&self, instruction: &str) -> impl Iterator<Item = &str> {
+        self.lines
+            .iter()
+            .filter(move |(i, _)| i == instruction)
+            .map(|(_, rest)| rest.as_str())
+    }
+}
+
+fn stages(dockerfile: &str) -> Vec<Stage> {
+    let mut joined = Vec::new();
+    let mut current = String::new();
+    for line in dockerfile.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                joined.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    let mut stages: Vec<Stage> = Vec::new();
+    for line in joined {
+        let (instruction, rest) = line.split_once(char::is_whitespace).unwrap_or((&line, ""));
+        let (instruction, rest) = (instruction.to_uppercase(), rest.trim().to_owned());
+        if instruction == "FROM" {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let name = match words.as_slice() {
+                [_, as_, name] if as_.eq_ignore_ascii_case("as") => Some((*name).to_owned()),
+                _ => None,
+            };
+            stages.push(Stage {
+                base: words.first().expect("FROM names an image").to_string(),
+                name,
+                lines: Vec::new(),
+            });
+        } else {
+            stages
+                .last_mut()
+                .expect("an instruction before FROM")
+                .lines
+                .push((instruction, rest));
+        }
+    }
+    stages
+}
+
+/// What the runtime image holds.
+#[derive(Debug)]
+pub struct Image {
+    /// Binaries copied from the build into the image's PATH.
+    pub binaries: BTreeSet<String>,
+    /// The numeric user it runs as.
+    pub uid: u32,
+    /// `ENV` of the runtime stage.
+    pub env: BTreeMap<String, String>,
+    /// Debian packages installed in the runtime stage.
+    pub packages: BTreeSet<String>,
+}
+
+/// The runtime image, read from the Dockerfile; panics naming what it
+/// cannot find.
+pub fn runtime() -> Image {
+    let text = std::fs::read_to_string(root().join("Dockerfile")).expect("reading Dockerfile");
+    let stages = stages(&text);
+    let runtime = stages.last().expect("a FROM");
+    let build_stage = |from: &str| {
+        stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(from))
+            .unwrap_or_else(|| panic!("COPY --from={from}: no such stage"))
+    };
+    let mut binaries = BTreeSet::new();
+    for copy in runtime.all("COPY") {
+        let words: Vec<&str> = copy.split_whitespace().collect();
+        let Some(from) = words.iter().find_map(|w| w.strip_prefix("--from=")) else {
+            continue;
+        };
+        let dest = words.last().expect("COPY has a destination");
+        if dest.trim_end_matches('/') != "/usr/local/bin" {
+            continue;
+        }
+        // The binaries the build stage puts where this COPY takes them from.
+        for run in build_stage(from).all("RUN") {
+            for word in run.split_whitespace() {
+                if let Some(bin) = word.strip_prefix("target/release/") {
+                    binaries.insert(bin.to_owned());
+                }
+            }
+        }
+    }
+    let user = runtime.all("USER").last().expect("the runtime sets USER");
+    let uid = user
+        .split(':')
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("USER {user}: not numeric"));
+    let env = runtime
+        .all("ENV")
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let packages = runtime
+        .all("RUN")
+        .flat_map(|run| run.split("&&"))
+        .filter_map(|cmd| cmd.trim().strip_prefix("apt-get install"))
+        .flat_map(|rest| rest.split_whitespace().filter(|w| !w.starts_with('-')))
+        .map(str::to_owned)
+        .collect();
+    Image {
+        binaries,
+        uid,
+        env,
+        packages,
+    }
+}
+
+#[test]
+fn the_dockerfile_builds_every_service_binary_of_the_workspace() {
+    let text = std::fs::read_to_string(root().join("Dockerfile")).expect("reading Dockerfile");
+    let stages = stages(&text);
+    let named = |n: &str| {
+        stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(n))
+            .unwrap_or_else(|| panic!("the Dockerfile has no stage {n}"))
+    };
+    let workspace = code::workspace_bins();
+
+    // The console: built with a Node at least as new as it asks for, from
+    // its sources and the protos it generates its client from.
+    let console = named("console");
+    let node_major: u32 = console
+        .base
+        .strip_prefix("node:")
+        .and_then(|tag| tag.split(['-', '.']).next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the console stage is not a node:<major> image: {}",
+                console.base
+            )
+        });
+    let package: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("console/package.json")).expect("package.json"),
+    )
+    .expect("package.json is JSON");
+    let wanted: u32 = package["engines"]["node"]
+        .as_str()
+        .and_then(|r| r.trim_start_matches(">=").split('.').next())
+        .and_then(|m| m.parse().ok())
+        .expect("console/package.json names its Node (engines.node >=MAJOR...)");
+    assert!(
+        node_major >= wanted,
+        "node:{node_major} < the console's >={wanted}"
+    );
+    let copied: Vec<&str> = console.all("COPY").collect();
+    for dir in ["protos", "console"] {
+        assert!(
+            copied.iter().any(|c| c.starts_with(&format!("{dir} "))),
+            "the console stage does not copy {dir}/: {copied:?}"
+        );
+    }
+    let runs = console.all("RUN").collect::<Vec<_>>().join(" && ");
+    assert!(
+        runs.contains("npm ci") && runs.contains("npm run build"),
+        "{runs}"
+    );
+
+    // The binaries: a locked release build of workspace packages, and every
+    // binary those packages have copied out (none missing, none invented).
+    let build = named("build");
+    let cargo = build
+        .all("RUN")
+        .flat_map(|r| r.split("&&"))
+        .find(|r| r.contains("cargo build"))
+        .expect("the build stage runs cargo build");
+    for flag in ["--release", "--locked"] {
+        assert!(cargo.contains(flag), "cargo build without {flag}: {cargo}");
+    }
+    let words: Vec<&str> = cargo.split_whitespace().collect();
+    let packages: BTreeSet<&str> = words
+        .windows(2)
+        .filter(|w| w[0] == "-p")
+        .map(|w| w[1])
+        .collect();
+    let mut bins = BTreeSet::new();
+    for p in &packages {
+        let of = workspace
+            .get(*p)
+            .unwrap_or_else(|| panic!("cargo build -p {p}: no such workspace package"));
+        bins.extend(of.iter().cloned());
+    }
+    let image = runtime();
+    assert_eq!(
+        image.binaries, bins,
+        "the binaries the image copies are not those of the packages it builds"
+    );
+    for b in REQUIRED_BINARIES {
+        assert!(image.binaries.contains(b), "the image lacks {b}");
+    }
+
+    // The runtime: a numeric non-root user, the console where
+    // SAGAFLOW_CONSOLE_DIR says, only variables the binaries read.
+    assert_ne!(image.uid, 0, "the image runs as root");
+    let runtime = stages.last().expect("stages");
+    let console_dir = image
+        .env
+        .get("SAGAFLOW_CONSOLE_DIR")
+        .expect("the image sets SAGAFLOW_CONSOLE_DIR");
+    assert!(
+        runtime.all("COPY").any(|c| {
+            let w: Vec<&str> = c.split_whitespace().collect();
+            w.contains(&"--from=console")
+                && w.iter().any(|s| s.ends_with("console/dist"))
+                && w.last() == Some(&console_dir.as_str())
+        }),
+        "no COPY --from=console of console/dist to {console_dir}"
+    );
+    let every = code::every_var();
+    for name in image.env.keys() {
+        assert!(
+            every.contains(name.as_str()),
+            "ENV {name}: no binary reads it"
+        );
+    }
+    assert!(
+        image.packages.contains("ca-certificates"),
+        "the runtime lacks the CA bundle (real Pub/Sub is TLS)"
+    );
+
+    // The build context leaves out build outputs and secrets.
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    let ignored: BTreeSet<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    for path in ["target", "console/node_modules", ".certs"] {
+        assert!(ignored.contains(path), ".dockerignore lacks {path}");
+    }
+}
