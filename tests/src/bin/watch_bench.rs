@@ -81,7 +81,7 @@ fn parse_args() -> anyhow::Result<Args> {
 
 /// The bench's order mix: mostly completed, some refused at payment.
 fn order(i: usize) -> PlaceOrderRequest {
-    let customer = if i % 5 == 0 {
+    let customer = if i.is_multiple_of(5) {
         "cust-broke"
     } else {
         "cust-alice"
@@ -90,7 +90,7 @@ fn order(i: usize) -> PlaceOrderRequest {
         idempotency_key: Uuid::new_v4().to_string(),
         customer_id: customer.to_owned(),
         items: vec![OrderItem {
-            sku: if i % 2 == 0 {
+            sku: if i.is_multiple_of(2) {
                 "sku-widget"
             } else {
                 "sku-gadget"
@@ -365,7 +365,7 @@ async fn main() -> anyhow::Result<()> {
         sys.resume("payment")?;
     }
 
-    let ok = bad == 0 && !seen_w.is_empty() == (args.watchers > 0);
+    let ok = bad == 0 && seen_w.is_empty() != (args.watchers > 0);
     println!(
         "watch-bench: sagas={} c={} watchers={} sagas_per_s_without={:.1} sagas_per_s_with_1={:.1} sagas_per_s_with_w={:.1} p50_ms_1={:.1} p99_ms_1={:.1} p50_ms_w={:.1} p99_ms_w={:.1} idle_watchers={} idle_kib_per_watcher={:.1} verify={}",
         args.sagas,
