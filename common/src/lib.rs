@@ -10,15 +10,20 @@
 //! - [`telemetry`]: one `init` for logs and traces (OTLP when configured).
 //! - [`trace`]: W3C `traceparent` in and out of gRPC metadata and strings.
 //! - [`shutdown`]: SIGTERM / SIGINT as a cancellation token.
+//! - [`ops`]: the operations HTTP address every binary serves: `/healthz`,
+//!   `/readyz` (its readiness checks, 503 while draining) and `/metrics`.
 //! - `testkit` (feature `testkit`): fresh databases for tests, dropped after.
+//! - [`reflection`]: gRPC server reflection of the services a binary serves.
 //! - [`security`]: mutual TLS and the client identity pin for participants,
 //!   bearer tokens for the public API, the insecure switch.
 
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod ops;
 pub mod outbox;
 pub mod pubsub;
+pub mod reflection;
 pub mod security;
 pub mod shutdown;
 pub mod telemetry;

@@ -32,7 +32,10 @@ pub use publisher::{
     EventPublisher, KEYS_PER_GENERATION, OutgoingMessage, PUBLISH_RETRY_MAX_DELAY, PUBLISH_TIMEOUT,
     limits,
 };
-pub use subscriber::{CHANNEL_CAPACITY, EventSubscriber, ReceivedMessage, SHUTDOWN_GRACE};
+pub use subscriber::{
+    CHANNEL_CAPACITY, EventSubscriber, ReceivedMessage, SHUTDOWN_GRACE, STREAM_SETTLE,
+    SubscriberHealth,
+};
 
 use anyhow::Context as _;
 use google_cloud_auth::credentials::Credentials;

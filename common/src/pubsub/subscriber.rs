@@ -15,6 +15,14 @@
 //! Delivery is at least once: a [`ReceivedMessage`] that is dropped without
 //! `ack`/`nack` is nacked (redelivered).
 //!
+//! [`EventSubscriber::health`] says whether the streams are consuming, for
+//! readiness: a stream counts as up from its start, down from a failure
+//! until it delivers a message or has stayed open [`STREAM_SETTLE`] since it
+//! was re-opened; and on the emulator, down while the watchdog finds the
+//! subscription missing or Pub/Sub unreachable. (A stream whose connection
+//! the client library is quietly re-establishing reports nothing and still
+//! counts as up: only the emulator's watchdog sees that case.)
+//!
 //! The emulator keeps subscriptions in memory, so a restarted emulator has
 //! none. [`EventSubscriber::start_recreating`] watches for that (emulator
 //! only): every [`RECREATE_CHECK`] it asks whether the subscription exists,
@@ -42,7 +50,9 @@
 //! orchestrators need attempts x deadline well above a minute.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::model::Message;
@@ -70,6 +80,100 @@ pub const RECREATE_CHECK: Duration = Duration::from_millis(500);
 /// Longest wait between attempts to re-open a failed stream. Short: an
 /// attempt is cheap, and while no stream is open no event is consumed.
 const REOPEN_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// How long a re-opened stream must stay open (or deliver a message) to
+/// count as up again: longer than [`REOPEN_MAX_DELAY`], so a stream that
+/// fails at every attempt never looks up between two failures.
+pub const STREAM_SETTLE: Duration = Duration::from_secs(5);
+
+/// Whether a subscriber's streams are consuming; cheap to clone and to ask.
+#[derive(Debug, Clone)]
+pub struct SubscriberHealth {
+    inner: Arc<HealthInner>,
+}
+
+#[derive(Debug)]
+struct HealthInner {
+    /// The origin of the times below.
+    started: Instant,
+    /// Per stream: milliseconds after `started` from which it counts as up;
+    /// [`DOWN`] while it is failed.
+    up_from: Vec<AtomicU64>,
+    /// The watchdog's last look at the subscription: [`PROBE_OK`],
+    /// [`PROBE_MISSING`] or [`PROBE_UNREACHABLE`] (always OK without one).
+    probe: AtomicU8,
+}
+
+const DOWN: u64 = u64::MAX;
+const PROBE_OK: u8 = 0;
+const PROBE_MISSING: u8 = 1;
+const PROBE_UNREACHABLE: u8 = 2;
+
+impl SubscriberHealth {
+    fn new(streams: usize) -> SubscriberHealth {
+        SubscriberHealth {
+            inner: Arc::new(HealthInner {
+                started: Instant::now(),
+                up_from: (0..streams).map(|_| AtomicU64::new(0)).collect(),
+                probe: AtomicU8::new(PROBE_OK),
+            }),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    /// A message arrived on stream `i`: it is up.
+    fn delivered(&self, i: usize) {
+        let slot = &self.inner.up_from[i];
+        if slot.load(Ordering::Relaxed) != 0 {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Stream `i` failed: down until it settles again.
+    fn failed(&self, i: usize) {
+        self.inner.up_from[i].store(DOWN, Ordering::Relaxed);
+    }
+
+    /// Stream `i` was re-opened: up once it stayed open [`STREAM_SETTLE`].
+    fn reopened(&self, i: usize) {
+        let at = self.now_ms() + STREAM_SETTLE.as_millis() as u64;
+        self.inner.up_from[i].store(at, Ordering::Relaxed);
+    }
+
+    fn probed(&self, outcome: u8) {
+        self.inner.probe.store(outcome, Ordering::Relaxed);
+    }
+
+    /// Streams up now.
+    pub fn streams_up(&self) -> usize {
+        let now = self.now_ms();
+        self.inner
+            .up_from
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) <= now)
+            .count()
+    }
+
+    /// `Ok` while the subscription is consuming: at least one stream up,
+    /// and (on the emulator) the subscription found at the last look.
+    pub fn check(&self) -> Result<(), String> {
+        match self.inner.probe.load(Ordering::Relaxed) {
+            PROBE_MISSING => return Err("the Pub/Sub subscription is missing".to_owned()),
+            PROBE_UNREACHABLE => return Err("Pub/Sub does not answer".to_owned()),
+            _ => {}
+        }
+        match self.streams_up() {
+            0 => Err(format!(
+                "no Pub/Sub stream is consuming (0 of {} up)",
+                self.inner.up_from.len()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// A message handed to the consumer. Call [`ack`](Self::ack) once it is
 /// processed; [`nack`](Self::nack) (or dropping it) asks for redelivery.
@@ -136,6 +240,8 @@ pub struct EventSubscriber {
     pumps: Vec<JoinHandle<()>>,
     /// Re-creates the subscription when it disappears (emulator only).
     watchdog: Option<JoinHandle<()>>,
+    /// Whether the streams are consuming.
+    health: SubscriberHealth,
 }
 
 impl EventSubscriber {
@@ -179,6 +285,7 @@ impl EventSubscriber {
         let stop = CancellationToken::new();
         // Bumped by the watchdog after it re-created the subscription.
         let (reopen_tx, reopen_rx) = watch::channel(0u64);
+        let health = SubscriberHealth::new(streams.max(1));
         let watchdog = match recreate {
             Some(spec) => {
                 let dog = Watchdog {
@@ -188,6 +295,7 @@ impl EventSubscriber {
                     spec,
                     reopen: reopen_tx,
                     stop: stop.clone(),
+                    health: health.clone(),
                 };
                 Some(tokio::spawn(dog.run()))
             }
@@ -202,6 +310,7 @@ impl EventSubscriber {
                     tx: tx.clone(),
                     stop: stop.clone(),
                     reopen: reopen_rx.clone(),
+                    health: health.clone(),
                 };
                 tokio::spawn(pump.run())
             })
@@ -212,9 +321,15 @@ impl EventSubscriber {
                 stop,
                 pumps,
                 watchdog,
+                health,
             },
             rx,
         ))
+    }
+
+    /// Whether the streams are consuming (for readiness and metrics).
+    pub fn health(&self) -> SubscriberHealth {
+        self.health.clone()
     }
 
     /// Stop pulling, then wait (up to [`SHUTDOWN_GRACE`]) until every message
@@ -257,6 +372,8 @@ struct Watchdog {
     /// Bumped after a re-creation: every pump re-opens its stream.
     reopen: watch::Sender<u64>,
     stop: CancellationToken,
+    /// Told what each look found.
+    health: SubscriberHealth,
 }
 
 impl Watchdog {
@@ -276,9 +393,16 @@ impl Watchdog {
                 .set_subscription(self.subscription.clone())
                 .send();
             match tokio::time::timeout(Self::PROBE_TIMEOUT, probe).await {
-                Ok(Err(e)) if admin::not_found(&e) => {}
+                Ok(Err(e)) if admin::not_found(&e) => self.health.probed(PROBE_MISSING),
                 // Present, or Pub/Sub unreachable: nothing to do now.
-                Ok(_) | Err(_) => continue,
+                Ok(Ok(_)) => {
+                    self.health.probed(PROBE_OK);
+                    continue;
+                }
+                Ok(Err(_)) | Err(_) => {
+                    self.health.probed(PROBE_UNREACHABLE);
+                    continue;
+                }
             }
             tracing::warn!(
                 subscription = %self.subscription,
@@ -312,6 +436,8 @@ struct Pump {
     stop: CancellationToken,
     /// Changes when the subscription was re-created: re-open at once.
     reopen: watch::Receiver<u64>,
+    /// Told when this stream delivers, fails and is re-opened.
+    health: SubscriberHealth,
 }
 
 impl Pump {
@@ -337,6 +463,7 @@ impl Pump {
                     while retired.try_join_next().is_some() {}
                     backoff.reset();
                     stream = self.client.subscribe(self.subscription.clone()).build();
+                    self.health.reopened(self.index);
                     continue;
                 }
                 next = stream.next() => next,
@@ -344,6 +471,7 @@ impl Pump {
             let failure = match next {
                 Some(Ok((message, handler))) => {
                     backoff.reset();
+                    self.health.delivered(self.index);
                     let message = ReceivedMessage::new(message, handler);
                     tracing::trace!(
                         subscription = %self.subscription,
@@ -367,6 +495,7 @@ impl Pump {
                 Some(Err(e)) => format!("{e}"),
                 None => "the stream ended".to_owned(),
             };
+            self.health.failed(self.index);
             let delay = backoff.next_delay();
             tracing::warn!(
                 subscription = %self.subscription,
@@ -383,11 +512,48 @@ impl Pump {
                 () = tokio::time::sleep(delay) => {}
             }
             stream = self.client.subscribe(self.subscription.clone()).build();
+            self.health.reopened(self.index);
         }
         // Close our end of the channel so a draining consumer sees its end,
         // then let acks for messages already handed out reach Pub/Sub.
         drop(self.tx);
         stream.shutdown_token().shutdown().await;
         while retired.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_stream_is_down_until_it_delivers_or_settles() {
+        let health = SubscriberHealth::new(2);
+        assert_eq!(health.streams_up(), 2);
+        assert!(health.check().is_ok());
+        health.failed(0);
+        health.failed(1);
+        assert_eq!(health.streams_up(), 0);
+        let why = health.check().unwrap_err();
+        assert!(why.contains("0 of 2"), "{why}");
+        // Re-opened: not up before it settles...
+        health.reopened(0);
+        health.reopened(1);
+        assert_eq!(health.streams_up(), 0);
+        // ...unless it delivers.
+        health.delivered(1);
+        assert_eq!(health.streams_up(), 1);
+        assert!(health.check().is_ok());
+    }
+
+    #[test]
+    fn the_watchdog_s_last_look_decides_on_the_emulator() {
+        let health = SubscriberHealth::new(1);
+        health.probed(PROBE_MISSING);
+        assert!(health.check().unwrap_err().contains("missing"));
+        health.probed(PROBE_UNREACHABLE);
+        assert!(health.check().unwrap_err().contains("does not answer"));
+        health.probed(PROBE_OK);
+        assert!(health.check().is_ok());
     }
 }
