@@ -27,7 +27,7 @@ pub const VARS: &[Var] = &[
     Var {
         name: "SAGAFLOW_ORCHESTRATOR_HTTP_LISTEN",
         default: "127.0.0.1:8080",
-        meaning: "HTTP address: the web console and /config.json (empty: no HTTP server)",
+        meaning: "HTTP address: the web console, /config.json, /healthz, /readyz and /metrics (off: no HTTP server)",
     },
     Var {
         name: "SAGAFLOW_CONSOLE_DIR",
@@ -294,7 +294,8 @@ pub const VARS: &[Var] = &[
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: String,
-    /// The HTTP address (console, `/config.json`); `None`: no HTTP server.
+    /// The HTTP address (console, `/config.json`, `/healthz`, `/readyz`,
+    /// `/metrics`); `None`: no HTTP server.
     pub http_listen: Option<String>,
     pub console: crate::http::ConsoleSettings,
     /// Browser origins allowed to call the API (`None`: any).
@@ -441,11 +442,10 @@ impl Config {
         };
         retention.check()?;
         let listen = var_or("SAGAFLOW_ORCHESTRATOR_LISTEN", "127.0.0.1:50051");
-        let http_listen = Some(var_or(
+        let http_listen = sagaflow_common::ops::listen_from_env(
             "SAGAFLOW_ORCHESTRATOR_HTTP_LISTEN",
             "127.0.0.1:8080",
-        ))
-        .filter(|a| !a.trim().is_empty());
+        );
         let console = crate::http::ConsoleSettings::from_env(&listen, &security)?;
         let cors_origins = crate::http::cors_origins_from_env(http_listen.as_deref())?;
         Ok(Config {

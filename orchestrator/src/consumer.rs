@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::deadletter;
 use crate::driver::Driver;
+use crate::metrics::{DeadLetter, Metrics, Path};
 use crate::saga::{Event, Kind, Outcome};
 use crate::store::{self, Applied};
 
@@ -143,7 +144,9 @@ async fn handle(
     async move {
         let decoded = match decoded {
             Ok(d) => d,
-            Err(reason) => return reject(dead_letters, msg, &reason).await,
+            Err(reason) => {
+                return reject(driver.metrics(), dead_letters, msg, DeadLetter::Undecodable, &reason).await;
+            }
         };
         let span = tracing::Span::current();
         span.record("saga.id", tracing::field::display(decoded.saga_id));
@@ -164,6 +167,10 @@ async fn handle(
             apply_ms = started.elapsed().as_millis() as u64,
             "event applied"
         );
+        let metrics = driver.metrics();
+        if let Ok(applied) = &result {
+            metrics.applied(Path::PubSub, applied);
+        }
         match result {
             Ok(Applied::Changed(committed)) => {
                 msg.ack();
@@ -180,21 +187,23 @@ async fn handle(
             }
             Ok(Applied::UnknownSaga) => {
                 reject(
+                    metrics,
                     dead_letters,
                     msg,
+                    DeadLetter::UnknownSaga,
                     &format!("unknown saga {}", decoded.saga_id),
                 )
                 .await;
             }
             Ok(Applied::Rejected(e)) => {
-                reject(dead_letters, msg, &e.to_string()).await;
+                reject(metrics, dead_letters, msg, DeadLetter::Rejected, &e.to_string()).await;
             }
             Ok(Applied::Suspended { reason }) => {
                 let why = format!(
                     "saga {} is suspended ({reason}); its outcome is asked for again when an operator resumes it",
                     decoded.saga_id
                 );
-                reject(dead_letters, msg, &why).await;
+                reject(metrics, dead_letters, msg, DeadLetter::Suspended, &why).await;
             }
             Err(e) => {
                 // The database, or a definition version another instance
@@ -208,10 +217,19 @@ async fn handle(
     .await
 }
 
-async fn reject(dead_letters: &EventPublisher, msg: ReceivedMessage, reason: &str) {
+async fn reject(
+    metrics: &Metrics,
+    dead_letters: &EventPublisher,
+    msg: ReceivedMessage,
+    why: DeadLetter,
+    reason: &str,
+) {
     tracing::warn!(reason, "poison message: dead-lettering it");
     match deadletter::send(dead_letters, &msg, reason).await {
-        Ok(()) => msg.ack(),
+        Ok(()) => {
+            metrics.dead_lettered(why);
+            msg.ack();
+        }
         Err(e) => {
             tracing::warn!(error = %e, "dead-lettering failed; it will be redelivered");
             retry_later(msg).await;

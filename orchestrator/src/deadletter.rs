@@ -80,6 +80,7 @@ fn truncate(s: &str, max: usize) -> String {
 pub async fn drain(
     pool: Pool,
     mut messages: tokio::sync::mpsc::Receiver<ReceivedMessage>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -88,7 +89,10 @@ pub async fn drain(
             _ = shutdown.cancelled() => return,
         };
         match store(&pool, &msg).await {
-            Ok(()) => msg.ack(),
+            Ok(()) => {
+                metrics.dead_letter_stored();
+                msg.ack();
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "storing a dead letter failed; it will be redelivered");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -1,6 +1,8 @@
 //! The orchestrator's HTTP address: the web console (the built `console/`
-//! folder, served as files) and `GET /config.json`, which tells the console
-//! where the API is, whether it needs a token and where Jaeger's UI is.
+//! folder, served as files), `GET /config.json`, which tells the console
+//! where the API is, whether it needs a token and where Jaeger's UI is, and
+//! the operations routes every binary serves (`/healthz`, `/readyz`,
+//! `/metrics`: `sagaflow_common::ops`).
 //!
 //! The console calls the API itself with gRPC-Web on the gRPC port (no
 //! proxy); that port lets the browser origins of [`cors_origins_from_env`]
@@ -226,11 +228,12 @@ pub fn announce(settings: &ConsoleSettings, addr: std::net::SocketAddr) {
     }
 }
 
-/// Serve the HTTP address until `shutdown`.
+/// Serve the HTTP address, with the `operations` routes, until `stop`.
 pub async fn serve(
     listener: TcpListener,
     settings: ConsoleSettings,
-    shutdown: CancellationToken,
+    operations: Router,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut app = Router::new().route("/config.json", get(config_json));
     app = match &settings.dir {
@@ -239,10 +242,7 @@ pub async fn serve(
         ),
         Err(_) => app.fallback(not_built),
     };
-    axum::serve(listener, app.with_state(settings))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+    sagaflow_common::ops::serve(listener, app.with_state(settings).merge(operations), stop).await
 }
 
 async fn config_json(State(s): State<ConsoleSettings>, headers: HeaderMap, uri: Uri) -> Response {

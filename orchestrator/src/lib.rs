@@ -17,7 +17,9 @@
 //!   saga with what its participants say they did.
 //! - [`watch`]: `WatchSaga` and `WatchSagas`, live from one `LISTEN`
 //!   connection per instance.
-//! - [`http`]: the HTTP address (the web console, `/config.json`).
+//! - [`http`]: the HTTP address (the web console, `/config.json`, and
+//!   `/healthz`, `/readyz`, `/metrics` from `sagaflow_common::ops`).
+//! - [`metrics`]: what `/metrics` counts, and the sagas by state.
 //! - [`config`]: environment variables.
 
 pub mod api;
@@ -29,6 +31,7 @@ pub mod deadletter;
 pub mod definitions;
 pub mod driver;
 pub mod http;
+pub mod metrics;
 pub mod participants;
 pub mod reconcile;
 pub mod retention;
@@ -40,14 +43,18 @@ pub mod watch;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use sagaflow_common::ops::{self, DbProbe, Ops};
 use sagaflow_common::pubsub::{self, PubSubConfig, SubscriptionSpec};
 use sagaflow_protos::orchestrator::v1::saga_service_server::SagaServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService as _;
 
 pub use config::{Config, Security};
 
-/// Run the orchestrator until `shutdown` is cancelled.
+/// Run the orchestrator until `shutdown` is cancelled. Its HTTP address
+/// answers until the drain has finished (`/readyz` 503 from the moment
+/// `shutdown` is cancelled).
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -119,7 +126,15 @@ pub async fn run(
         known: api::Known::new(config.placement_check_cache),
     };
     let work = shutdown.child_token();
-    let driver = driver::Driver::new(pool, Arc::new(participants), config.sends, work.clone());
+    let mut registry = prometheus_client::registry::Registry::with_prefix("sagaflow_orchestrator");
+    let metrics = metrics::Metrics::register(&mut registry);
+    let driver = driver::Driver::new(
+        pool,
+        Arc::new(participants),
+        config.sends,
+        metrics.clone(),
+        work.clone(),
+    );
 
     let timers = tokio::spawn(driver.clone().run_timers(config.timer_poll));
     let resumed = driver.resume_all().await?;
@@ -145,6 +160,7 @@ pub async fn run(
     let drainer = tokio::spawn(deadletter::drain(
         driver.pool().clone(),
         dead_letter_messages,
+        metrics.clone(),
         work.clone(),
     ));
     let sweeper = tokio::spawn(retention::run(
@@ -167,7 +183,7 @@ pub async fn run(
         events_topic: config.events_topic.clone(),
         watch: api::Watching {
             pool: sagaflow_common::db::pool(&config.database_url, config.watch_pool_size)?,
-            hub,
+            hub: hub.clone(),
             settings: watch::Settings {
                 buffer: config.watch_buffer,
                 cursor_max_age: config.retention.history,
@@ -175,20 +191,35 @@ pub async fn run(
             shutdown: shutdown.clone(),
         },
     };
+    // The HTTP address outlives the drain: it stops once the rest has.
+    let http_stop = CancellationToken::new();
+    let _stop_http = http_stop.clone().drop_guard();
     let web = match &config.http_listen {
         Some(addr) => {
-            let http_listener = TcpListener::bind(addr).await.map_err(|e| {
-                anyhow::anyhow!("binding {addr} (SAGAFLOW_ORCHESTRATOR_HTTP_LISTEN): {e}")
-            })?;
+            let http_listener = ops::bind("SAGAFLOW_ORCHESTRATOR_HTTP_LISTEN", addr).await?;
             http::announce(&config.console, http_listener.local_addr()?);
+            let ops = operations(
+                registry,
+                &config.database_url,
+                &shutdown,
+                metrics.clone(),
+                subscriber.health(),
+                hub,
+            )?;
             Some(tokio::spawn(http::serve(
                 http_listener,
                 config.console.clone(),
-                shutdown.clone(),
+                ops.router(),
+                http_stop.clone(),
             )))
         }
         None => None,
     };
+    let reflection = sagaflow_common::reflection::service(&[
+        SagaServiceServer::<api::Api>::NAME,
+        sagaflow_common::reflection::HEALTH,
+        sagaflow_common::reflection::SERVICE,
+    ])?;
     let tls = tokens.is_some();
     tracing::info!(addr = %listener.local_addr()?, tls, "orchestrator listening");
     let served = server
@@ -201,6 +232,9 @@ pub async fn run(
         .layer(http::cors(config.cors_origins.as_deref()))
         .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health_service)
+        // Reflection lists and describes the API without a token: the
+        // protos are no secret, and every call still needs one.
+        .add_service(reflection)
         .add_service(auth::Guarded::new(SagaServiceServer::new(api), tokens))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -226,6 +260,7 @@ pub async fn run(
     if let Err(e) = listening.await {
         failed.push(format!("watch listener: {e}"));
     }
+    http_stop.cancel();
     if let Some(web) = web {
         match web.await {
             Ok(Ok(())) => {}
@@ -236,6 +271,41 @@ pub async fn run(
     served?;
     anyhow::ensure!(failed.is_empty(), "tasks failed: {}", failed.join("; "));
     Ok(())
+}
+
+/// The operations routes: ready when the database answers and the events
+/// subscription is consuming (and not draining); the metrics with the sagas
+/// by state, the watchers and the Pub/Sub streams read at scrape time.
+fn operations(
+    registry: prometheus_client::registry::Registry,
+    database_url: &str,
+    shutdown: &CancellationToken,
+    metrics: Arc<metrics::Metrics>,
+    subscription: pubsub::SubscriberHealth,
+    hub: Arc<watch::Hub>,
+) -> anyhow::Result<Ops> {
+    let probe = DbProbe::new(database_url)?;
+    let database = probe.clone();
+    let consuming = subscription.clone();
+    Ok(Ops::new(registry, shutdown.clone())
+        .check("database", move || {
+            let probe = database.clone();
+            async move { probe.check().await }
+        })
+        .check("pubsub", move || {
+            let health = consuming.clone();
+            async move { health.check() }
+        })
+        .refresh(move || {
+            let (metrics, probe, hub) = (metrics.clone(), probe.clone(), hub.clone());
+            let streams_up = subscription.streams_up();
+            async move {
+                let (sagas, lists) = hub.watchers();
+                metrics.set_watchers(sagas, lists);
+                metrics.set_streams_up(streams_up);
+                metrics.refresh_sagas(probe.pool()).await;
+            }
+        }))
 }
 
 /// Every migration of the orchestrator's database, in order.

@@ -209,6 +209,7 @@ impl SagaService for Api {
         match placed {
             Placed::Created(committed) => {
                 tracing::debug!(saga.id = %saga_id, "order saga placed");
+                self.driver.metrics().started(&committed.ctx.saga_type);
                 self.driver.carry_out(&committed, None);
                 Ok(Response::new(pb::PlaceOrderResponse {
                     saga_id: saga_id.to_string(),

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::metrics::Metrics;
 use crate::participants::ParticipantClient;
 use crate::saga::{Command, Effect};
 use crate::store::Committed;
@@ -85,6 +86,8 @@ struct Inner {
     dropped: AtomicU64,
     /// Wakes the timer loop early when an in-memory timer fires.
     timers_due: Notify,
+    /// Counts what the driver, the consumer and the API do.
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
 
@@ -93,6 +96,7 @@ impl Driver {
         pool: Pool,
         participants: Arc<dyn ParticipantClient>,
         limits: Limits,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
         Driver {
@@ -105,6 +109,7 @@ impl Driver {
                 queued: Arc::new(Semaphore::new(limits.queued)),
                 dropped: AtomicU64::new(0),
                 timers_due: Notify::new(),
+                metrics,
                 shutdown,
             }),
         }
@@ -134,6 +139,10 @@ impl Driver {
                 }
                 Effect::Finish(status) => {
                     tracing::debug!(saga.id = %ctx.saga_id, saga.status = status.as_str(), "saga finished");
+                    let took_ms = committed.now.saturating_sub(ctx.created_at);
+                    self.inner
+                        .metrics
+                        .finished(&ctx.saga_type, status, took_ms as f64 / 1000.0);
                 }
             }
         }
@@ -141,6 +150,11 @@ impl Driver {
 
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// The orchestrator's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Sends dropped so far (queue full, or deadline passed while queued).

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::{Driver, command_id};
 use crate::definitions;
+use crate::metrics::{CallOutcome, Path};
 use crate::participants::SendError;
 use crate::saga::{Command, Event, Kind, Outcome};
 use crate::store::{self, Applied, SagaContext};
@@ -37,7 +38,10 @@ impl Driver {
     /// Send `cmd` in the background (or drop it when too many sends wait).
     pub(super) fn send(&self, ctx: SagaContext, cmd: Command, parent: Option<String>) {
         let Ok(slot) = self.inner.queued.clone().try_acquire_owned() else {
-            self.dropped(&ctx, &cmd, "too many sends are waiting");
+            let participant = definitions::find(&ctx.saga_type, ctx.definition_version)
+                .and_then(|d| d.steps.get(cmd.step).map(|s| s.participant.clone()))
+                .unwrap_or_default();
+            self.dropped(&ctx, &cmd, &participant, "too many sends are waiting");
             return;
         };
         let this = self.clone();
@@ -47,7 +51,8 @@ impl Driver {
         });
     }
 
-    fn dropped(&self, ctx: &SagaContext, cmd: &Command, why: &str) {
+    fn dropped(&self, ctx: &SagaContext, cmd: &Command, participant: &str, why: &str) {
+        self.inner.metrics.dropped(participant);
         let n = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(saga.id = %ctx.saga_id, saga.step = cmd.step, why, "send dropped; its deadline re-sends it");
         // Every so often, not every time: under overload this would flood.
@@ -117,18 +122,38 @@ impl Driver {
                 let permits = tokio::select! {
                     p = permits(&own, &self.inner.total) => p,
                     _ = tokio::time::sleep_until(give_up_at) => {
-                        self.dropped(&ctx, &cmd, "its deadline passed while it waited for a free slot");
+                        self.dropped(&ctx, &cmd, &participant, "its deadline passed while it waited for a free slot");
                         return;
                     }
                     _ = self.inner.shutdown.cancelled() => return,
                 };
                 let Some(permits) = permits else { return };
+                let metrics = &self.inner.metrics;
+                metrics.sending(&participant, cmd.kind, cmd.attempt > 1 || failures > 0);
+                let called = std::time::Instant::now();
                 let result = self
                     .inner
                     .participants
                     .send(&participant, &method, command.clone(), traceparent.clone())
                     .await;
                 drop(permits);
+                let outcome = match &result {
+                    Ok(ack) => match crate::consumer::outcome_of(ack.outcome, "") {
+                        Ok(Outcome::Succeeded) => CallOutcome::Succeeded,
+                        Ok(Outcome::Refused { .. }) => CallOutcome::Refused,
+                        Err(_) => CallOutcome::Unreadable,
+                    },
+                    Err(SendError::Invalid(_)) => CallOutcome::Invalid,
+                    Err(SendError::Permanent(_)) => CallOutcome::Rejected,
+                    Err(SendError::Transient(_)) => CallOutcome::Unavailable,
+                };
+                metrics.called(
+                    &participant,
+                    &step.name,
+                    cmd.kind,
+                    outcome,
+                    called.elapsed().as_secs_f64(),
+                );
                 let e = match result {
                     Ok(ack) => {
                         tracing::debug!(ack.status = ack.status, "command acknowledged");
@@ -186,7 +211,11 @@ impl Driver {
         };
         // One event per command: a repeat of the same rejection is a duplicate.
         let event_id = Uuid::new_v5(&command_id, b"invalid_argument");
-        match store::apply_event(self.pool(), event_id, ctx.saga_id, &event).await {
+        let applied = store::apply_event(self.pool(), event_id, ctx.saga_id, &event).await;
+        if let Ok(a) = &applied {
+            self.inner.metrics.applied(Path::Reply, a);
+        }
+        match applied {
             Ok(Applied::Changed(c)) => {
                 self.carry_out(&c, sagaflow_common::trace::current_traceparent());
             }
@@ -235,7 +264,11 @@ impl Driver {
                 kind: cmd.kind,
                 outcome,
             };
-            match store::apply_event(self.pool(), event_id, ctx.saga_id, &event).await {
+            let applied = store::apply_event(self.pool(), event_id, ctx.saga_id, &event).await;
+            if let Ok(a) = &applied {
+                self.inner.metrics.applied(Path::Reply, a);
+            }
+            match applied {
                 Ok(Applied::Changed(c)) => {
                     tracing::Span::current().record("saga.outcome", "applied");
                     self.carry_out(&c, sagaflow_common::trace::current_traceparent());

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::Driver;
+use crate::metrics::TimerResult;
 use crate::saga::{Effect, Status};
 use crate::store::{self, Committed, Fired, InFlight};
 
@@ -68,7 +69,15 @@ impl Driver {
     }
 
     async fn fire(&self, saga_id: Uuid) {
-        match store::fire_timer(self.pool(), saga_id).await {
+        let fired = store::fire_timer(self.pool(), saga_id).await;
+        let metrics = &self.inner.metrics;
+        match &fired {
+            Ok(Fired::Changed(_)) => metrics.timer_fired(TimerResult::Changed),
+            Ok(Fired::Unchanged) => metrics.timer_fired(TimerResult::Unchanged),
+            Ok(Fired::Suspended { .. }) => metrics.timer_fired(TimerResult::Suspended),
+            Ok(Fired::NotDue | Fired::UnknownDefinition) | Err(_) => {}
+        }
+        match fired {
             Ok(Fired::Changed(c)) => self.carry_out(&c, None),
             Ok(Fired::Suspended { reason }) => {
                 tracing::error!(saga.id = %saga_id, %reason, "saga suspended: its timer could not be fired; an operator must resume or cancel it");

@@ -10,12 +10,16 @@ use super::{
 use crate::definitions;
 use crate::saga::{self, Event, Millis, Note, SagaState, Status};
 
-/// The columns [`Row::read`] expects, in order, then the database clock.
+/// The columns [`Row::read`] expects, in order, the database clock among
+/// them.
 pub(super) fn columns() -> String {
     format!(
-        "saga_id, saga_type, definition_version, input, traceparent, state, version, status, reason, {DB_NOW}"
+        "saga_id, saga_type, definition_version, input, traceparent, state, version, status, reason, {DB_NOW}, {CREATED_AT}"
     )
 }
+
+/// A saga row's `created_at` in epoch milliseconds, as a SQL expression.
+const CREATED_AT: &str = "(extract(epoch from created_at) * 1000)::bigint";
 
 /// A saga row as read, before its state is trusted.
 pub(super) struct Row {
@@ -37,6 +41,7 @@ impl Row {
                 definition_version: row.get::<_, i32>(2) as u32,
                 input: row.get(3),
                 traceparent: row.get(4),
+                created_at: row.get(10),
             },
             state: row.get(5),
             version: row.get(6),

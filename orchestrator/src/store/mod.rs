@@ -164,6 +164,9 @@ pub struct SagaContext {
     pub definition_version: u32,
     pub input: Vec<u8>,
     pub traceparent: Option<String>,
+    /// When the saga was placed, on the database's clock (its duration,
+    /// once it finishes, is measured from it).
+    pub created_at: Millis,
 }
 
 /// Effects to carry out now that the change they follow is committed, with

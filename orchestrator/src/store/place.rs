@@ -141,6 +141,7 @@ pub async fn place(pool: &Pool, new: NewSaga) -> Result<Placed, Error> {
             definition_version: def.version,
             input: new.input,
             traceparent: new.traceparent,
+            created_at: now,
         },
         state: t.state,
         effects: t.effects,
