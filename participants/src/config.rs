@@ -8,6 +8,9 @@
 //! | `SAGAFLOW_ORDER_LISTEN`            | `127.0.0.1:50061`                                         |
 //! | `SAGAFLOW_PAYMENT_LISTEN`          | `127.0.0.1:50062`                                         |
 //! | `SAGAFLOW_INVENTORY_LISTEN`        | `127.0.0.1:50063`                                         |
+//! | `SAGAFLOW_ORDER_HTTP_LISTEN`       | `127.0.0.1:8081`: `/healthz`, `/readyz`, `/metrics` (`off`: none) |
+//! | `SAGAFLOW_PAYMENT_HTTP_LISTEN`     | `127.0.0.1:8082`                                          |
+//! | `SAGAFLOW_INVENTORY_HTTP_LISTEN`   | `127.0.0.1:8083`                                          |
 //! | `SAGAFLOW_DB_POOL_SIZE`            | `16` (1..=1000)                                           |
 //! | `SAGAFLOW_INBOX_RETENTION_SECS`    | `1296000` (15 days; 3600..=315360000)                     |
 //! | `SAGAFLOW_RETENTION_INTERVAL_SECS` | `3600` (1..=86400)                                        |
@@ -60,6 +63,21 @@ pub const VARS: &[Var] = &[
         name: "SAGAFLOW_INVENTORY_LISTEN",
         default: "127.0.0.1:50063",
         meaning: "where the inventory participant listens",
+    },
+    Var {
+        name: "SAGAFLOW_ORDER_HTTP_LISTEN",
+        default: "127.0.0.1:8081",
+        meaning: "the order participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
+    },
+    Var {
+        name: "SAGAFLOW_PAYMENT_HTTP_LISTEN",
+        default: "127.0.0.1:8082",
+        meaning: "the payment participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
+    },
+    Var {
+        name: "SAGAFLOW_INVENTORY_HTTP_LISTEN",
+        default: "127.0.0.1:8083",
+        meaning: "the inventory participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
     },
     Var {
         name: "SAGAFLOW_INBOX_RETENTION_SECS",
@@ -140,6 +158,16 @@ impl Kind {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    /// Where the participant serves `/healthz`, `/readyz` and `/metrics`
+    /// unless told otherwise.
+    pub fn default_http_listen(self) -> &'static str {
+        match self {
+            Kind::Order => "127.0.0.1:8081",
+            Kind::Payment => "127.0.0.1:8082",
+            Kind::Inventory => "127.0.0.1:8083",
+        }
+    }
+
     fn env_prefix(self) -> &'static str {
         match self {
             Kind::Order => "SAGAFLOW_ORDER",
@@ -177,6 +205,9 @@ pub struct ParticipantConfig {
     /// Where the binary binds its gRPC listener ([`crate::serve`] takes an
     /// already bound listener so tests can use port 0).
     pub listen: SocketAddr,
+    /// The HTTP address of `/healthz`, `/readyz` and `/metrics`
+    /// (`SAGAFLOW_<KIND>_HTTP_LISTEN`); `None`: no HTTP server.
+    pub http_listen: Option<String>,
     /// Most connections the pool opens. Each in-flight command holds one for
     /// its transaction, so this bounds concurrent commands against Postgres.
     pub pool_size: usize,
@@ -233,11 +264,13 @@ impl Security {
 
 impl ParticipantConfig {
     /// Defaults for `kind`, with its database at `database_url`, protected
-    /// as `security` says.
+    /// as `security` says, and no HTTP address (a test's choice; from the
+    /// environment it has one by default).
     pub fn new(kind: Kind, database_url: impl Into<String>, security: Security) -> Self {
         Self {
             database_url: database_url.into(),
             listen: kind.default_listen(),
+            http_listen: None,
             pool_size: 16,
             inbox_retention: Duration::from_secs(15 * DAY),
             retention_interval: Duration::from_secs(3600),
@@ -253,6 +286,10 @@ impl ParticipantConfig {
         Ok(Self {
             database_url: env::var_or(&format!("{prefix}_DATABASE_URL"), &default_url),
             listen: env::parse_or(&format!("{prefix}_LISTEN"), kind.default_listen())?,
+            http_listen: sagaflow_common::ops::listen_from_env(
+                &format!("{prefix}_HTTP_LISTEN"),
+                kind.default_http_listen(),
+            ),
             pool_size: env::int_in("SAGAFLOW_DB_POOL_SIZE", 16, 1..=1000)?,
             inbox_retention: env::secs_in(
                 "SAGAFLOW_INBOX_RETENTION_SECS",

@@ -27,6 +27,8 @@
 //!   (`sagaflow_common::security`), unless configured insecure. Next to the
 //!   step service: `CommandLog` (read-only, for reconciliation), pinned too.
 //! - [`retention`]: forgetting inbox rows older than their retention.
+//! - [`metrics`]: what `/metrics` counts: commands by kind, method and
+//!   outcome (repeats among them), tombstones, and how long each took.
 //!
 //! # Races
 //!
@@ -87,6 +89,7 @@ pub mod command_log;
 pub mod config;
 pub mod error;
 pub mod inventory;
+pub mod metrics;
 pub mod order;
 pub mod payment;
 pub mod retention;

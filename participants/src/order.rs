@@ -61,9 +61,12 @@ pub struct OrderParticipant {
 }
 
 impl OrderParticipant {
-    pub fn new(pool: deadpool_postgres::Pool) -> Self {
+    pub fn new(
+        pool: deadpool_postgres::Pool,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
-            exec: Executor::new(pool, crate::Kind::Order.name()),
+            exec: Executor::new(pool, crate::Kind::Order.name(), metrics),
         }
     }
 

@@ -105,9 +105,12 @@ pub struct PaymentParticipant {
 }
 
 impl PaymentParticipant {
-    pub fn new(pool: deadpool_postgres::Pool) -> Self {
+    pub fn new(
+        pool: deadpool_postgres::Pool,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
-            exec: Executor::new(pool, crate::Kind::Payment.name()),
+            exec: Executor::new(pool, crate::Kind::Payment.name(), metrics),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Runs one step command: validate, then inbox + decision + outbox in one
 //! transaction. The only place a step RPC's error becomes a `tonic::Status`.
 
+use std::sync::Arc;
+
 use opentelemetry::trace::TraceContextExt as _;
 use prost::Message as _;
 use sagaflow_common::{outbox, trace};
@@ -12,8 +14,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use super::envelope::{build, event_type, outcome_name};
-use super::{Command, CommandKind, DecisionFuture, Outcome, Rpc, Tx, inbox};
+use super::{Command, DecisionFuture, Outcome, Rpc, Tx, inbox};
 use crate::Error;
+use crate::metrics::{Ended, Metrics};
 
 /// Handles the step RPCs of one participant; cheap to clone.
 #[derive(Clone)]
@@ -22,11 +25,21 @@ pub struct Executor {
     pool: deadpool_postgres::Pool,
     /// Written into every event (`EventEnvelope.participant`, event types).
     participant: &'static str,
+    /// Counts how each command ended.
+    metrics: Arc<Metrics>,
 }
 
 impl Executor {
-    pub fn new(pool: deadpool_postgres::Pool, participant: &'static str) -> Self {
-        Self { pool, participant }
+    pub fn new(
+        pool: deadpool_postgres::Pool,
+        participant: &'static str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            pool,
+            participant,
+            metrics,
+        }
     }
 
     /// The participant's pool, for read-only RPCs outside the contract.
@@ -65,6 +78,7 @@ impl Executor {
             let _ = span.set_parent(parent);
         }
         let raw = request.into_inner();
+        let started = std::time::Instant::now();
         async move {
             let result = match Command::parse(raw, rpc.needs_input) {
                 Ok(cmd) => {
@@ -73,22 +87,26 @@ impl Executor {
                     span.record("saga.step", cmd.step);
                     span.record("command.id", display(cmd.command_id));
                     span.record("command.attempt", cmd.attempt);
-                    self.execute(rpc.kind, &cmd, decide).await
+                    self.execute(&rpc, &cmd, decide).await
                 }
                 Err(e) => Err(e),
             };
+            let ended = match &result {
+                Ok(ack) if ack.status() == command_ack::Status::Duplicate => Ended::Repeat,
+                Ok(ack) if ack.outcome == Outcome::Refused as i32 => Ended::Refused,
+                Ok(_) => Ended::Succeeded,
+                Err(Error::InvalidArgument { .. }) => Ended::Invalid,
+                Err(Error::Database(_) | Error::Pool(_) | Error::Unexpected(_)) => Ended::Failed,
+            };
+            self.metrics
+                .ended(&rpc, ended, started.elapsed().as_secs_f64());
             result.map(Response::new).map_err(Status::from)
         }
         .instrument(span)
         .await
     }
 
-    async fn execute<F>(
-        &self,
-        kind: CommandKind,
-        cmd: &Command,
-        decide: F,
-    ) -> Result<CommandAck, Error>
+    async fn execute<F>(&self, rpc: &Rpc, cmd: &Command, decide: F) -> Result<CommandAck, Error>
     where
         F: for<'t> FnOnce(&'t Tx<'t>, &'t Command) -> DecisionFuture<'t> + Send,
     {
@@ -96,6 +114,7 @@ impl Executor {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
 
+        let kind = rpc.kind;
         if let Some(stored) = inbox::claim(&tx, cmd, kind).await? {
             // The first copy of the event may have been lost on its way: emit
             // it again under the same event id; the orchestrator dedupes.
@@ -139,6 +158,9 @@ impl Executor {
         recorded?;
         inserted?;
         tx.commit().await?;
+        if decision.payload.get("tombstone") == Some(&serde_json::Value::Bool(true)) {
+            self.metrics.tombstone(rpc);
+        }
         tracing::Span::current().record("command.outcome", outcome_name(decision.outcome));
         tracing::debug!(event.id = %event_id, reason = %decision.reason, "command handled");
         Ok(ack(

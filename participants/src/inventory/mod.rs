@@ -81,9 +81,12 @@ pub struct InventoryParticipant {
 }
 
 impl InventoryParticipant {
-    pub fn new(pool: deadpool_postgres::Pool) -> Self {
+    pub fn new(
+        pool: deadpool_postgres::Pool,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
-            exec: Executor::new(pool, crate::Kind::Inventory.name()),
+            exec: Executor::new(pool, crate::Kind::Inventory.name(), metrics),
         }
     }
 
