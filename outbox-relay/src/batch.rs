@@ -16,6 +16,8 @@ use sagaflow_common::outbox::attributes;
 use sagaflow_common::pubsub::{EventPublisher, OutgoingMessage, is_not_found};
 use sagaflow_common::trace;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::WorkerMetrics;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -30,9 +32,11 @@ pub const CLAIM: &str = "
     FOR UPDATE SKIP LOCKED";
 
 /// `clock_timestamp()`, not `now()`: the time Pub/Sub acknowledged, not the
-/// time the claim began, so `sent_at - created_at` is the relay's lag.
-const MARK_SENT: &str =
-    "UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1::bigint[])";
+/// time the claim began, so `sent_at - created_at` is the relay's lag
+/// (returned per row, in seconds, for the lag histogram).
+const MARK_SENT: &str = "
+    UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1::bigint[])
+    RETURNING extract(epoch FROM sent_at - created_at)::float8";
 
 const MARK_FAILED: &str = "
     UPDATE outbox AS o
@@ -109,13 +113,15 @@ pub(crate) async fn relay_batch(
     limit: i64,
     ordering_key: bool,
     skip: &[i64],
+    metrics: &WorkerMetrics,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Outcome> {
     let mut client = tokio::select! {
         () = shutdown.cancelled() => return Ok(Outcome::default()),
         c = db("getting a database connection", pool.get()) => c?,
     };
-    let outcome = claim_and_publish(&mut client, publisher, limit, ordering_key, skip).await;
+    let outcome =
+        claim_and_publish(&mut client, publisher, limit, ordering_key, skip, metrics).await;
     if outcome.is_err() {
         // The connection may be broken or mid-statement (timeout): close it
         // rather than hand it to the next round.
@@ -130,6 +136,7 @@ async fn claim_and_publish(
     limit: i64,
     ordering_key: bool,
     skip: &[i64],
+    metrics: &WorkerMetrics,
 ) -> anyhow::Result<Outcome> {
     let tx = db("starting a transaction", client.transaction()).await?;
     let claim = db("preparing the claim", tx.prepare_cached(CLAIM)).await?;
@@ -177,9 +184,11 @@ async fn claim_and_publish(
         }
     }
     span.record("outbox.failed", failed.len());
+    metrics.publish_errors.inc_by(failed.len() as u64);
+    let mut lags = Vec::new();
     if !sent.is_empty() {
         let mark = db("preparing the mark", tx.prepare_cached(MARK_SENT)).await?;
-        db("marking rows sent", tx.execute(&mark, &[&sent])).await?;
+        lags = db("marking rows sent", tx.query(&mark, &[&sent])).await?;
     }
     if !failed_ids.is_empty() {
         db(
@@ -189,6 +198,10 @@ async fn claim_and_publish(
         .await?;
     }
     db("committing the batch", tx.commit()).await?;
+    metrics.published.inc_by(sent.len() as u64);
+    for lag in &lags {
+        metrics.lag.observe(lag.get::<_, f64>(0).max(0.0));
+    }
     Ok(Outcome {
         claimed,
         sent: sent.len(),

@@ -54,6 +54,11 @@ pub const VARS: &[Var] = &[
         default: "60000",
         meaning: "how often that cleanup runs (1..=86400000)",
     },
+    Var {
+        name: "SAGAFLOW_RELAY_HTTP_LISTEN",
+        default: "127.0.0.1:8084",
+        meaning: "HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
+    },
 ];
 use sagaflow_common::db;
 use sagaflow_common::pubsub::PubSubConfig;
@@ -89,6 +94,9 @@ pub struct RelayConfig {
     /// order, and a key gives every saga its own batch (no batching across
     /// sagas). `SAGAFLOW_RELAY_ORDERING_KEY`.
     pub ordering_key: bool,
+    /// The HTTP address of `/healthz`, `/readyz` and `/metrics`;
+    /// `None`: no HTTP server. `SAGAFLOW_RELAY_HTTP_LISTEN`.
+    pub http_listen: Option<String>,
 }
 
 impl RelayConfig {
@@ -128,6 +136,10 @@ impl RelayConfig {
             max_in_flight: config::int_in("SAGAFLOW_RELAY_MAX_IN_FLIGHT", 1000, 1..=1_000_000)?,
             publish_delay: config::millis_in("SAGAFLOW_RELAY_PUBLISH_DELAY_MS", 5, 0..=1000)?,
             ordering_key: config::bool_or("SAGAFLOW_RELAY_ORDERING_KEY", false)?,
+            http_listen: sagaflow_common::ops::listen_from_env(
+                "SAGAFLOW_RELAY_HTTP_LISTEN",
+                "127.0.0.1:8084",
+            ),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -175,6 +187,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("max_in_flight", &self.max_in_flight)
             .field("publish_delay", &self.publish_delay)
             .field("ordering_key", &self.ordering_key)
+            .field("http_listen", &self.http_listen)
             .finish()
     }
 }

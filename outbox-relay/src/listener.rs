@@ -6,6 +6,7 @@
 //! interval. After every (re)connect the loop is woken once to catch up.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,17 +19,28 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 
 /// Keep a LISTEN connection to `url` open until `stop`, reconnecting with
-/// backoff, and call `wake.notify_one()` on every notification.
-pub(crate) async fn listen(url: String, label: String, wake: Arc<Notify>, stop: CancellationToken) {
+/// backoff, and call `wake.notify_one()` on every notification. `up` says
+/// whether the connection is listening (for readiness).
+pub(crate) async fn listen(
+    url: String,
+    label: String,
+    wake: Arc<Notify>,
+    up: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         let err = tokio::select! {
-            () = stop.cancelled() => return,
-            r = listen_once(&url, &label, &wake, &mut backoff) => match r {
+            () = stop.cancelled() => {
+                up.store(false, Ordering::Relaxed);
+                return;
+            }
+            r = listen_once(&url, &label, &wake, &up, &mut backoff) => match r {
                 Ok(()) => anyhow::anyhow!("the connection closed"),
                 Err(e) => e,
             },
         };
+        up.store(false, Ordering::Relaxed);
         let delay = backoff.next_delay();
         tracing::warn!(
             db = %label,
@@ -49,6 +61,7 @@ async fn listen_once(
     url: &str,
     label: &str,
     wake: &Notify,
+    up: &AtomicBool,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
     let (client, mut connection) = tokio_postgres::connect(url, NoTls)
@@ -66,6 +79,7 @@ async fn listen_once(
             r = &mut listen, if !listening => {
                 r.context("LISTEN")?;
                 listening = true;
+                up.store(true, Ordering::Relaxed);
                 backoff.reset();
                 tracing::debug!(db = %label, channel = NOTIFY_CHANNEL, "listening for outbox inserts");
                 // Rows may have arrived while we were not listening.

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, jitter};
 use crate::batch::{self, Failed};
+use crate::metrics::WorkerMetrics;
 use crate::topic::Topic;
 use crate::{cleanup, listener};
 
@@ -49,6 +51,10 @@ pub(crate) struct Worker {
     pub cleanup_interval: Duration,
     /// Publish with the saga id as ordering key.
     pub ordering_key: bool,
+    /// Whether the LISTEN connection is up (for readiness).
+    pub listening: Arc<AtomicBool>,
+    /// This database's counters.
+    pub metrics: WorkerMetrics,
 }
 
 /// What to do before the next round.
@@ -71,6 +77,7 @@ impl Worker {
             self.url.clone(),
             self.label.clone(),
             wake.clone(),
+            self.listening.clone(),
             helpers.clone(),
         ));
         let cleanup = tokio::spawn(cleanup::run(
@@ -103,6 +110,7 @@ impl Worker {
                 self.batch_size,
                 self.ordering_key,
                 &skip,
+                &self.metrics,
                 shutdown,
             )
             .await;
@@ -135,6 +143,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
+                    self.metrics.database_errors.inc();
                     let delay = db_backoff.next_delay();
                     let retry_in_ms = delay.as_millis() as u64;
                     if is_missing_table(&e) {

@@ -409,6 +409,7 @@ pub fn relay_config(emu: &Emulator, dbs: &[&TestDb], topic: &str) -> RelayConfig
         max_in_flight: 1000,
         publish_delay: Duration::from_millis(1),
         ordering_key: false,
+        http_listen: None,
     }
 }
 
