@@ -130,7 +130,9 @@ impl Drop for Proc {
 pub struct System {
     pub dbs: Databases,
     pub emulator_host: String,
-    /// Listen address of each participant and of each orchestrator (`orchestrator-N`).
+    /// Listen address of each participant and of each orchestrator
+    /// (`orchestrator-N`); `NAME.http`: the HTTP address of process `NAME`
+    /// (every process has its own, so parallel systems never collide).
     pub addrs: HashMap<String, String>,
     pub topic: String,
     pub subscription: String,
@@ -326,8 +328,21 @@ impl System {
             .create(true)
             .append(true)
             .open(&log_path)?;
+        let http = self
+            .addrs
+            .entry(format!("{name}.http"))
+            .or_insert_with(|| format!("127.0.0.1:{}", free_port()))
+            .clone();
+        let http_var = if PARTICIPANTS.contains(&name) {
+            format!("SAGAFLOW_{}_HTTP_LISTEN", name.to_uppercase())
+        } else if name.starts_with("relay") {
+            "SAGAFLOW_RELAY_HTTP_LISTEN".to_owned()
+        } else {
+            "SAGAFLOW_ORCHESTRATOR_HTTP_LISTEN".to_owned()
+        };
         let mut cmd = self.command(bin)?;
-        cmd.args(args)
+        cmd.env(http_var, http)
+            .args(args)
             .envs(
                 self.credentials
                     .iter()
@@ -343,9 +358,6 @@ impl System {
             .filter(|_| name.starts_with("orchestrator"))
         {
             cmd.env("SAGAFLOW_ORCHESTRATOR_LISTEN", addr);
-            if let Some(http) = self.addrs.get(&format!("{name}.http")) {
-                cmd.env("SAGAFLOW_ORCHESTRATOR_HTTP_LISTEN", http);
-            }
         }
         if let Some(extra) = self.process_env.get(name) {
             cmd.envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -433,6 +445,15 @@ impl System {
     /// `/config.json`), as a URL.
     pub fn console_url(&self, n: usize) -> String {
         format!("http://{}/", self.addrs[&format!("orchestrator-{n}.http")])
+    }
+
+    /// The HTTP address of process `name` (`/healthz`, `/readyz`,
+    /// `/metrics`), as a URL without the trailing slash.
+    pub fn http_url(&self, name: &str) -> anyhow::Result<String> {
+        self.addrs
+            .get(&format!("{name}.http"))
+            .map(|a| format!("http://{a}"))
+            .ok_or_else(|| anyhow::anyhow!("{name} has no HTTP address (not started?)"))
     }
 
     /// A command for one of the service binaries with the environment every
