@@ -41,8 +41,6 @@ const SAMPLE: u32 = 12;
 const STALL: Duration = Duration::from_secs(120);
 /// How long each process may take to stop after SIGTERM (then SIGKILL).
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// The `sagaflow` CLI, run from the repository.
-const CLI: &str = "cargo run -q -p sagaflow-cli --bin sagaflow --";
 /// This command, run from the repository.
 const DEMO: &str = "cargo run -p sagaflow-tests --bin sagaflow-demo --";
 
@@ -263,7 +261,12 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
 async fn session(sys: &mut System, stop: &mut Stop, orders: Option<u32>) -> anyhow::Result<Ending> {
     let api = sys.orchestrator_urls()[0].clone();
     let console = sys.console_url(0);
-    let cli_env = format!("SAGAFLOW_API_URL={api} SAGAFLOW_INSECURE=true");
+    // The `sagaflow` binary the start has just built: a `cargo run` of the
+    // CLI package alone would build again with other features.
+    let cli = format!(
+        "SAGAFLOW_API_URL={api} SAGAFLOW_INSECURE=true {}",
+        shell_word(&system::bin_dir()?.join("sagaflow").display().to_string())
+    );
     let served = console_served(&sys.addrs["orchestrator-0.http"]).await;
     println!("Orchestrator API (gRPC, plaintext): {api}");
     match &served {
@@ -275,9 +278,7 @@ async fn session(sys: &mut System, stop: &mut Stop, orders: Option<u32>) -> anyh
         Err(e) => println!("Web console: {console} does not answer: {e:#}"),
     }
     if orders.is_some() {
-        println!(
-            "While the orders run, in another shell in this repository: {cli_env} {CLI} get SAGA_ID"
-        );
+        println!("While the orders run, in another shell: {cli} get SAGA_ID");
     }
 
     let n = orders.unwrap_or(SAMPLE);
@@ -346,20 +347,18 @@ async fn session(sys: &mut System, stop: &mut Stop, orders: Option<u32>) -> anyh
         .as_ref()
         .and_then(|(ids, _)| ids.first())
         .map_or("SAGA_ID", |(id, _)| id.as_str());
-    println!(
-        "\nThe system stays up until Ctrl-C. Look around (the CLI in another shell, in this repository):"
-    );
+    println!("\nThe system stays up until Ctrl-C. Look around (the CLI in another shell):");
     match served {
         Ok(true) => println!("  web console    {console}"),
         _ => println!(
             "  web console    not built (`npm ci && npm run build` in console/, then restart the demo)"
         ),
     }
-    println!("  one saga       {cli_env} {CLI} get {first}");
-    println!("  live           {cli_env} {CLI} watch {first}");
-    println!("  all sagas      {cli_env} {CLI} list");
+    println!("  one saga       {cli} get {first}");
+    println!("  live           {cli} watch {first}");
+    println!("  all sagas      {cli} list");
     println!(
-        "  a new order    {cli_env} {CLI} place --customer cust-alice --item sku-widget:2 --amount 12.50"
+        "  a new order    {cli} place --customer cust-alice --item sku-widget:2 --amount 12.50"
     );
     println!("Sagas that end from now on (placed from the CLI or the console) appear below.\n");
     println!("{}", table.header());
@@ -447,20 +446,6 @@ async fn summarize(
         })
         .count();
     let report = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
-    // The reasons are the participants' own text, shown as recorded; the
-    // payment service's speaks in cents.
-    if let Some(o) = ids
-        .iter()
-        .map(|(id, _)| &ended[id])
-        .filter(|s| s.reason.contains("credit_limit_exceeded"))
-        .find_map(|s| s.order.as_ref())
-    {
-        println!(
-            "(The payment service gives the amounts of its refusals in cents: `needs {}` is {}.)",
-            o.amount_cents,
-            sagaflow_cli::money::format(o.amount_cents, &o.currency)
-        );
-    }
     let n = ids.len();
     if let Some(placing) = placing {
         println!(
@@ -524,6 +509,18 @@ async fn shutdown(mut sys: System) -> Vec<String> {
     }
     drop(sys);
     stopped
+}
+
+/// `word` as one word for a POSIX shell.
+fn shell_word(word: &str) -> String {
+    if word
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,".contains(c))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// Whether the orchestrator's HTTP address serves the console (200 at
