@@ -190,19 +190,7 @@ pub async fn snapshot(
     reset: bool,
 ) -> Result<pb::WatchSagasResponse, store::Error> {
     let mut client = pool.get().await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
-    let now = tx
-        .query_one(
-            "SELECT pg_current_snapshot()::text,
-                    (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
-            &[],
-        )
-        .await?;
+    let (tx, now) = begin(&mut client).await?;
     let counts = tx
         .query(
             "SELECT status, count(*) FROM sagas
@@ -223,7 +211,7 @@ pub async fn snapshot(
         )
         .await?;
     tx.commit().await?;
-    let cursor = cursor_of(now.get(1), now.get(0))?;
+    let cursor = now;
     let mut by_state: Vec<pb::StateCount> = SagaStatus::ALL
         .iter()
         .map(|s| pb::StateCount {
@@ -247,6 +235,27 @@ pub async fn snapshot(
         changes: Vec::new(),
         cursor: cursor.encode(),
     })
+}
+
+/// A read-only transaction at one snapshot, and that snapshot as a cursor.
+async fn begin(
+    client: &mut deadpool_postgres::Object,
+) -> Result<(deadpool_postgres::Transaction<'_>, Cursor), store::Error> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let now = tx
+        .query_one(
+            "SELECT pg_current_snapshot()::text,
+                    (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            &[],
+        )
+        .await?;
+    let cursor = cursor_of(now.get(1), now.get(0))?;
+    Ok((tx, cursor))
 }
 
 fn cursor_of(at_ms: i64, text: &str) -> Result<Cursor, store::Error> {
@@ -281,19 +290,7 @@ pub async fn changes_since(
     cursor: &Cursor,
 ) -> Result<Since, store::Error> {
     let mut client = pool.get().await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
-    let now = tx
-        .query_one(
-            "SELECT pg_current_snapshot()::text,
-                    (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
-            &[],
-        )
-        .await?;
+    let (tx, now) = begin(&mut client).await?;
     let limit = (MAX_CHANGES + 1) as i64;
     let rows = tx
         .query(
@@ -320,7 +317,7 @@ pub async fn changes_since(
     if rows.len() > MAX_CHANGES {
         return Ok(Since::TooMany);
     }
-    let next = cursor_of(now.get(1), now.get(0))?;
+    let next = now;
     Ok(Since::Changes {
         changes: fold(filter, &rows),
         cursor: next,
