@@ -65,10 +65,19 @@ pub fn init(service: &str) -> anyhow::Result<Guard> {
             .with_writer(std::io::stderr)
             .boxed(),
     };
+    // Spans are exported whatever `RUST_LOG` says: it filters the log only.
+    // Libraries' own spans stay out (they would be traces of their own).
+    let spans = EnvFilter::new(
+        "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,google_cloud=off,\
+         google_cloud_pubsub=off,google_cloud_gax=off,tokio_postgres=off,deadpool=off",
+    );
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(fmt.with_filter(filter))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(spans),
+        )
         .try_init()?;
     Ok(Guard { provider })
 }

@@ -43,6 +43,73 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
+/// Link `span` to the remote `traceparent` (nothing when it is malformed).
+pub fn add_link(span: &tracing::Span, traceparent: &str) {
+    let cx = context_from_traceparent(traceparent);
+    span.add_link(cx.span().span_context().clone());
+}
+
+/// The OpenTelemetry span kinds the spans use (`otel.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    Client,
+    Server,
+    Producer,
+    Consumer,
+}
+
+impl SpanKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Client => "client",
+            SpanKind::Server => "server",
+            SpanKind::Producer => "producer",
+            SpanKind::Consumer => "consumer",
+        }
+    }
+}
+
+/// A gRPC span per the OpenTelemetry RPC conventions: named
+/// `package.Service/Method` after the method path (`/package.Service/Method`),
+/// with `rpc.system=grpc`, `rpc.service` and `rpc.method`. Record the end
+/// with [`rpc_status`].
+pub fn rpc_span(path: &str, kind: SpanKind) -> tracing::Span {
+    let name = path.trim_start_matches('/');
+    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    tracing::info_span!(
+        "rpc",
+        otel.name = name,
+        otel.kind = kind.as_str(),
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+    )
+}
+
+/// Record how an RPC ended: `rpc.grpc.status_code`, and the span's status
+/// ERROR for codes that are errors on that side (every non-OK code for a
+/// client; for a server the codes that mean it failed, not the caller).
+pub fn rpc_status(span: &tracing::Span, kind: SpanKind, code: tonic::Code, message: &str) {
+    use tonic::Code::*;
+    span.set_attribute("rpc.grpc.status_code", code as i64);
+    let error = match kind {
+        SpanKind::Server => matches!(
+            code,
+            Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+        ),
+        _ => code != Ok,
+    };
+    if error {
+        fail(span, &format!("{code:?}"), message);
+    }
+}
+
+/// Mark `span` failed: status ERROR with `description`, and `error.type`.
+pub fn fail(span: &tracing::Span, error_type: &str, description: &str) {
+    span.set_status(opentelemetry::trace::Status::error(description.to_owned()));
+    span.set_attribute("error.type", error_type.to_owned());
+}
+
 struct MetadataCarrier<'a>(&'a tonic::metadata::MetadataMap);
 
 impl Extractor for MetadataCarrier<'_> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use sagaflow_common::outbox::attributes;
-use sagaflow_common::pubsub::{EventPublisher, ReceivedMessage};
+use sagaflow_common::pubsub::{EventPublisher, ReceivedMessage, SubscriptionSpec};
 use sagaflow_protos::events::v1::{CommandKind, EventEnvelope, Outcome as PbOutcome};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +80,7 @@ pub async fn run(
     mut messages: tokio::sync::mpsc::Receiver<ReceivedMessage>,
     concurrency: usize,
     dead_letters: Arc<EventPublisher>,
+    source: Arc<SubscriptionSpec>,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
@@ -109,11 +110,12 @@ pub async fn run(
             };
             let driver = driver.clone();
             let dead_letters = dead_letters.clone();
+            let source = source.clone();
             let seen = decoded
                 .as_ref()
                 .is_ok_and(|d| applied.contains(&d.event_id));
             tokio::spawn(async move {
-                handle(&driver, &dead_letters, msg, decoded, seen).await;
+                handle(&driver, &dead_letters, &source, msg, decoded, seen).await;
                 drop(permit);
             });
         }
@@ -127,18 +129,31 @@ pub async fn run(
 async fn handle(
     driver: &Driver,
     dead_letters: &EventPublisher,
+    source: &SubscriptionSpec,
     msg: ReceivedMessage,
     decoded: Result<Decoded, String>,
     seen: bool,
 ) {
     let traceparent = msg.attributes.get(attributes::TRACEPARENT).cloned();
+    // A CONSUMER span per the messaging conventions, under the relay's
+    // publish span (the message's `traceparent`).
     let span = tracing::info_span!(
         "saga.consume",
-        saga.id = tracing::field::Empty,
-        event.id = tracing::field::Empty,
-        event.duplicate = tracing::field::Empty,
-        messaging.message.id = %msg.message_id,
+        otel.name = format!("process {}", source.id).as_str(),
         otel.kind = "consumer",
+        messaging.system = "gcp_pubsub",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %source.topic_id,
+        messaging.destination.subscription.name = %source.id,
+        messaging.message.id = %msg.message_id,
+        messaging.gcp_pubsub.message.delivery_attempt = msg.delivery_attempt,
+        saga.id = msg.attributes.get(attributes::SAGA_ID).map(String::as_str),
+        event.id = msg.attributes.get(attributes::EVENT_ID).map(String::as_str),
+        event.type = msg.attributes.get(attributes::EVENT_TYPE).map(String::as_str),
+        saga.step.index = tracing::field::Empty,
+        event.duplicate = seen,
+        saga.outcome = tracing::field::Empty,
     );
     sagaflow_common::trace::set_parent(&span, traceparent.as_deref());
     async move {
@@ -151,6 +166,9 @@ async fn handle(
         let span = tracing::Span::current();
         span.record("saga.id", tracing::field::display(decoded.saga_id));
         span.record("event.id", tracing::field::display(decoded.event_id));
+        if let Event::Outcome { step, .. } = &decoded.event {
+            span.record("saga.step.index", step);
+        }
         let received_lag_ms = msg
             .publish_time
             .and_then(|t| t.elapsed().ok())
@@ -159,7 +177,8 @@ async fn handle(
         let result = if seen {
             Ok(Applied::Duplicate)
         } else {
-            store::apply_event(driver.pool(), decoded.event_id, decoded.saga_id, &decoded.event)
+            driver
+                .apply(Path::PubSub, decoded.event_id, decoded.saga_id, &decoded.event)
                 .await
         };
         tracing::debug!(
@@ -168,9 +187,19 @@ async fn handle(
             "event applied"
         );
         let metrics = driver.metrics();
-        if let Ok(applied) = &result {
-            metrics.applied(Path::PubSub, applied);
+        if seen {
+            metrics.applied(Path::PubSub, &Applied::Duplicate);
         }
+        span.record(
+            "saga.outcome",
+            match &result {
+                Ok(Applied::Changed(_)) => "applied",
+                Ok(Applied::Unchanged) => "unchanged",
+                Ok(Applied::Duplicate) => "duplicate",
+                Ok(_) => "dead_lettered",
+                Err(_) => "redelivered",
+            },
+        );
         match result {
             Ok(Applied::Changed(committed)) => {
                 msg.ack();
@@ -181,7 +210,7 @@ async fn handle(
                 msg.ack();
             }
             Ok(Applied::Duplicate) => {
-                tracing::Span::current().record("event.duplicate", true);
+                span.record("event.duplicate", true);
                 tracing::debug!("event already applied");
                 msg.ack();
             }
@@ -224,6 +253,7 @@ async fn reject(
     why: DeadLetter,
     reason: &str,
 ) {
+    sagaflow_common::trace::fail(&tracing::Span::current(), why.as_str(), reason);
     tracing::warn!(reason, "poison message: dead-lettering it");
     match deadletter::send(dead_letters, &msg, reason).await {
         Ok(()) => {

@@ -153,6 +153,7 @@ pub async fn run(
         messages,
         config.consumer_concurrency,
         dead_letters.clone(),
+        Arc::new(events_spec.clone()),
         work.clone(),
     ));
     let (dead_letter_subscriber, dead_letter_messages) =

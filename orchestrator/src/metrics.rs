@@ -100,7 +100,7 @@ pub enum Path {
 }
 
 impl Path {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Path::Reply => "reply",
             Path::PubSub => "pubsub",
@@ -126,7 +126,7 @@ pub enum CallOutcome {
 }
 
 impl CallOutcome {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             CallOutcome::Succeeded => "succeeded",
             CallOutcome::Refused => "refused",
@@ -156,7 +156,7 @@ pub enum DeadLetter {
 }
 
 impl DeadLetter {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             DeadLetter::Undecodable => "undecodable",
             DeadLetter::UnknownSaga => "unknown_saga",

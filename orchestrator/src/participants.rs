@@ -13,8 +13,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sagaflow_common::security::tls::ClientTls;
+use sagaflow_common::trace;
 use sagaflow_protos::participant::v1::{CommandAck, StepCommand};
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,20 +103,49 @@ impl ParticipantClient for GrpcParticipants {
             let path = method
                 .parse::<http::uri::PathAndQuery>()
                 .map_err(|e| SendError::Permanent(format!("bad method path {method}: {e}")))?;
-            let mut grpc = tonic::client::Grpc::new(channel);
-            grpc.ready()
-                .await
-                .map_err(|e| SendError::Transient(format!("{participant} not ready: {e}")))?;
-            let mut request = tonic::Request::new(command);
-            request.set_timeout(timeout);
-            if let Some(tp) = &traceparent {
-                sagaflow_common::trace::inject_traceparent(request.metadata_mut(), tp);
+            // The RPC's client span, under the command's span.
+            let span = trace::rpc_span(&method, trace::SpanKind::Client);
+            span.set_attribute("saga.id", command.saga_id.clone());
+            span.set_attribute("saga.type", command.saga_type.clone());
+            span.set_attribute("saga.step", command.step_name.clone());
+            span.set_attribute("command.id", command.command_id.clone());
+            span.set_attribute("saga.command.attempt", i64::from(command.attempt));
+            span.set_attribute("participant", participant.clone());
+            trace::set_parent(&span, traceparent.as_deref());
+            let sent = trace::traceparent_of(&span.context()).or(traceparent);
+            async move {
+                let mut grpc = tonic::client::Grpc::new(channel);
+                if let Err(e) = grpc.ready().await {
+                    let e = format!("{participant} not ready: {e}");
+                    trace::fail(&tracing::Span::current(), "unavailable", &e);
+                    return Err(SendError::Transient(e));
+                }
+                let mut request = tonic::Request::new(command);
+                request.set_timeout(timeout);
+                if let Some(tp) = &sent {
+                    trace::inject_traceparent(request.metadata_mut(), tp);
+                }
+                let codec = tonic_prost::ProstCodec::<StepCommand, CommandAck>::default();
+                let result = grpc.unary(request, path, codec).await;
+                let span = tracing::Span::current();
+                match result {
+                    Ok(resp) => {
+                        trace::rpc_status(&span, trace::SpanKind::Client, tonic::Code::Ok, "");
+                        Ok(resp.into_inner())
+                    }
+                    Err(status) => {
+                        trace::rpc_status(
+                            &span,
+                            trace::SpanKind::Client,
+                            status.code(),
+                            status.message(),
+                        );
+                        Err(classify(&participant, &method, status))
+                    }
+                }
             }
-            let codec = tonic_prost::ProstCodec::<StepCommand, CommandAck>::default();
-            match grpc.unary(request, path, codec).await {
-                Ok(resp) => Ok(resp.into_inner()),
-                Err(status) => Err(classify(&participant, &method, status)),
-            }
+            .instrument(span)
+            .await
         })
     }
 }

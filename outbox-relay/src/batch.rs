@@ -151,13 +151,22 @@ async fn claim_and_publish(
         return Ok(Outcome::default());
     }
 
+    // The batch is its own trace (it serves many sagas): it links to each
+    // row's trace, and each row's publish span sits in its saga's trace.
     let span = tracing::info_span!(
         "relay.batch",
         outbox.count = claimed,
         outbox.first_id = rows[0].id,
         outbox.last_id = rows[claimed - 1].id,
         outbox.failed = tracing::field::Empty,
+        messaging.system = "gcp_pubsub",
+        messaging.batch.message_count = claimed,
     );
+    for row in &rows {
+        if let Some(tp) = &row.traceparent {
+            trace::add_link(&span, tp);
+        }
+    }
     let results = futures::future::join_all(
         rows.into_iter()
             .map(|row| publish(publisher, row, ordering_key)),
@@ -184,6 +193,13 @@ async fn claim_and_publish(
         }
     }
     span.record("outbox.failed", failed.len());
+    if !failed.is_empty() {
+        trace::fail(
+            &span,
+            "publish",
+            &format!("{} of {claimed} rows not published", failed.len()),
+        );
+    }
     metrics.publish_errors.inc_by(failed.len() as u64);
     let mut lags = Vec::new();
     if !sent.is_empty() {
@@ -216,12 +232,25 @@ async fn publish(
     row: Row,
     ordering_key: bool,
 ) -> (i64, i32, anyhow::Result<String>) {
+    // A PRODUCER span per the messaging conventions, under the participant
+    // span that wrote the row.
+    let topic = publisher.topic();
+    let topic = topic.rsplit('/').next().unwrap_or(topic);
     let span = tracing::info_span!(
         "relay.publish",
+        otel.name = format!("send {topic}").as_str(),
+        otel.kind = "producer",
+        messaging.system = "gcp_pubsub",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = topic,
+        messaging.message.id = tracing::field::Empty,
+        messaging.gcp_pubsub.message.ordering_key = ordering_key.then(|| row.saga_id.to_string()),
         outbox.id = row.id,
+        outbox.publish_attempts = row.publish_attempts,
         saga.id = %row.saga_id,
         event.id = %row.event_id,
-        "event.type" = %row.event_type,
+        event.type = %row.event_type,
     );
     trace::set_parent(&span, row.traceparent.as_deref());
     // Consumers continue from the publish span when it is recorded, else
@@ -244,6 +273,12 @@ async fn publish(
         },
         attributes: attrs,
     };
-    let result = publisher.publish(msg).instrument(span).await;
+    let result = publisher.publish(msg).instrument(span.clone()).await;
+    match &result {
+        Ok(id) => {
+            span.record("messaging.message.id", id.as_str());
+        }
+        Err(e) => trace::fail(&span, "publish", &format!("{e:#}")),
+    }
     (row.id, row.publish_attempts, result)
 }

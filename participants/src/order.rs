@@ -66,7 +66,12 @@ impl OrderParticipant {
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
-            exec: Executor::new(pool, crate::Kind::Order.name(), metrics),
+            exec: Executor::new(
+                pool,
+                crate::Kind::Order.name(),
+                sagaflow_protos::participant::v1::order_service_server::SERVICE_NAME,
+                metrics,
+            ),
         }
     }
 

@@ -110,7 +110,12 @@ impl PaymentParticipant {
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
-            exec: Executor::new(pool, crate::Kind::Payment.name(), metrics),
+            exec: Executor::new(
+                pool,
+                crate::Kind::Payment.name(),
+                sagaflow_protos::participant::v1::payment_service_server::SERVICE_NAME,
+                metrics,
+            ),
         }
     }
 

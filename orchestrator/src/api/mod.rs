@@ -21,9 +21,12 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use sagaflow_common::pubsub::EventPublisher;
+use sagaflow_common::trace::{self, SpanKind};
 use sagaflow_protos::orchestrator::v1 as pb;
 use sagaflow_protos::orchestrator::v1::saga_service_server::SagaService;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use crate::definitions::order;
@@ -56,6 +59,67 @@ pub struct Watching {
 }
 
 impl Api {
+    async fn place(
+        &self,
+        req: pb::PlaceOrderRequest,
+    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let (key, input) = input::place_order(&req)?;
+        let encoded = input.encode_to_vec();
+        // A repeat is answered from storage alone: it never waits on (or
+        // fails with) a participant's look-up.
+        if let Some(e) =
+            store::find_by_key(self.driver.pool(), order::SAGA_TYPE, key, &encoded).await?
+        {
+            return existing(e);
+        }
+        self.lookups.check(&input).await?;
+        let saga_id = Uuid::now_v7();
+        let span = tracing::Span::current();
+        span.set_attribute("saga.id", saga_id.to_string());
+        span.set_attribute("saga.type", order::SAGA_TYPE);
+        let placed = store::place(
+            self.driver.pool(),
+            store::NewSaga {
+                saga_id,
+                idempotency_key: key.to_owned(),
+                definition: order::definition(),
+                input: encoded,
+                traceparent: sagaflow_common::trace::current_traceparent(),
+            },
+        )
+        .await?;
+        match placed {
+            Placed::Created(committed) => {
+                tracing::debug!(saga.id = %saga_id, "order saga placed");
+                self.driver.metrics().started(&committed.ctx.saga_type);
+                self.driver.carry_out(&committed, None);
+                Ok(Response::new(pb::PlaceOrderResponse {
+                    saga_id: saga_id.to_string(),
+                    created: true,
+                    state: views::state_of(committed.state.status) as i32,
+                }))
+            }
+            Placed::Existing(e) => existing(e),
+        }
+    }
+
+    /// The span of an operator RPC on `saga_id`: in the saga's own trace
+    /// (so what it sets off is there too), linked to the caller's.
+    async fn operator_span(
+        &self,
+        method: &str,
+        request_md: &tonic::metadata::MetadataMap,
+        saga_id: Uuid,
+    ) -> tracing::Span {
+        let saga = store::traceparent_of(self.driver.pool(), saga_id)
+            .await
+            .ok()
+            .flatten();
+        let span = server_span(method, request_md, saga.as_deref());
+        span.set_attribute("saga.id", saga_id.to_string());
+        span
+    }
+
     /// Apply an operator action, carry out its effects after the commit and
     /// answer with the saga as it is then.
     async fn operate(
@@ -89,7 +153,8 @@ impl Api {
             }
             Operated::Changed(committed) => {
                 tracing::info!(saga.id = %saga_id, ?event, "operator action applied");
-                self.driver.carry_out(&committed, None);
+                self.driver
+                    .carry_out(&committed, sagaflow_common::trace::current_traceparent());
             }
             Operated::Repeated | Operated::Unchanged => {
                 tracing::info!(saga.id = %saga_id, ?event, "operator action repeated; nothing to do");
@@ -99,6 +164,45 @@ impl Api {
             Some(saga) => Ok(Response::new(saga)),
             None => Err(Status::not_found(format!("saga_id: no saga {saga_id}"))),
         }
+    }
+}
+
+/// The server span of the API's `method`: a child of `parent` when given
+/// (an operator action on a saga: the saga's trace), linked to the caller's
+/// context; else a child of the caller's context when it sends one.
+fn server_span(
+    method: &str,
+    request_md: &tonic::metadata::MetadataMap,
+    parent: Option<&str>,
+) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt as _;
+    let span = trace::rpc_span(
+        &format!(
+            "/{}/{method}",
+            <pb::saga_service_server::SagaServiceServer<Api> as tonic::server::NamedService>::NAME
+        ),
+        SpanKind::Server,
+    );
+    let caller = trace::context_from_metadata(request_md);
+    let caller = caller.span().span_context().clone();
+    match parent {
+        Some(tp) => {
+            trace::set_parent(&span, Some(tp));
+            span.add_link(caller);
+        }
+        None if caller.is_valid() => {
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(caller));
+        }
+        None => {}
+    }
+    span
+}
+
+/// Record how an API call ended on its span.
+fn ended<T>(span: &tracing::Span, result: &Result<T, Status>) {
+    match result {
+        Ok(_) => trace::rpc_status(span, SpanKind::Server, tonic::Code::Ok, ""),
+        Err(s) => trace::rpc_status(span, SpanKind::Server, s.code(), s.message()),
     }
 }
 
@@ -169,56 +273,19 @@ impl SagaService for Api {
         Ok(Response::new(stream))
     }
 
-    #[tracing::instrument(name = "saga.place_order", skip_all, fields(saga.id, otel.kind = "server"))]
     async fn place_order(
         &self,
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
-        let parent = sagaflow_common::trace::context_from_metadata(request.metadata());
-        {
-            use opentelemetry::trace::TraceContextExt as _;
-            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-            if parent.span().span_context().is_valid() {
-                let _ = tracing::Span::current().set_parent(parent);
-            }
-        }
-        let req = request.into_inner();
-        let (key, input) = input::place_order(&req)?;
-        let encoded = input.encode_to_vec();
-        // A repeat is answered from storage alone: it never waits on (or
-        // fails with) a participant's look-up.
-        if let Some(e) =
-            store::find_by_key(self.driver.pool(), order::SAGA_TYPE, key, &encoded).await?
-        {
-            return existing(e);
-        }
-        self.lookups.check(&input).await?;
-        let saga_id = Uuid::now_v7();
-        tracing::Span::current().record("saga.id", tracing::field::display(saga_id));
-        let placed = store::place(
-            self.driver.pool(),
-            store::NewSaga {
-                saga_id,
-                idempotency_key: key.to_owned(),
-                definition: order::definition(),
-                input: encoded,
-                traceparent: sagaflow_common::trace::current_traceparent(),
-            },
-        )
-        .await?;
-        match placed {
-            Placed::Created(committed) => {
-                tracing::debug!(saga.id = %saga_id, "order saga placed");
-                self.driver.metrics().started(&committed.ctx.saga_type);
-                self.driver.carry_out(&committed, None);
-                Ok(Response::new(pb::PlaceOrderResponse {
-                    saga_id: saga_id.to_string(),
-                    created: true,
-                    state: views::state_of(committed.state.status) as i32,
-                }))
-            }
-            Placed::Existing(e) => existing(e),
-        }
+        // The saga's root span, or a child of the caller's when it sends a
+        // `traceparent`: every later span of the saga hangs under it.
+        let span = server_span("PlaceOrder", request.metadata(), None);
+        let result = self
+            .place(request.into_inner())
+            .instrument(span.clone())
+            .await;
+        ended(&span, &result);
+        result
     }
 
     async fn get_saga(
@@ -267,14 +334,65 @@ impl SagaService for Api {
         Ok(Response::new(resp))
     }
 
-    #[tracing::instrument(name = "saga.retry", skip_all, fields(saga.id, otel.kind = "server"))]
     async fn retry_saga(
         &self,
         request: Request<pb::RetrySagaRequest>,
     ) -> Result<Response<pb::Saga>, Status> {
-        let req = request.into_inner();
-        let saga_id = input::saga_id(&req.saga_id)?;
-        tracing::Span::current().record("saga.id", tracing::field::display(saga_id));
+        let saga_id = input::saga_id(&request.get_ref().saga_id)?;
+        let span = self
+            .operator_span("RetrySaga", request.metadata(), saga_id)
+            .await;
+        let result = self
+            .retry(saga_id, request.into_inner())
+            .instrument(span.clone())
+            .await;
+        ended(&span, &result);
+        result
+    }
+
+    async fn cancel_saga(
+        &self,
+        request: Request<pb::CancelSagaRequest>,
+    ) -> Result<Response<pb::Saga>, Status> {
+        let saga_id = input::saga_id(&request.get_ref().saga_id)?;
+        let span = self
+            .operator_span("CancelSaga", request.metadata(), saga_id)
+            .await;
+        let result = self
+            .cancel(saga_id, request.into_inner())
+            .instrument(span.clone())
+            .await;
+        ended(&span, &result);
+        result
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        self.list_letters(request.into_inner()).await
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        request: Request<pb::RedriveDeadLettersRequest>,
+    ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
+        let span = server_span("RedriveDeadLetters", request.metadata(), None);
+        let result = self
+            .redrive_letters(request.into_inner())
+            .instrument(span.clone())
+            .await;
+        ended(&span, &result);
+        result
+    }
+}
+
+impl Api {
+    async fn retry(
+        &self,
+        saga_id: Uuid,
+        req: pb::RetrySagaRequest,
+    ) -> Result<Response<pb::Saga>, Status> {
         let request_id = input::key("request_id", &req.request_id)?;
         let reason = input::reason(&req.reason, false)?;
         self.operate(
@@ -286,14 +404,11 @@ impl SagaService for Api {
         .await
     }
 
-    #[tracing::instrument(name = "saga.cancel", skip_all, fields(saga.id, otel.kind = "server"))]
-    async fn cancel_saga(
+    async fn cancel(
         &self,
-        request: Request<pb::CancelSagaRequest>,
+        saga_id: Uuid,
+        req: pb::CancelSagaRequest,
     ) -> Result<Response<pb::Saga>, Status> {
-        let req = request.into_inner();
-        let saga_id = input::saga_id(&req.saga_id)?;
-        tracing::Span::current().record("saga.id", tracing::field::display(saga_id));
         let request_id = input::key("request_id", &req.request_id)?;
         let reason = input::reason(&req.reason, true)?.unwrap_or_default();
         self.operate(
@@ -305,20 +420,5 @@ impl SagaService for Api {
             annotate(request_id, None),
         )
         .await
-    }
-
-    async fn list_dead_letters(
-        &self,
-        request: Request<pb::ListDeadLettersRequest>,
-    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        self.list_letters(request.into_inner()).await
-    }
-
-    #[tracing::instrument(name = "saga.redrive_dead_letters", skip_all, fields(otel.kind = "server"))]
-    async fn redrive_dead_letters(
-        &self,
-        request: Request<pb::RedriveDeadLettersRequest>,
-    ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
-        self.redrive_letters(request.into_inner()).await
     }
 }

@@ -24,10 +24,12 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::metrics::Metrics;
+use tracing::Instrument as _;
+
+use crate::metrics::{Metrics, Path};
 use crate::participants::ParticipantClient;
 use crate::saga::{Command, Effect};
-use crate::store::Committed;
+use crate::store::{self, Applied, Committed};
 
 /// The command id of a command: derived from (saga, step, kind, and the
 /// compensation generation an operator retry bumps), so every re-send of the
@@ -150,6 +152,74 @@ impl Driver {
 
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// Apply a participant's outcome event (from `path`) in a
+    /// `saga.transition` span, and count it. Carrying out what it changed is
+    /// the caller's: it knows the span to hang the next commands under.
+    pub async fn apply(
+        &self,
+        path: Path,
+        event_id: Uuid,
+        saga_id: Uuid,
+        event: &crate::saga::Event,
+    ) -> Result<Applied, store::Error> {
+        let span = tracing::info_span!(
+            "saga.transition",
+            saga.id = %saga_id,
+            event.id = %event_id,
+            event.path = path.as_str(),
+            saga.type = tracing::field::Empty,
+            saga.step.index = tracing::field::Empty,
+            saga.event = tracing::field::Empty,
+            saga.outcome = tracing::field::Empty,
+            saga.status = tracing::field::Empty,
+        );
+        if let crate::saga::Event::Outcome {
+            step,
+            kind,
+            outcome,
+        } = event
+        {
+            span.record("saga.step.index", *step);
+            let outcome = match outcome {
+                crate::saga::Outcome::Succeeded => "succeeded",
+                crate::saga::Outcome::Refused { .. } => "refused",
+            };
+            span.record(
+                "saga.event",
+                format!("{} {outcome}", kind.as_str()).as_str(),
+            );
+        }
+        let applied = store::apply_event(self.pool(), event_id, saga_id, event)
+            .instrument(span.clone())
+            .await;
+        let outcome = match &applied {
+            Ok(a) => {
+                self.inner.metrics.applied(path, a);
+                match a {
+                    Applied::Changed(c) => {
+                        span.record("saga.type", c.ctx.saga_type.as_str());
+                        span.record("saga.status", c.state.status.as_str());
+                        "applied"
+                    }
+                    Applied::Duplicate => "duplicate",
+                    Applied::Unchanged => "unchanged",
+                    Applied::UnknownSaga => "unknown_saga",
+                    Applied::Suspended { .. } => "suspended",
+                    Applied::Rejected(e) => {
+                        sagaflow_common::trace::fail(&span, "rejected", &e.to_string());
+                        "rejected"
+                    }
+                }
+            }
+            Err(e) => {
+                sagaflow_common::trace::fail(&span, "database", &e.to_string());
+                "error"
+            }
+        };
+        span.record("saga.outcome", outcome);
+        applied
     }
 
     /// The orchestrator's metrics.

@@ -29,7 +29,7 @@ use crate::definitions;
 use crate::metrics::{CallOutcome, Path};
 use crate::participants::SendError;
 use crate::saga::{Command, Event, Kind, Outcome};
-use crate::store::{self, Applied, SagaContext};
+use crate::store::{Applied, SagaContext};
 
 /// Longest participant message kept in a refusal's reason.
 const MAX_REASON: usize = 500;
@@ -93,16 +93,22 @@ impl Driver {
             tracing::error!(saga.id = %ctx.saga_id, saga.step = cmd.step, "step has no compensation");
             return;
         };
+        let id = command_id(ctx.saga_id, &cmd);
+        // The command's span: every call of it (its RPC client spans) and
+        // what its reply applies hang under it.
         let span = tracing::info_span!(
             "saga.command",
             saga.id = %ctx.saga_id,
+            saga.type = %ctx.saga_type,
             saga.step = %step.name,
+            saga.step.index = cmd.step,
             saga.command.kind = cmd.kind.as_str(),
             saga.command.attempt = cmd.attempt,
-            otel.kind = "client",
+            command.id = %id,
+            participant = %step.participant,
+            saga.outcome = tracing::field::Empty,
         );
         sagaflow_common::trace::set_parent(&span, parent.as_deref().or(ctx.traceparent.as_deref()));
-        let id = command_id(ctx.saga_id, &cmd);
         let command = StepCommand {
             command_id: id.to_string(),
             saga_id: ctx.saga_id.to_string(),
@@ -154,6 +160,7 @@ impl Driver {
                     outcome,
                     called.elapsed().as_secs_f64(),
                 );
+                tracing::Span::current().record("saga.outcome", outcome.as_str());
                 let e = match result {
                     Ok(ack) => {
                         tracing::debug!(ack.status = ack.status, "command acknowledged");
@@ -168,6 +175,7 @@ impl Driver {
                         return;
                     }
                     Err(SendError::Permanent(e)) => {
+                        sagaflow_common::trace::fail(&tracing::Span::current(), "rejected", &e);
                         tracing::error!(error = %e, "command rejected; the step's deadline re-sends it");
                         return;
                     }
@@ -176,6 +184,7 @@ impl Driver {
                 let delay = policy.backoff(failures, rand::random::<f64>());
                 failures += 1;
                 if tokio::time::Instant::now() + delay >= give_up_at {
+                    sagaflow_common::trace::fail(&tracing::Span::current(), "undelivered", &e);
                     tracing::warn!(error = %e, failures, "command not delivered before its deadline; the timer re-sends it");
                     return;
                 }
@@ -211,11 +220,7 @@ impl Driver {
         };
         // One event per command: a repeat of the same rejection is a duplicate.
         let event_id = Uuid::new_v5(&command_id, b"invalid_argument");
-        let applied = store::apply_event(self.pool(), event_id, ctx.saga_id, &event).await;
-        if let Ok(a) = &applied {
-            self.inner.metrics.applied(Path::Reply, a);
-        }
-        match applied {
+        match self.apply(Path::Reply, event_id, ctx.saga_id, &event).await {
             Ok(Applied::Changed(c)) => {
                 self.carry_out(&c, sagaflow_common::trace::current_traceparent());
             }
@@ -247,9 +252,8 @@ impl Driver {
             "saga.apply_reply",
             saga.id = %ctx.saga_id,
             saga.type = %ctx.saga_type,
-            saga.step = cmd.step,
+            saga.step.index = cmd.step,
             event.id = %ack.event_id,
-            saga.outcome = tracing::field::Empty,
         );
         async move {
             let (event_id, outcome) = match parse_reply(&ack) {
@@ -264,21 +268,11 @@ impl Driver {
                 kind: cmd.kind,
                 outcome,
             };
-            let applied = store::apply_event(self.pool(), event_id, ctx.saga_id, &event).await;
-            if let Ok(a) = &applied {
-                self.inner.metrics.applied(Path::Reply, a);
-            }
-            match applied {
+            match self.apply(Path::Reply, event_id, ctx.saga_id, &event).await {
                 Ok(Applied::Changed(c)) => {
-                    tracing::Span::current().record("saga.outcome", "applied");
                     self.carry_out(&c, sagaflow_common::trace::current_traceparent());
                 }
-                Ok(Applied::Duplicate) => {
-                    tracing::Span::current().record("saga.outcome", "duplicate");
-                }
-                Ok(Applied::Unchanged) => {
-                    tracing::Span::current().record("saga.outcome", "unchanged");
-                }
+                Ok(Applied::Duplicate | Applied::Unchanged) => {}
                 Ok(Applied::Rejected(e)) => {
                     tracing::debug!(error = %e, "reply not applied; its event is judged when it arrives");
                 }

@@ -78,7 +78,19 @@ impl Driver {
             Ok(Fired::NotDue | Fired::UnknownDefinition) | Err(_) => {}
         }
         match fired {
-            Ok(Fired::Changed(c)) => self.carry_out(&c, None),
+            Ok(Fired::Changed(c)) => {
+                // A re-send (or giving up on a step) is part of the saga's
+                // trace: a `saga.timeout` span under its root.
+                let span = tracing::info_span!(
+                    "saga.timeout",
+                    saga.id = %saga_id,
+                    saga.type = %c.ctx.saga_type,
+                    saga.status = c.state.status.as_str(),
+                );
+                sagaflow_common::trace::set_parent(&span, c.ctx.traceparent.as_deref());
+                let _in = span.enter();
+                self.carry_out(&c, sagaflow_common::trace::current_traceparent());
+            }
             Ok(Fired::Suspended { reason }) => {
                 tracing::error!(saga.id = %saga_id, %reason, "saga suspended: its timer could not be fired; an operator must resume or cancel it");
             }
@@ -131,6 +143,17 @@ impl Driver {
                             Status::Running | Status::Compensating
                         ));
                         done.resent += 1;
+                        // Resumed in the saga's own trace, under a
+                        // `saga.resume` span.
+                        let span = tracing::info_span!(
+                            "saga.resume",
+                            saga.id = %ctx.saga_id,
+                            saga.type = %ctx.saga_type,
+                            saga.status = state.status.as_str(),
+                        );
+                        sagaflow_common::trace::set_parent(&span, ctx.traceparent.as_deref());
+                        let _in = span.enter();
+                        let parent = sagaflow_common::trace::current_traceparent();
                         self.carry_out(
                             &Committed {
                                 ctx,
@@ -138,7 +161,7 @@ impl Driver {
                                 effects: vec![Effect::SendCommand(cmd)],
                                 now: 0,
                             },
-                            None,
+                            parent,
                         );
                     }
                     InFlight::Unreadable { saga_id, reason } => {

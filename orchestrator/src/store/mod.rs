@@ -179,6 +179,22 @@ pub struct Committed {
     pub now: Millis,
 }
 
+/// The `traceparent` of the saga's root span (`None`: no such saga, or it
+/// was placed without one).
+pub async fn traceparent_of(
+    pool: &deadpool_postgres::Pool,
+    saga_id: Uuid,
+) -> Result<Option<String>, Error> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT traceparent FROM sagas WHERE saga_id = $1",
+            &[&saga_id],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
 /// The database's clock, in epoch milliseconds, as a SQL expression.
 pub(crate) const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 

@@ -5,16 +5,16 @@ use std::sync::Arc;
 
 use opentelemetry::trace::TraceContextExt as _;
 use prost::Message as _;
+use sagaflow_common::trace::SpanKind;
 use sagaflow_common::{outbox, trace};
 use sagaflow_protos::participant::v1::{CommandAck, StepCommand, command_ack};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
-use tracing::field::{Empty, display};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use super::envelope::{build, event_type, outcome_name};
-use super::{Command, DecisionFuture, Outcome, Rpc, Tx, inbox};
+use super::{Command, CommandKind, DecisionFuture, Outcome, Rpc, Tx, inbox};
 use crate::Error;
 use crate::metrics::{Ended, Metrics};
 
@@ -25,6 +25,9 @@ pub struct Executor {
     pool: deadpool_postgres::Pool,
     /// Written into every event (`EventEnvelope.participant`, event types).
     participant: &'static str,
+    /// The gRPC service it serves ("sagaflow.participant.v1.OrderService"),
+    /// for span names.
+    service: &'static str,
     /// Counts how each command ended.
     metrics: Arc<Metrics>,
 }
@@ -33,11 +36,13 @@ impl Executor {
     pub fn new(
         pool: deadpool_postgres::Pool,
         participant: &'static str,
+        service: &'static str,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             pool,
             participant,
+            service,
             metrics,
         }
     }
@@ -58,18 +63,19 @@ impl Executor {
     where
         F: for<'t> FnOnce(&'t Tx<'t>, &'t Command) -> DecisionFuture<'t> + Send,
     {
-        let name = format!("{}.{}", self.participant, rpc.method);
-        let span = tracing::info_span!(
-            "participant.command",
-            otel.name = name.as_str(),
-            otel.kind = "server",
-            participant = self.participant,
-            rpc = rpc.method,
-            saga.id = Empty,
-            saga.step = Empty,
-            command.id = Empty,
-            command.attempt = Empty,
-            command.outcome = Empty,
+        // The RPC's server span (`package.Service/Method`), a child of the
+        // orchestrator's client span.
+        let span = trace::rpc_span(
+            &format!("/{}/{}", self.service, rpc.method),
+            SpanKind::Server,
+        );
+        span.set_attribute("participant", self.participant);
+        span.set_attribute(
+            "saga.command.kind",
+            match rpc.kind {
+                CommandKind::Compensation => "compensation",
+                _ => "action",
+            },
         );
         let parent = trace::context_from_metadata(request.metadata());
         if parent.span().span_context().is_valid() {
@@ -78,19 +84,25 @@ impl Executor {
             let _ = span.set_parent(parent);
         }
         let raw = request.into_inner();
+        let saga_type = raw.saga_type.clone();
         let started = std::time::Instant::now();
         async move {
             let result = match Command::parse(raw, rpc.needs_input) {
                 Ok(cmd) => {
                     let span = tracing::Span::current();
-                    span.record("saga.id", display(cmd.saga_id));
-                    span.record("saga.step", cmd.step);
-                    span.record("command.id", display(cmd.command_id));
-                    span.record("command.attempt", cmd.attempt);
+                    span.set_attribute("saga.id", cmd.saga_id.to_string());
+                    if !saga_type.is_empty() {
+                        span.set_attribute("saga.type", saga_type);
+                    }
+                    span.set_attribute("saga.step", cmd.step_name.clone());
+                    span.set_attribute("saga.step.index", i64::from(cmd.step));
+                    span.set_attribute("command.id", cmd.command_id.to_string());
+                    span.set_attribute("saga.command.attempt", i64::from(cmd.attempt));
                     self.execute(&rpc, &cmd, decide).await
                 }
                 Err(e) => Err(e),
             };
+
             let ended = match &result {
                 Ok(ack) if ack.status() == command_ack::Status::Duplicate => Ended::Repeat,
                 Ok(ack) if ack.outcome == Outcome::Refused as i32 => Ended::Refused,
@@ -100,7 +112,19 @@ impl Executor {
             };
             self.metrics
                 .ended(&rpc, ended, started.elapsed().as_secs_f64());
-            result.map(Response::new).map_err(Status::from)
+            let span = tracing::Span::current();
+            match result {
+                Ok(ack) => {
+                    span.set_attribute("event.id", ack.event_id.clone());
+                    trace::rpc_status(&span, SpanKind::Server, tonic::Code::Ok, "");
+                    Ok(Response::new(ack))
+                }
+                Err(e) => {
+                    let status = Status::from(e);
+                    trace::rpc_status(&span, SpanKind::Server, status.code(), status.message());
+                    Err(status)
+                }
+            }
         }
         .instrument(span)
         .await
@@ -115,7 +139,10 @@ impl Executor {
         let tx = client.transaction().await?;
 
         let kind = rpc.kind;
-        if let Some(stored) = inbox::claim(&tx, cmd, kind).await? {
+        let claimed = inbox::claim(&tx, cmd, kind)
+            .instrument(child_span("participant.inbox", cmd))
+            .await?;
+        if let Some(stored) = claimed {
             // The first copy of the event may have been lost on its way: emit
             // it again under the same event id; the orchestrator dedupes.
             outbox::insert(
@@ -128,7 +155,12 @@ impl Executor {
             )
             .await?;
             tx.commit().await?;
-            tracing::Span::current().record("command.outcome", outcome_name(stored.outcome));
+            let span = tracing::Span::current();
+            span.set_attribute(
+                "command.outcome",
+                outcome_name(stored.outcome).to_ascii_lowercase(),
+            );
+            span.set_attribute("command.repeat", true);
             tracing::debug!(event.id = %stored.event_id, reason = %stored.reason, "repeated command: stored outcome re-emitted");
             return Ok(ack(
                 command_ack::Status::Duplicate,
@@ -138,30 +170,49 @@ impl Executor {
             ));
         }
 
-        let decision = decide(&tx, cmd).await?;
+        let decided = child_span("participant.decide", cmd);
+        let decision = decide(&tx, cmd).instrument(decided.clone()).await?;
+        decided.set_attribute(
+            "command.outcome",
+            outcome_name(decision.outcome).to_ascii_lowercase(),
+        );
+        if !decision.reason.is_empty() {
+            decided.set_attribute("command.reason", decision.reason.clone());
+        }
         let event_id = Uuid::now_v7();
         let event = build(event_id, self.participant, kind, cmd, &decision);
         let encoded = event.encode_to_vec();
         // The inbox answer and the outbox row in one round trip (pipelined).
         let event_type = event_type(&event);
-        let (recorded, inserted) = futures::join!(
-            inbox::record(&tx, cmd.command_id, event_id, &event, &encoded),
-            outbox::insert(
-                &tx,
-                event_id,
-                cmd.saga_id,
-                &event_type,
-                &encoded,
-                traceparent.as_deref(),
-            )
-        );
-        recorded?;
-        inserted?;
-        tx.commit().await?;
+        let written = child_span("participant.outbox", cmd);
+        written.set_attribute("event.id", event_id.to_string());
+        written.set_attribute("event.type", event_type.clone());
+        async {
+            let (recorded, inserted) = futures::join!(
+                inbox::record(&tx, cmd.command_id, event_id, &event, &encoded),
+                outbox::insert(
+                    &tx,
+                    event_id,
+                    cmd.saga_id,
+                    &event_type,
+                    &encoded,
+                    traceparent.as_deref(),
+                )
+            );
+            recorded?;
+            inserted?;
+            tx.commit().await?;
+            Ok::<(), Error>(())
+        }
+        .instrument(written)
+        .await?;
         if decision.payload.get("tombstone") == Some(&serde_json::Value::Bool(true)) {
             self.metrics.tombstone(rpc);
         }
-        tracing::Span::current().record("command.outcome", outcome_name(decision.outcome));
+        tracing::Span::current().set_attribute(
+            "command.outcome",
+            outcome_name(decision.outcome).to_ascii_lowercase(),
+        );
         tracing::debug!(event.id = %event_id, reason = %decision.reason, "command handled");
         Ok(ack(
             command_ack::Status::Accepted,
@@ -170,6 +221,18 @@ impl Executor {
             decision.reason,
         ))
     }
+}
+
+/// A span for one part of handling `cmd` (inbox claim, business decision,
+/// inbox answer + outbox row + commit), under the RPC's span.
+fn child_span(name: &'static str, cmd: &Command) -> tracing::Span {
+    tracing::info_span!(
+        "participant",
+        otel.name = name,
+        saga.id = %cmd.saga_id,
+        saga.step = %cmd.step_name,
+        command.id = %cmd.command_id,
+    )
 }
 
 fn ack(

@@ -86,7 +86,12 @@ impl InventoryParticipant {
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
-            exec: Executor::new(pool, crate::Kind::Inventory.name(), metrics),
+            exec: Executor::new(
+                pool,
+                crate::Kind::Inventory.name(),
+                sagaflow_protos::participant::v1::inventory_service_server::SERVICE_NAME,
+                metrics,
+            ),
         }
     }
 
