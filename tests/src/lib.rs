@@ -23,6 +23,7 @@
 //!   (list paused sagas, retry them).
 //! - [`history`]: step latencies and re-sends, from sagas' histories.
 //! - [`duplicator`]: duplicate and late event deliveries, injected.
+//! - [`otlp`]: an OTLP/gRPC trace receiver the trace tests export to.
 
 pub mod audit;
 pub mod books;
@@ -38,6 +39,7 @@ pub mod history;
 pub mod injector;
 pub mod invariants;
 pub mod orders;
+pub mod otlp;
 pub mod outcomes;
 pub mod paused;
 pub mod placer;
