@@ -434,13 +434,14 @@ async fn metrics_readiness_and_reflection_of_every_binary() -> anyhow::Result<()
 
     // A drain: /readyz says so from the SIGTERM until the process is gone.
     // Payment is paused so that placements wait on their look-ups and the
-    // orchestrator has RPCs to finish.
+    // orchestrator has RPCs to finish: of a customer no order of this run
+    // has named, so no look-up is answered from the cache.
     sys.pause("payment")?;
     let placing: Vec<_> = (0..4)
         .map(|_| {
             let mut c = client.clone();
             tokio::spawn(async move {
-                c.place_order(order("cust-alice", &[("sku-widget", 1)], 100))
+                c.place_order(order("cust-bob", &[("sku-widget", 1)], 100))
                     .await
             })
         })
