@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sagaflow_common::config::{
-    self, Var, bool_or, databases, default_database_url, int_in, millis_in, secs_in, var_or,
+    self, Var, bool_or, databases, default_database_url, int_in, millis_in, secs_in, var_opt,
+    var_or,
 };
 use sagaflow_common::security::tls::{self, ClientTls, KeyPair, ServerTls};
 use sagaflow_common::security::{self, Required};
@@ -65,19 +66,29 @@ pub const VARS: &[Var] = &[
         meaning: "its database (created if missing)",
     },
     Var {
+        name: "SAGAFLOW_DEFINITIONS_DIR",
+        default: "unset: the built-in order saga",
+        meaning: "directory of saga definition files (*.yaml, *.yml), loaded and checked at start",
+    },
+    Var {
+        name: "SAGAFLOW_PARTICIPANT_<KEY>_URL",
+        default: "unset",
+        meaning: "the participant a definition names by <key> (SAGAFLOW_PARTICIPANT_SHIPPING_URL for shipping; http:// in insecure mode)",
+    },
+    Var {
         name: "SAGAFLOW_ORDER_URL",
         default: "https://127.0.0.1:50061",
-        meaning: "the order participant (http:// in insecure mode)",
+        meaning: "the order participant (http:// in insecure mode); alias of SAGAFLOW_PARTICIPANT_ORDER_URL",
     },
     Var {
         name: "SAGAFLOW_PAYMENT_URL",
         default: "https://127.0.0.1:50062",
-        meaning: "the payment participant (http:// in insecure mode)",
+        meaning: "the payment participant (http:// in insecure mode); alias of SAGAFLOW_PARTICIPANT_PAYMENT_URL",
     },
     Var {
         name: "SAGAFLOW_INVENTORY_URL",
         default: "https://127.0.0.1:50063",
-        meaning: "the inventory participant (http:// in insecure mode)",
+        meaning: "the inventory participant (http:// in insecure mode); alias of SAGAFLOW_PARTICIPANT_INVENTORY_URL",
     },
     Var {
         name: "SAGAFLOW_INSECURE",
@@ -308,6 +319,8 @@ pub struct Config {
     pub pool_size: usize,
     /// Participant key → gRPC URL.
     pub participants: HashMap<String, String>,
+    /// Where the saga definitions are (`None`: the built-in order saga).
+    pub definitions_dir: Option<std::path::PathBuf>,
     pub events_topic: String,
     pub events_subscription: String,
     /// Ask Pub/Sub for per-saga ordering (correctness never depends on it).
@@ -395,6 +408,11 @@ impl Security {
     }
 }
 
+/// The variable that names participant `key`'s endpoint.
+pub fn participant_var(key: &str) -> String {
+    format!("SAGAFLOW_PARTICIPANT_{}_URL", key.to_ascii_uppercase())
+}
+
 impl Config {
     /// Read and check every setting; the error names the first bad one.
     pub fn from_env() -> anyhow::Result<Self> {
@@ -402,12 +420,44 @@ impl Config {
         let security = Security::from_env()?;
         let scheme = security.scheme();
         let mut participants = HashMap::new();
-        for (key, var, port) in [
+        let mut endpoints: Vec<(String, String, String)> = Vec::new();
+        for (key, alias, port) in [
             (order::ORDER, "SAGAFLOW_ORDER_URL", 50061),
             (order::PAYMENT, "SAGAFLOW_PAYMENT_URL", 50062),
             (order::INVENTORY, "SAGAFLOW_INVENTORY_URL", 50063),
         ] {
-            let url = var_or(var, &format!("{scheme}://127.0.0.1:{port}"));
+            let var = participant_var(key);
+            let url = match (var_opt(&var), var_opt(alias)) {
+                (Some(a), Some(b)) if a != b => anyhow::bail!(
+                    "{var}={a:?} and its alias {alias}={b:?} disagree: set one of them"
+                ),
+                (Some(url), _) => (var, url),
+                (None, Some(url)) => (alias.to_owned(), url),
+                (None, None) => (var, format!("{scheme}://127.0.0.1:{port}")),
+            };
+            endpoints.push((key.to_owned(), url.0, url.1));
+        }
+        // Any other participant a definition names.
+        for (name, value) in std::env::vars() {
+            let Some(key) = name
+                .strip_prefix("SAGAFLOW_PARTICIPANT_")
+                .and_then(|k| k.strip_suffix("_URL"))
+            else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            if key.is_empty() || endpoints.iter().any(|(k, _, _)| *k == key) {
+                continue;
+            }
+            if !key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                anyhow::bail!("{name}: the key must be letters, digits and _");
+            }
+            endpoints.push((key, name, value.trim().to_owned()));
+        }
+        for (key, var, url) in endpoints {
             if !url.starts_with(&format!("{scheme}://")) {
                 anyhow::bail!(
                     "{var} must be an {scheme}:// URL {}",
@@ -417,7 +467,7 @@ impl Config {
                     }
                 );
             }
-            participants.insert(key.to_owned(), url);
+            participants.insert(key, url);
         }
         let events_topic = var_or("SAGAFLOW_EVENTS_TOPIC", "sagaflow-events");
         let events_subscription = var_or("SAGAFLOW_EVENTS_SUBSCRIPTION", "sagaflow-orchestrator");
@@ -470,6 +520,7 @@ impl Config {
             ),
             pool_size: int_in("SAGAFLOW_DB_POOL_SIZE", 16, 1..=1000)?,
             participants,
+            definitions_dir: var_opt("SAGAFLOW_DEFINITIONS_DIR").map(std::path::PathBuf::from),
             events_topic,
             events_subscription,
             subscription_ordering: bool_or("SAGAFLOW_SUBSCRIPTION_ORDERING", false)?,

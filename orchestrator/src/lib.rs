@@ -66,9 +66,21 @@ pub async fn run(
             "the API is plaintext and open to anyone, participants are called in plaintext",
         );
     }
-    for def in definitions::registry() {
-        def.validate().map_err(anyhow::Error::msg)?;
+    let known: std::collections::BTreeMap<String, String> = config
+        .participants
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let defs = definitions::load(config.definitions_dir.as_deref(), &known)?;
+    for d in &defs {
+        tracing::info!(
+            saga_type = %d.saga_type,
+            version = d.version,
+            steps = d.steps.len(),
+            "saga definition loaded"
+        );
     }
+    definitions::install(defs);
     // TLS settings are checked before anything else is touched.
     let (server, tokens, participants_tls) = match &config.security {
         Security::Secure(secured) => (

@@ -82,7 +82,11 @@ impl Api {
             store::NewSaga {
                 saga_id,
                 idempotency_key: key.to_owned(),
-                definition: order::definition(),
+                definition: crate::definitions::latest(order::SAGA_TYPE).ok_or_else(|| {
+                    Status::failed_precondition(
+                        "the order saga is not defined here: no order definition among SAGAFLOW_DEFINITIONS_DIR's files",
+                    )
+                })?,
                 input: encoded,
                 traceparent: sagaflow_common::trace::current_traceparent(),
             },

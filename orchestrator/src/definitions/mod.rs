@@ -1,19 +1,119 @@
-//! The saga types this orchestrator runs. Each is plain data; the engine in
-//! [`crate::saga`] needs no change for a new one.
+//! The saga types this orchestrator runs, as definition files: plain data
+//! the engine in [`crate::saga`] runs with no change for a new type.
+//!
+//! At start the orchestrator [`load`]s every `*.yaml` / `*.yml` file of
+//! `SAGAFLOW_DEFINITIONS_DIR` (or, unset, the built-in order saga, the file
+//! `orchestrator/definitions/order.v1.yaml`), checks each ([`file::parse`])
+//! and refuses to start on any error, naming the file and the field. Then
+//! [`install`] makes them the registry every lookup reads.
 
+pub mod file;
 pub mod order;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::saga::Definition;
 
-/// Every definition this build knows, at every version still in use.
-/// Instances keep the version they started with.
+static INSTALLED: OnceLock<Vec<Definition>> = OnceLock::new();
+
+/// Read the definitions: every `*.yaml` / `*.yml` file directly in `dir`,
+/// or the built-in order saga when `dir` is `None`. Each is checked against
+/// `participants` (key → endpoint); the process's policy overrides are
+/// applied. Errors name the file and the field.
+pub fn load(
+    dir: Option<&Path>,
+    participants: &BTreeMap<String, String>,
+) -> anyhow::Result<Vec<Definition>> {
+    let mut files = Vec::new();
+    match dir {
+        None => files.push((order::FILE_NAME.to_owned(), order::FILE.to_owned())),
+        Some(dir) => {
+            let entries = std::fs::read_dir(dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "SAGAFLOW_DEFINITIONS_DIR={}: cannot read it: {e}",
+                    dir.display()
+                )
+            })?;
+            let mut paths = Vec::new();
+            for entry in entries {
+                let path = entry?.path();
+                let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+                if yaml && path.is_file() {
+                    paths.push(path);
+                }
+            }
+            paths.sort();
+            for path in paths {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("{name}: cannot read it: {e}"))?;
+                files.push((name, text));
+            }
+            if files.is_empty() {
+                anyhow::bail!(
+                    "SAGAFLOW_DEFINITIONS_DIR={}: no definition files (*.yaml, *.yml) in it",
+                    dir.display()
+                );
+            }
+        }
+    }
+    let overrides = order::overrides();
+    let mut defs: Vec<Definition> = Vec::with_capacity(files.len());
+    let mut seen: BTreeMap<(String, u32), String> = BTreeMap::new();
+    for (name, text) in files {
+        let mut def = file::parse(&name, &text, Some(participants)).map_err(anyhow::Error::msg)?;
+        if let Some(other) = seen.insert((def.saga_type.clone(), def.version), name.clone()) {
+            anyhow::bail!(
+                "{name}: {} version {} is also defined by {other}: one file per type and version",
+                def.saga_type,
+                def.version
+            );
+        }
+        overrides.apply_to(&mut def);
+        def.validate()
+            .map_err(|e| anyhow::anyhow!("{name}, with the SAGAFLOW_STEP_* overrides: {e}"))?;
+        defs.push(def);
+    }
+    Ok(defs)
+}
+
+/// Make `defs` the definitions this process runs. The first call wins; it
+/// is made once, at start.
+pub fn install(defs: Vec<Definition>) {
+    let _ = INSTALLED.set(defs);
+}
+
+/// Every definition this process runs, at every version still in use:
+/// those installed at start, else (code that runs without a start, such as
+/// unit tests) the built-in order saga. Instances keep the version they
+/// started with.
 pub fn registry() -> Vec<Definition> {
-    vec![order::definition()]
+    match INSTALLED.get() {
+        Some(defs) => defs.clone(),
+        None => vec![order::definition()],
+    }
 }
 
 /// The definition for a saga type at a version.
 pub fn find(saga_type: &str, version: u32) -> Option<Definition> {
+    match INSTALLED.get() {
+        Some(defs) => defs
+            .iter()
+            .find(|d| d.saga_type == saga_type && d.version == version)
+            .cloned(),
+        None => {
+            Some(order::definition()).filter(|d| d.saga_type == saga_type && d.version == version)
+        }
+    }
+}
+
+/// The newest version of `saga_type`, which new sagas of the type start
+/// with.
+pub fn latest(saga_type: &str) -> Option<Definition> {
     registry()
         .into_iter()
-        .find(|d| d.saga_type == saga_type && d.version == version)
+        .filter(|d| d.saga_type == saga_type)
+        .max_by_key(|d| d.version)
 }

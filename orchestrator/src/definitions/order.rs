@@ -1,34 +1,38 @@
 //! The order saga: create the order, charge the payment, reserve the stock,
-//! approve the order (the pivot: nothing after it can fail).
+//! approve the order (the pivot: nothing after it can fail). Its definition
+//! is the file `orchestrator/definitions/order.v1.yaml`, built in.
 //!
-//! Every step shares one action policy and one compensation policy. Their
-//! defaults (5 attempts, 10 s deadline, 100 ms–5 s backoff with 50% jitter;
-//! compensations get 10 attempts) can be overridden per process with the
-//! variables in [`env`], for example shorter deadlines in tests that kill
-//! processes and want quick recovery. The overrides are operational knobs,
-//! not part of the definition's shape: they apply to every saga this process
-//! drives (from its next send on), whatever version the saga started with.
+//! The step policies a definition gives can be overridden per process with
+//! the variables in [`env`], for example shorter deadlines in tests that
+//! kill processes and want quick recovery. They are operational knobs, not
+//! part of a definition: they apply to every step of every definition this
+//! process drives (from its next send on), whatever version a saga started
+//! with.
 //!
 //! Invalid values: [`check_env`] returns an error naming the variable, and
 //! the orchestrator calls it at start so it refuses to run with a typo.
-//! [`definition`] itself must not fail (it is called on every event), so it
-//! reads the variables once per process and, should one be invalid anyway,
-//! logs an error and keeps that setting's default.
+//! [`overrides`] reads the variables once per process and, should one be
+//! invalid anyway, logs an error and leaves that setting alone.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::saga::{Definition, Policy, StepDef};
+use crate::saga::{Definition, Policy};
 
 pub const SAGA_TYPE: &str = "order";
 pub const VERSION: u32 = 1;
+
+/// The order saga's definition file, built in.
+pub const FILE: &str = include_str!("../../definitions/order.v1.yaml");
+/// Its name, for errors.
+pub const FILE_NAME: &str = "order.v1.yaml";
 
 /// Participant keys, resolved to endpoints by configuration.
 pub const ORDER: &str = "order";
 pub const PAYMENT: &str = "payment";
 pub const INVENTORY: &str = "inventory";
 
-/// Environment variables that override the default step policies.
+/// Environment variables that override the definitions' step policies.
 pub mod env {
     /// How long to wait for an action's outcome after a send (ms, > 0).
     pub const STEP_DEADLINE_MS: &str = "SAGAFLOW_STEP_DEADLINE_MS";
@@ -54,7 +58,7 @@ const MAX_ATTEMPTS: u64 = 1_000_000;
 /// Largest backoff delay between failed sends: an hour.
 const MAX_BACKOFF_MS: u64 = 3_600_000;
 
-/// The action and compensation policies of every order step.
+/// The action and compensation policies of one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policies {
     pub action: Policy,
@@ -62,19 +66,14 @@ pub struct Policies {
 }
 
 impl Default for Policies {
+    /// The built-in defaults a definition file starts from.
     fn default() -> Self {
-        let action = Policy {
-            max_attempts: 5,
-            deadline: Duration::from_secs(10),
-            backoff_base: Duration::from_millis(100),
-            backoff_cap: Duration::from_secs(5),
-            jitter_percent: 50,
-        };
+        let action = Policy::default();
         Policies {
             action,
             // Undos must happen: they get more attempts before the saga pauses.
             compensation: Policy {
-                max_attempts: 10,
+                max_attempts: super::file::COMPENSATION_ATTEMPTS,
                 ..action
             },
         }
@@ -82,165 +81,189 @@ impl Default for Policies {
 }
 
 impl Policies {
-    /// The defaults with the process environment's overrides applied; the
-    /// error names the first invalid variable.
-    pub fn from_env() -> anyhow::Result<Policies> {
-        let (policies, errors) = Self::from_lookup(sagaflow_common::config::var_opt);
+    /// The defaults with the overrides `get` finds applied, and a message for
+    /// each invalid value (whose setting is left alone).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> (Policies, Vec<String>) {
+        let (o, errors) = Overrides::from_lookup(get);
+        (o.apply(Policies::default()), errors)
+    }
+}
+
+/// The policy settings the environment overrides; `None`: not overridden.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    deadline: Option<Duration>,
+    attempts: Option<u32>,
+    undo_attempts: Option<u32>,
+    undo_deadline: Option<Duration>,
+    backoff_base: Option<Duration>,
+    backoff_cap: Option<Duration>,
+    jitter_percent: Option<u8>,
+}
+
+impl Overrides {
+    /// The overrides from the process environment; the error names the
+    /// first invalid variable.
+    pub fn from_env() -> anyhow::Result<Overrides> {
+        let (o, errors) = Self::from_lookup(sagaflow_common::config::var_opt);
         match errors.into_iter().next() {
-            None => Ok(policies),
+            None => Ok(o),
             Some(e) => Err(anyhow::anyhow!(e)),
         }
     }
 
-    /// The defaults with the overrides `get` finds applied, and a message for
-    /// each invalid value (whose setting keeps its default).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> (Policies, Vec<String>) {
+    /// The overrides `get` finds, and a message for each invalid value
+    /// (which is then not overridden).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> (Overrides, Vec<String>) {
         let mut errors = Vec::new();
-        let mut read = |name: &str, default: u64, valid: &dyn Fn(u64) -> bool, rule: &str| {
-            let Some(raw) = get(name) else {
-                return default;
-            };
+        let mut read = |name: &str, valid: &dyn Fn(u64) -> bool, rule: &str| {
+            let raw = get(name)?;
             match raw.parse::<u64>() {
-                Ok(v) if valid(v) => v,
+                Ok(v) if valid(v) => Some(v),
                 Ok(_) | Err(_) => {
                     errors.push(format!("{name}={raw:?} is invalid: must be {rule}"));
-                    default
+                    None
                 }
             }
         };
-        let d = Policies::default();
-        let ms = |d: Duration| d.as_millis() as u64;
+        const MS: &str = "a number of milliseconds within 1..=2592000000 (30 days)";
+        const COUNT: &str = "an integer within 1..=1000000";
         let deadline = read(
             env::STEP_DEADLINE_MS,
-            ms(d.action.deadline),
             &|v| (1..=MAX_DEADLINE_MS).contains(&v),
-            "a number of milliseconds within 1..=2592000000 (30 days)",
+            MS,
         );
         let attempts = read(
             env::STEP_MAX_ATTEMPTS,
-            d.action.max_attempts.into(),
             &|v| (1..=MAX_ATTEMPTS).contains(&v),
-            "an integer within 1..=1000000",
+            COUNT,
         );
         let undo_attempts = read(
             env::COMPENSATION_MAX_ATTEMPTS,
-            d.compensation.max_attempts.into(),
             &|v| (1..=MAX_ATTEMPTS).contains(&v),
-            "an integer within 1..=1000000",
+            COUNT,
         );
         let undo_deadline = read(
             env::COMPENSATION_DEADLINE_MS,
-            deadline,
             &|v| (1..=MAX_DEADLINE_MS).contains(&v),
-            "a number of milliseconds within 1..=2592000000 (30 days)",
+            MS,
         );
         let base = read(
             env::STEP_BACKOFF_BASE_MS,
-            ms(d.action.backoff_base),
             &|v| (1..=MAX_BACKOFF_MS).contains(&v),
             "a number of milliseconds within 1..=3600000",
         );
+        let floor = base.unwrap_or(1);
         let cap = read(
             env::STEP_BACKOFF_CAP_MS,
-            ms(d.action.backoff_cap).max(base),
-            &|v| (base..=MAX_BACKOFF_MS).contains(&v),
+            &|v| (floor..=MAX_BACKOFF_MS).contains(&v),
             "a number of milliseconds >= the backoff base, at most 3600000",
         );
         let jitter = read(
             env::STEP_JITTER_PERCENT,
-            d.action.jitter_percent.into(),
             &|v| v <= 100,
             "a percentage within 0..=100",
         );
-        let action = Policy {
-            max_attempts: attempts as u32,
-            deadline: Duration::from_millis(deadline),
-            backoff_base: Duration::from_millis(base),
-            backoff_cap: Duration::from_millis(cap),
-            jitter_percent: jitter as u8,
-        };
-        let compensation = Policy {
-            max_attempts: undo_attempts as u32,
-            deadline: Duration::from_millis(undo_deadline),
-            ..action
-        };
+        let ms = |v: Option<u64>| v.map(Duration::from_millis);
         (
-            Policies {
-                action,
-                compensation,
+            Overrides {
+                deadline: ms(deadline),
+                attempts: attempts.map(|v| v as u32),
+                undo_attempts: undo_attempts.map(|v| v as u32),
+                undo_deadline: ms(undo_deadline),
+                backoff_base: ms(base),
+                backoff_cap: ms(cap),
+                jitter_percent: jitter.map(|v| v as u8),
             },
             errors,
         )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Overrides::default()
+    }
+
+    /// One step's policies with the overrides applied. The compensation's
+    /// deadline follows an overridden step deadline unless it has its own;
+    /// a base above the cap raises the cap.
+    pub fn apply(&self, p: Policies) -> Policies {
+        let one = |mut p: Policy, attempts: Option<u32>, deadline: Option<Duration>| {
+            if let Some(a) = attempts {
+                p.max_attempts = a;
+            }
+            if let Some(d) = deadline {
+                p.deadline = d;
+            }
+            if let Some(b) = self.backoff_base {
+                p.backoff_base = b;
+            }
+            match self.backoff_cap {
+                Some(c) => p.backoff_cap = c,
+                None => p.backoff_cap = p.backoff_cap.max(p.backoff_base),
+            }
+            if let Some(j) = self.jitter_percent {
+                p.jitter_percent = j;
+            }
+            p
+        };
+        Policies {
+            action: one(p.action, self.attempts, self.deadline),
+            compensation: one(
+                p.compensation,
+                self.undo_attempts,
+                self.undo_deadline.or(self.deadline),
+            ),
+        }
+    }
+
+    /// Apply to every step of `def`.
+    pub fn apply_to(&self, def: &mut Definition) {
+        for s in &mut def.steps {
+            let p = self.apply(Policies {
+                action: s.policy,
+                compensation: s.compensation_policy,
+            });
+            s.policy = p.action;
+            s.compensation_policy = p.compensation;
+        }
     }
 }
 
 /// `Err` naming the first override in the environment that is invalid. The
 /// orchestrator calls this at start and refuses to run on an error.
 pub fn check_env() -> anyhow::Result<()> {
-    Policies::from_env().map(drop)
+    Overrides::from_env().map(drop)
 }
 
-/// The policies this process uses: the environment is read once.
-pub fn policies() -> Policies {
-    static POLICIES: OnceLock<Policies> = OnceLock::new();
-    *POLICIES.get_or_init(|| {
-        let (policies, errors) = Policies::from_lookup(sagaflow_common::config::var_opt);
+/// The overrides this process uses: the environment is read once.
+pub fn overrides() -> Overrides {
+    static OVERRIDES: OnceLock<Overrides> = OnceLock::new();
+    *OVERRIDES.get_or_init(|| {
+        let (overrides, errors) = Overrides::from_lookup(sagaflow_common::config::var_opt);
         for e in errors {
-            tracing::error!("{e}; using the default for this setting");
+            tracing::error!("{e}; the definitions' policy stays as it is for this setting");
         }
-        if policies != Policies::default() {
+        if !overrides.is_empty() {
             tracing::info!(
-                ?policies,
-                "order saga step policies overridden by the environment"
+                ?overrides,
+                "step policies overridden by the environment, for every definition"
             );
         }
-        policies
+        overrides
     })
 }
 
-fn step(name: &str, participant: &str, action: &str, compensation: Option<&str>) -> StepDef {
-    let p = policies();
-    StepDef {
-        name: name.to_owned(),
-        participant: participant.to_owned(),
-        action: action.to_owned(),
-        compensation: compensation.map(str::to_owned),
-        policy: p.action,
-        compensation_policy: p.compensation,
-    }
-}
-
+/// The built-in order saga (its file), with this process's overrides.
 pub fn definition() -> Definition {
-    Definition {
-        saga_type: SAGA_TYPE.to_owned(),
-        version: VERSION,
-        steps: vec![
-            step(
-                "create_order",
-                ORDER,
-                "/sagaflow.participant.v1.OrderService/CreateOrder",
-                Some("/sagaflow.participant.v1.OrderService/CancelOrder"),
-            ),
-            step(
-                "process_payment",
-                PAYMENT,
-                "/sagaflow.participant.v1.PaymentService/ProcessPayment",
-                Some("/sagaflow.participant.v1.PaymentService/RefundPayment"),
-            ),
-            step(
-                "reserve_inventory",
-                INVENTORY,
-                "/sagaflow.participant.v1.InventoryService/ReserveInventory",
-                Some("/sagaflow.participant.v1.InventoryService/ReleaseInventory"),
-            ),
-            step(
-                "approve_order",
-                ORDER,
-                "/sagaflow.participant.v1.OrderService/ApproveOrder",
-                None,
-            ),
-        ],
-    }
+    static BUILT_IN: OnceLock<Definition> = OnceLock::new();
+    BUILT_IN
+        .get_or_init(|| {
+            let mut def = super::file::parse(FILE_NAME, FILE, None)
+                .expect("the built-in order definition is valid (a unit test checks it)");
+            overrides().apply_to(&mut def);
+            def
+        })
+        .clone()
 }
 
 #[cfg(test)]

@@ -119,6 +119,11 @@ impl Definition {
             if s.policy.deadline.is_zero() || s.compensation_policy.deadline.is_zero() {
                 return Err(format!("{step}: deadline must be > 0"));
             }
+            if s.policy.backoff_cap < s.policy.backoff_base
+                || s.compensation_policy.backoff_cap < s.compensation_policy.backoff_base
+            {
+                return Err(format!("{step}: backoff_cap must be >= backoff_base"));
+            }
             if s.compensation.is_none() && i + 1 < self.steps.len() {
                 return Err(format!(
                     "{step}: it cannot be undone (no compensation), so it must be the last step; {} comes after it",

@@ -1,0 +1,507 @@
+//! A saga definition as a file: one YAML document per saga type and version
+//! (the format is in `docs/definitions.md`; `orchestrator/definitions/`
+//! holds the order saga's). [`parse`] reads one and checks it; every error
+//! names the file and the field, as `order.v1.yaml: steps[1].action: …`.
+//!
+//! Policies are layered: the built-in defaults ([`Policy::default`], and 10
+//! attempts for compensations), then the file's `defaults`, then the step's
+//! own `policy` / `compensation_policy`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::saga::{Definition, Policy, StepDef};
+
+/// Most sends of one command.
+pub const MAX_ATTEMPTS: u32 = 1_000_000;
+/// Largest deadline: 30 days (an overdue pivot's wait is 32 times that at
+/// most, still a valid time).
+pub const MAX_DEADLINE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest delay between failed sends: an hour.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Sends of a compensation unless a definition says otherwise.
+pub const COMPENSATION_ATTEMPTS: u32 = 10;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(rename = "type")]
+    saga_type: String,
+    version: u32,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[serde(default)]
+    defaults: Defaults,
+    steps: Vec<Step>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    #[serde(default)]
+    action: PolicyFields,
+    #[serde(default)]
+    compensation: PolicyFields,
+}
+
+/// A policy as written: every field optional, over the layer below.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFields {
+    attempts: Option<u64>,
+    deadline: Option<String>,
+    backoff_base: Option<String>,
+    backoff_cap: Option<String>,
+    jitter_percent: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Step {
+    name: String,
+    participant: String,
+    action: String,
+    /// A method path, or `none` for a step that cannot be undone.
+    compensation: String,
+    #[serde(default)]
+    policy: PolicyFields,
+    #[serde(default)]
+    compensation_policy: PolicyFields,
+}
+
+/// Parse and check the definition in `text`, read from the file `name`.
+/// `participants`: the participant keys the orchestrator has endpoints for
+/// (`None`: not checked).
+pub fn parse(
+    name: &str,
+    text: &str,
+    participants: Option<&BTreeMap<String, String>>,
+) -> Result<Definition, String> {
+    let file: File =
+        serde_yaml_ng::from_str(text).map_err(|e| format!("{name}: {}", yaml_error(&e)))?;
+    let at = |field: &str, problem: String| format!("{name}: {field}: {problem}");
+    check_identifier(&file.saga_type, 64, "-_").map_err(|p| at("type", p))?;
+    if file.version == 0 {
+        return Err(at("version", "must be 1 or more".to_owned()));
+    }
+    if file.steps.is_empty() {
+        return Err(at("steps", "a saga needs at least one step".to_owned()));
+    }
+    let action_defaults = resolve(Policy::default(), &file.defaults.action)
+        .map_err(|(f, p)| at(&format!("defaults.action.{f}"), p))?;
+    let compensation_defaults = resolve(
+        Policy {
+            max_attempts: COMPENSATION_ATTEMPTS,
+            ..action_defaults
+        },
+        &file.defaults.compensation,
+    )
+    .map_err(|(f, p)| at(&format!("defaults.compensation.{f}"), p))?;
+
+    let mut names = HashSet::new();
+    let mut steps = Vec::with_capacity(file.steps.len());
+    for (i, s) in file.steps.iter().enumerate() {
+        let field = |f: &str| format!("steps[{i}].{f}");
+        check_identifier(&s.name, 64, "_").map_err(|p| at(&field("name"), p))?;
+        if !names.insert(s.name.as_str()) {
+            return Err(at(
+                &field("name"),
+                format!("{:?} is already the name of an earlier step", s.name),
+            ));
+        }
+        check_identifier(&s.participant, 64, "_").map_err(|p| at(&field("participant"), p))?;
+        if let Some(known) = participants
+            && !known.contains_key(&s.participant)
+        {
+            let keys: Vec<&str> = known.keys().map(String::as_str).collect();
+            return Err(at(
+                &field("participant"),
+                format!(
+                    "no endpoint is configured for participant {:?} (known: {}); set SAGAFLOW_PARTICIPANT_{}_URL",
+                    s.participant,
+                    keys.join(", "),
+                    s.participant.to_ascii_uppercase()
+                ),
+            ));
+        }
+        check_method(&s.action).map_err(|p| at(&field("action"), p))?;
+        let compensation = match s.compensation.trim() {
+            "none" => None,
+            path => {
+                check_method(path).map_err(|p| at(&field("compensation"), p))?;
+                Some(path.to_owned())
+            }
+        };
+        let policy = resolve(action_defaults, &s.policy)
+            .map_err(|(f, p)| at(&field(&format!("policy.{f}")), p))?;
+        let compensation_policy = resolve(compensation_defaults, &s.compensation_policy)
+            .map_err(|(f, p)| at(&field(&format!("compensation_policy.{f}")), p))?;
+        if compensation.is_none() && s.compensation_policy.attempts.is_some() {
+            return Err(at(
+                &field("compensation_policy"),
+                "the step has no compensation (compensation: none)".to_owned(),
+            ));
+        }
+        steps.push(StepDef {
+            name: s.name.clone(),
+            participant: s.participant.clone(),
+            action: s.action.clone(),
+            compensation,
+            policy,
+            compensation_policy,
+        });
+    }
+    let def = Definition {
+        saga_type: file.saga_type,
+        version: file.version,
+        steps,
+    };
+    def.validate().map_err(|e| format!("{name}: {e}"))?;
+    Ok(def)
+}
+
+/// serde_yaml_ng's message, which names the field and carries the line.
+fn yaml_error(e: &serde_yaml_ng::Error) -> String {
+    e.to_string()
+}
+
+/// `fields` over `base`, each checked; the error is (field, problem).
+fn resolve(base: Policy, fields: &PolicyFields) -> Result<Policy, (&'static str, String)> {
+    let mut p = base;
+    if let Some(a) = fields.attempts {
+        if !(1..=u64::from(MAX_ATTEMPTS)).contains(&a) {
+            return Err(("attempts", format!("{a} is not within 1..={MAX_ATTEMPTS}")));
+        }
+        p.max_attempts = a as u32;
+    }
+    if let Some(d) = &fields.deadline {
+        p.deadline = duration(d, MAX_DEADLINE, "30d").map_err(|e| ("deadline", e))?;
+    }
+    if let Some(d) = &fields.backoff_base {
+        p.backoff_base = duration(d, MAX_BACKOFF, "1h").map_err(|e| ("backoff_base", e))?;
+    }
+    if let Some(d) = &fields.backoff_cap {
+        p.backoff_cap = duration(d, MAX_BACKOFF, "1h").map_err(|e| ("backoff_cap", e))?;
+    }
+    if let Some(j) = fields.jitter_percent {
+        if j > 100 {
+            return Err(("jitter_percent", format!("{j} is not within 0..=100")));
+        }
+        p.jitter_percent = j as u8;
+    }
+    if p.backoff_cap < p.backoff_base {
+        return Err((
+            "backoff_cap",
+            format!(
+                "{} is below backoff_base {}",
+                show(p.backoff_cap),
+                show(p.backoff_base)
+            ),
+        ));
+    }
+    Ok(p)
+}
+
+/// A duration written as a whole number and a unit: `250ms`, `10s`, `2m`,
+/// `1h`, `1d`; more than zero and at most `max`.
+pub fn duration(text: &str, max: Duration, max_text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let rule = format!("a whole number and a unit (ms, s, m, h, d) within 1ms..={max_text}");
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not {rule}"))?;
+    let ms_per = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?} is not {rule}")),
+    };
+    let d = n
+        .checked_mul(ms_per)
+        .map(Duration::from_millis)
+        .filter(|d| !d.is_zero() && *d <= max)
+        .ok_or_else(|| format!("{text:?} is not {rule}"))?;
+    Ok(d)
+}
+
+/// A duration as the files write it.
+pub fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, per) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= per && ms.is_multiple_of(per) {
+            return format!("{}{unit}", ms / per);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// A lowercase name: a letter, then letters, digits or `extra`, at most
+/// `max` long.
+fn check_identifier(s: &str, max: usize, extra: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= max
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a name: a lowercase letter, then lowercase letters, digits or {}, at most {max} characters",
+            extra
+                .chars()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ))
+    }
+}
+
+/// A gRPC method path: `/package.Service/Method`.
+fn check_method(path: &str) -> Result<(), String> {
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let ok = path
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(service, method)| {
+            service.split('.').all(ident) && service.contains('.') && ident(method)
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path:?} is not a gRPC method path (/package.Service/Method), or \"none\" where a compensation may be"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDER: &str = include_str!("../../definitions/order.v1.yaml");
+
+    fn participants() -> BTreeMap<String, String> {
+        ["order", "payment", "inventory"]
+            .iter()
+            .map(|k| ((*k).to_owned(), format!("https://{k}:1")))
+            .collect()
+    }
+
+    fn err(text: &str) -> String {
+        parse("t.yaml", text, Some(&participants())).unwrap_err()
+    }
+
+    const MINIMAL: &str = "type: t\nversion: 1\nsteps:\n  - name: a\n    participant: order\n    action: /p.v1.S/A\n    compensation: /p.v1.S/UndoA\n";
+
+    #[test]
+    fn the_shipped_order_file_parses_with_the_documented_defaults() {
+        let d = parse("order.v1.yaml", ORDER, Some(&participants())).unwrap();
+        assert_eq!((d.saga_type.as_str(), d.version), ("order", 1));
+        let names: Vec<&str> = d.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "create_order",
+                "process_payment",
+                "reserve_inventory",
+                "approve_order"
+            ]
+        );
+        assert_eq!(d.steps[3].compensation, None);
+        for s in &d.steps {
+            assert_eq!(s.policy, Policy::default());
+            assert_eq!(
+                s.compensation_policy,
+                Policy {
+                    max_attempts: 10,
+                    ..Policy::default()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn policies_layer_defaults_then_the_file_then_the_step() {
+        let text = format!(
+            "{MINIMAL}    policy:\n      deadline: 2s\n    compensation_policy:\n      attempts: 3\ndefaults:\n  action:\n    attempts: 7\n    deadline: 1m\n  compensation:\n    jitter_percent: 0\n"
+        );
+        let d = parse("t.yaml", &text, None).unwrap();
+        let s = &d.steps[0];
+        assert_eq!(s.policy.max_attempts, 7);
+        assert_eq!(s.policy.deadline, Duration::from_secs(2));
+        assert_eq!(s.compensation_policy.max_attempts, 3);
+        // The compensation layer starts from the resolved action defaults.
+        assert_eq!(s.compensation_policy.deadline, Duration::from_secs(60));
+        assert_eq!(s.compensation_policy.jitter_percent, 0);
+        assert_eq!(s.policy.jitter_percent, 50);
+    }
+
+    #[test]
+    fn every_mistake_is_refused_naming_the_file_and_the_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "participant: order",
+                "participant: shipping",
+                "t.yaml: steps[0].participant: no endpoint is configured for participant \"shipping\"",
+            ),
+            (
+                "participant: order",
+                "participant: Order",
+                "t.yaml: steps[0].participant: \"Order\" is not a name",
+            ),
+            (
+                "action: /p.v1.S/A",
+                "action: p.v1.S/A",
+                "t.yaml: steps[0].action: \"p.v1.S/A\" is not a gRPC method path",
+            ),
+            (
+                "action: /p.v1.S/A",
+                "action: /S/A",
+                "t.yaml: steps[0].action",
+            ),
+            (
+                "action: /p.v1.S/A",
+                "action: /p.v1.S/A/B",
+                "t.yaml: steps[0].action",
+            ),
+            (
+                "compensation: /p.v1.S/UndoA",
+                "compensation: undo",
+                "t.yaml: steps[0].compensation: \"undo\" is not a gRPC method path",
+            ),
+            ("type: t", "type: T!", "t.yaml: type: \"T!\" is not a name"),
+            (
+                "version: 1",
+                "version: 0",
+                "t.yaml: version: must be 1 or more",
+            ),
+            ("version: 1", "version: -1", "t.yaml: version"),
+            ("name: a", "name: \"\"", "t.yaml: steps[0].name"),
+            (
+                "    compensation: /p.v1.S/UndoA\n",
+                "    compensation: /p.v1.S/UndoA\n    policy:\n      attempts: 0\n",
+                "t.yaml: steps[0].policy.attempts: 0 is not within 1..=1000000",
+            ),
+            (
+                "    compensation: /p.v1.S/UndoA\n",
+                "    compensation: /p.v1.S/UndoA\n    policy:\n      attempts: 99999999999999999999\n",
+                "t.yaml: ",
+            ),
+            (
+                "    compensation: /p.v1.S/UndoA\n",
+                "    compensation: /p.v1.S/UndoA\n    policy:\n      deadline: 10\n",
+                "t.yaml: steps[0].policy.deadline: \"10\" is not a whole number and a unit",
+            ),
+            (
+                "    compensation: /p.v1.S/UndoA\n",
+                "    compensation: /p.v1.S/UndoA\n    policy:\n      deadline: 0s\n",
+                "t.yaml: steps[0].policy.deadline",
+            ),
+            (
+                "    compensation: /p.v1.S/UndoA\n",
+                "    compensation: /p.v1.S/UndoA\n    policy:\n      deadline: 31d\n",
+                "t.yaml: steps[0].policy.deadline: \"31d\" is not a whole number and a unit (ms, s, m, h, d) within 1ms..=30d",
+            ),
+            (
+                "    compensation: /p.v1.S/UndoA\n",
+                "    compensation: /p.v1.S/UndoA\n    policy:\n      deadline: 18446744073709551615d\n",
+                "t.yaml: steps[0].policy.deadline",
+            ),
+            (
+                "    compensation: /p.v1.S/UndoA\n",
+                "    compensation: /p.v1.S/UndoA\n    policy:\n      backoff_base: 2s\n      backoff_cap: 1s\n",
+                "t.yaml: steps[0].policy.backoff_cap: 1s is below backoff_base 2s",
+            ),
+            (
+                "    compensation: /p.v1.S/UndoA\n",
+                "    compensation: /p.v1.S/UndoA\n    policy:\n      jitter_percent: 101\n",
+                "t.yaml: steps[0].policy.jitter_percent: 101 is not within 0..=100",
+            ),
+            (
+                "    compensation: /p.v1.S/UndoA\n",
+                "    compensation: /p.v1.S/UndoA\n    policy:\n      retries: 3\n",
+                "t.yaml: steps[0].policy: unknown field `retries`",
+            ),
+            (
+                "version: 1\n",
+                "version: 1\nextra: x\n",
+                "t.yaml: unknown field `extra`",
+            ),
+            (
+                "    compensation: /p.v1.S/UndoA\n",
+                "    compensation: none\n    compensation_policy:\n      attempts: 3\n",
+                "t.yaml: steps[0].compensation_policy: the step has no compensation",
+            ),
+            (
+                "steps:\n",
+                "defaults:\n  action:\n    backoff_cap: 2h\nsteps:\n",
+                "t.yaml: defaults.action.backoff_cap: \"2h\" is not",
+            ),
+        ];
+        for (from, to, want) in cases {
+            assert!(MINIMAL.contains(from), "{from:?}");
+            let e = err(&MINIMAL.replacen(from, to, 1));
+            assert!(e.starts_with(want), "{to:?}: got {e:?}, want {want:?}…");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_a_pivot_before_others_and_no_steps_are_refused() {
+        let two = format!(
+            "{MINIMAL}  - name: a\n    participant: order\n    action: /p.v1.S/B\n    compensation: none\n"
+        );
+        assert!(
+            err(&two)
+                .starts_with("t.yaml: steps[1].name: \"a\" is already the name of an earlier step")
+        );
+        let pivot_first = MINIMAL.replace("compensation: /p.v1.S/UndoA", "compensation: none")
+            + "  - name: b\n    participant: order\n    action: /p.v1.S/B\n    compensation: /p.v1.S/UndoB\n";
+        let e = err(&pivot_first);
+        assert!(
+            e.starts_with("t.yaml: t v1: step 0 (a): it cannot be undone"),
+            "{e}"
+        );
+        assert!(
+            err("type: t\nversion: 1\nsteps: []\n")
+                .starts_with("t.yaml: steps: a saga needs at least one step")
+        );
+        assert!(err("type: t\nversion: 1\n").starts_with("t.yaml: missing field `steps`"));
+        assert!(err("type: t\n\0version: 1\n").starts_with("t.yaml: "));
+        assert!(err("- not\n- a map\n").starts_with("t.yaml: "));
+    }
+
+    #[test]
+    fn durations_read_as_written_and_show_back() {
+        for (text, ms) in [
+            ("250ms", 250),
+            ("10s", 10_000),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("1d", 86_400_000),
+        ] {
+            let d = duration(text, MAX_DEADLINE, "30d").unwrap();
+            assert_eq!(d.as_millis(), ms);
+            assert_eq!(show(d), text);
+        }
+        for bad in ["", "s", "1.5s", "-1s", "1 s", "1sec", "0ms", "1w"] {
+            assert!(duration(bad, MAX_DEADLINE, "30d").is_err(), "{bad:?}");
+        }
+    }
+}
