@@ -184,6 +184,84 @@ fn settings_that_would_wedge_or_overflow_are_refused_by_name() {
     }
 }
 
+/// The orchestrator refuses to start on a definitions directory with a
+/// mistake in it, naming the file and the field (every kind of mistake is
+/// checked by the parser's unit tests; these are the ones only a running
+/// binary shows: its settings, the directory, several files).
+#[test]
+fn definitions_with_a_mistake_are_refused_naming_the_file_and_the_field() {
+    let order = sagaflow_orchestrator::definitions::order::FILE;
+    let extra = "type: shipment\nversion: 1\nsteps:\n  - name: ship\n    participant: shipping\n    action: /ship.v1.Shipping/Ship\n    compensation: /ship.v1.Shipping/Recall\n";
+    type Case<'a> = (Vec<(&'a str, String)>, Vec<(&'a str, &'a str)>, String);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            vec![("order.v1.yaml", order.to_owned()), ("shipment.v1.yaml", extra.to_owned())],
+            vec![],
+            "shipment.v1.yaml: steps[0].participant: no endpoint is configured for participant \"shipping\" (known: inventory, order, payment); set SAGAFLOW_PARTICIPANT_SHIPPING_URL".to_owned(),
+        ),
+        (
+            vec![("order.v1.yaml", order.replace("/sagaflow.participant.v1.PaymentService/RefundPayment", "RefundPayment"))],
+            vec![],
+            "order.v1.yaml: steps[1].compensation: \"RefundPayment\" is not a gRPC method path".to_owned(),
+        ),
+        (
+            vec![("order.v1.yaml", order.to_owned()), ("copy.yml", order.to_owned())],
+            vec![],
+            "order.v1.yaml: order version 1 is also defined by".to_owned(),
+        ),
+        (
+            vec![("notes.txt", "not a definition".to_owned())],
+            vec![],
+            "no definition files (*.yaml, *.yml) in it".to_owned(),
+        ),
+        (
+            vec![("order.v1.yaml", order.replace("deadline: 10s", "deadline: 10 seconds"))],
+            vec![],
+            "order.v1.yaml: defaults.action.deadline: \"10 seconds\" is not a whole number and a unit".to_owned(),
+        ),
+        (
+            // The alias and the generic name of one participant disagree.
+            vec![("order.v1.yaml", order.to_owned())],
+            vec![
+                ("SAGAFLOW_ORDER_URL", "http://127.0.0.1:1"),
+                ("SAGAFLOW_PARTICIPANT_ORDER_URL", "http://127.0.0.1:2"),
+            ],
+            "SAGAFLOW_PARTICIPANT_ORDER_URL=\"http://127.0.0.1:2\" and its alias SAGAFLOW_ORDER_URL=\"http://127.0.0.1:1\" disagree".to_owned(),
+        ),
+    ];
+    for (files, env, want) in cases {
+        let dir = std::env::temp_dir().join(format!("sf-defs-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in &files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let dir_text = dir.display().to_string();
+        let mut vars: Vec<(&str, &str)> = vec![("SAGAFLOW_DEFINITIONS_DIR", &dir_text)];
+        vars.extend(env);
+        let out = run("sagaflow-orchestrator", &[], &vars);
+        let stderr = text(&out.stderr);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!out.status.success(), "started with {files:?}");
+        assert!(stderr.contains(&want), "want {want:?} in: {stderr}");
+    }
+    // No such directory.
+    let out = run(
+        "sagaflow-orchestrator",
+        &[],
+        &[(
+            "SAGAFLOW_DEFINITIONS_DIR",
+            "/nonexistent/sagaflow-definitions",
+        )],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr)
+            .contains("SAGAFLOW_DEFINITIONS_DIR=/nonexistent/sagaflow-definitions: cannot read it"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 fn sagaflow_orchestrator_vars() -> &'static [sagaflow_common::config::Var] {
     sagaflow_orchestrator::config::VARS
 }

@@ -1,7 +1,7 @@
 //! End to end, on real processes: PlaceOrder over gRPC → participants →
 //! outboxes → relay → Pub/Sub emulator → orchestrator, to a terminal state.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use sagaflow_common::db;
@@ -427,6 +427,84 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
 /// Placement never waits on a participant's look-up it does not need: a
 /// repeat is answered from the orchestrator's own records while inventory
 /// is down, and a new order is accepted unchecked (its steps check it).
+/// The step policies come from the definition file: a directory whose order
+/// saga gives `reserve_inventory` one send and a 1 s deadline gives up on
+/// the step (inventory down) within seconds, where the built-in policy
+/// (5 sends, 10 s each) would wait close to a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definitions_directory_sets_the_step_policies() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("sf-defs-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let release = "    compensation: /sagaflow.participant.v1.InventoryService/ReleaseInventory\n";
+    let file = sagaflow_orchestrator::definitions::order::FILE;
+    assert!(file.contains(release));
+    std::fs::write(
+        dir.join("order.v1.yaml"),
+        file.replace(
+            release,
+            &format!(
+                "{release}    policy:\n      attempts: 1\n      deadline: 1s\n    compensation_policy:\n      deadline: 1s\n"
+            ),
+        ),
+    )?;
+    let mut sys = System::start(
+        "definitions",
+        Options {
+            env: vec![(
+                "SAGAFLOW_DEFINITIONS_DIR".to_owned(),
+                dir.display().to_string(),
+            )],
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut client = sys.client().await?;
+    sys.kill("inventory");
+    let placed = Instant::now();
+    let id = client
+        .place_order(order("cust-alice", &[("sku-widget", 1)], 1_000))
+        .await?
+        .into_inner()
+        .saga_id;
+    let gave_up = wait_for(
+        "the saga to give up on reserve_inventory",
+        Duration::from_secs(20),
+        || {
+            let mut client = client.clone();
+            let id = id.clone();
+            async move {
+                let saga = client
+                    .get_saga(GetSagaRequest { saga_id: id })
+                    .await?
+                    .into_inner();
+                Ok((saga.state != SagaState::Running as i32).then_some(saga))
+            }
+        },
+    )
+    .await?;
+    println!(
+        "definitions: gave up on reserve_inventory {:.1} s after placement: {:?} {}",
+        placed.elapsed().as_secs_f64(),
+        SagaState::try_from(gave_up.state),
+        gave_up.reason
+    );
+    sys.restart("inventory").await?;
+    let done = sys.wait_terminal(std::slice::from_ref(&id), SETTLE).await?;
+    assert_eq!(
+        done[0].state,
+        SagaState::Compensated as i32,
+        "{:?}",
+        done[0]
+    );
+    assert!(
+        done[0].reason.contains("reserve_inventory"),
+        "{:?}",
+        done[0].reason
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_does_not_depend_on_a_participant_that_is_down() -> anyhow::Result<()> {
     let mut sys = System::start("lookups", Options::default()).await?;
