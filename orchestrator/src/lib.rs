@@ -71,16 +71,7 @@ pub async fn run(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let defs = definitions::load(config.definitions_dir.as_deref(), &known)?;
-    for d in &defs {
-        tracing::info!(
-            saga_type = %d.saga_type,
-            version = d.version,
-            steps = d.steps.len(),
-            "saga definition loaded"
-        );
-    }
-    definitions::install(defs);
+    let files = definitions::load(config.definitions_dir.as_deref(), &known)?;
     // TLS settings are checked before anything else is touched.
     let (server, tokens, participants_tls) = match &config.security {
         Security::Secure(secured) => (
@@ -110,6 +101,16 @@ pub async fn run(
                 sagaflow_common::db::redact(&config.database_url)
             )
         })?;
+
+    // Every instance runs every stored version; a stored one never changes.
+    let stored = definitions::stored::share(&pool, &files).await?;
+    for (source, d) in &files {
+        tracing::info!(saga_type = %d.saga_type, version = d.version, steps = d.steps.len(), %source, "saga definition loaded");
+    }
+    for d in &stored {
+        tracing::info!(saga_type = %d.saga_type, version = d.version, steps = d.steps.len(), "saga definition loaded from the database (no file here)");
+    }
+    definitions::install(files.into_iter().map(|(_, d)| d).chain(stored).collect());
 
     let ps = PubSubConfig::from_env();
     let (events_spec, dead_letter_spec) = subscriptions(&config);
@@ -149,6 +150,26 @@ pub async fn run(
     );
 
     let timers = tokio::spawn(driver.clone().run_timers(config.timer_poll));
+    // Versions other instances store while this one runs (a rolling
+    // deploy): loaded within seconds, so their sagas run here too.
+    tokio::spawn({
+        let pool = driver.pool().clone();
+        let work = work.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    _ = work.cancelled() => return,
+                }
+                if let Err(e) = definitions::stored::refresh(&pool).await {
+                    tracing::debug!(
+                        error = format!("{e:#}"),
+                        "reading stored definitions failed; will retry"
+                    );
+                }
+            }
+        }
+    });
     let resumed = driver.resume_all().await?;
     tracing::info!(
         resent = resumed.resent,
@@ -329,6 +350,7 @@ pub fn migrations() -> Vec<sagaflow_common::db::Migration> {
         .chain(retention::MIGRATIONS)
         .chain(store::WAKEUP_MIGRATIONS)
         .chain(watch::list::MIGRATIONS)
+        .chain(definitions::stored::MIGRATIONS)
         .copied()
         .collect()
 }

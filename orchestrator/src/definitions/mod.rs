@@ -5,27 +5,37 @@
 //! `SAGAFLOW_DEFINITIONS_DIR` (or, unset, the built-in order saga, the file
 //! `orchestrator/definitions/order.v1.yaml`), checks each ([`file::parse`])
 //! and refuses to start on any error, naming the file and the field. Then
-//! [`install`] makes them the registry every lookup reads.
+//! it shares them through its database ([`stored`]: a stored version never
+//! changes) and [`install`]s them, with the stored versions its files lack,
+//! as the registry every lookup reads.
 
 pub mod file;
 pub mod order;
+pub mod stored;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, RwLock};
 
 use crate::saga::Definition;
 
-static INSTALLED: OnceLock<Vec<Definition>> = OnceLock::new();
+/// What this process runs (with its overrides applied); `None` until the
+/// start installs it.
+static INSTALLED: RwLock<Option<Arc<Vec<Definition>>>> = RwLock::new(None);
+
+fn installed() -> Option<Arc<Vec<Definition>>> {
+    INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
 
 /// Read the definitions: every `*.yaml` / `*.yml` file directly in `dir`,
-/// or the built-in order saga when `dir` is `None`. Each is checked against
-/// `participants` (key → endpoint); the process's policy overrides are
-/// applied. Errors name the file and the field.
+/// or the built-in order saga when `dir` is `None`, as (file, definition as
+/// written). Each is checked against `participants` (key → endpoint), and
+/// again with the process's policy overrides applied. Errors name the file
+/// and the field.
 pub fn load(
     dir: Option<&Path>,
     participants: &BTreeMap<String, String>,
-) -> anyhow::Result<Vec<Definition>> {
+) -> anyhow::Result<Vec<(String, Definition)>> {
     let mut files = Vec::new();
     match dir {
         None => files.push((order::FILE_NAME.to_owned(), order::FILE.to_owned())),
@@ -60,7 +70,7 @@ pub fn load(
         }
     }
     let overrides = order::overrides();
-    let mut defs: Vec<Definition> = Vec::with_capacity(files.len());
+    let mut defs = Vec::with_capacity(files.len());
     let mut seen: BTreeMap<(String, u32), String> = BTreeMap::new();
     for (name, text) in files {
         let mut def = file::parse(&name, &text, Some(participants)).map_err(anyhow::Error::msg)?;
@@ -71,18 +81,44 @@ pub fn load(
                 def.version
             );
         }
+        let written = def.clone();
         overrides.apply_to(&mut def);
         def.validate()
             .map_err(|e| anyhow::anyhow!("{name}, with the SAGAFLOW_STEP_* overrides: {e}"))?;
-        defs.push(def);
+        defs.push((name, written));
     }
     Ok(defs)
 }
 
-/// Make `defs` the definitions this process runs. The first call wins; it
-/// is made once, at start.
+/// Make `defs` (as written) the definitions this process runs, with its
+/// overrides applied.
 pub fn install(defs: Vec<Definition>) {
-    let _ = INSTALLED.set(defs);
+    let defs = with_overrides(defs);
+    *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(defs));
+}
+
+/// Run `defs` (as written) too.
+pub fn add(defs: Vec<Definition>) {
+    let defs = with_overrides(defs);
+    let mut guard = INSTALLED.write().unwrap_or_else(|e| e.into_inner());
+    let mut all: Vec<Definition> = guard.as_deref().cloned().unwrap_or_default();
+    for d in defs {
+        if !all
+            .iter()
+            .any(|o| o.saga_type == d.saga_type && o.version == d.version)
+        {
+            all.push(d);
+        }
+    }
+    *guard = Some(Arc::new(all));
+}
+
+fn with_overrides(mut defs: Vec<Definition>) -> Vec<Definition> {
+    let overrides = order::overrides();
+    for d in &mut defs {
+        overrides.apply_to(d);
+    }
+    defs
 }
 
 /// Every definition this process runs, at every version still in use:
@@ -90,15 +126,15 @@ pub fn install(defs: Vec<Definition>) {
 /// unit tests) the built-in order saga. Instances keep the version they
 /// started with.
 pub fn registry() -> Vec<Definition> {
-    match INSTALLED.get() {
-        Some(defs) => defs.clone(),
+    match installed() {
+        Some(defs) => defs.as_ref().clone(),
         None => vec![order::definition()],
     }
 }
 
 /// The definition for a saga type at a version.
 pub fn find(saga_type: &str, version: u32) -> Option<Definition> {
-    match INSTALLED.get() {
+    match installed() {
         Some(defs) => defs
             .iter()
             .find(|d| d.saga_type == saga_type && d.version == version)
