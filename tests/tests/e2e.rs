@@ -427,6 +427,84 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
 /// Placement never waits on a participant's look-up it does not need: a
 /// repeat is answered from the orchestrator's own records while inventory
 /// is down, and a new order is accepted unchecked (its steps check it).
+/// Versions: a saga placed under v1 is in flight (inventory down) while the
+/// orchestrator restarts with v2 added, then again with v1's file gone. New
+/// sagas start under v2; the v1 saga finishes under v1, from the stored
+/// copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_saga_finishes_under_v1_after_v2_is_deployed() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("sf-defs-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let v1 = sagaflow_orchestrator::definitions::order::FILE;
+    let v2 = v1
+        .replace("version: 1\n", "version: 2\n")
+        .replace("attempts: 5 ", "attempts: 6 ");
+    assert_ne!(v1, v2);
+    std::fs::write(dir.join("order.v1.yaml"), v1)?;
+    let mut sys = System::start(
+        "versions",
+        Options {
+            env: vec![(
+                "SAGAFLOW_DEFINITIONS_DIR".to_owned(),
+                dir.display().to_string(),
+            )],
+            ..Options::default()
+        },
+    )
+    .await?;
+    let orchestrator_db = db::connect(&sys.dbs.orchestrator).await?;
+    let version_of = |id: String| {
+        let c = &orchestrator_db;
+        async move {
+            let v: i32 = c
+                .query_one(
+                    "SELECT definition_version FROM sagas WHERE saga_id::text = $1",
+                    &[&id],
+                )
+                .await?
+                .get(0);
+            anyhow::Ok(v)
+        }
+    };
+    sys.kill("inventory");
+    let mut client = sys.client().await?;
+    let first = client
+        .place_order(order("cust-alice", &[("sku-widget", 1)], 1_000))
+        .await?
+        .into_inner()
+        .saga_id;
+    assert_eq!(version_of(first.clone()).await?, 1);
+
+    std::fs::write(dir.join("order.v2.yaml"), &v2)?;
+    sys.restart("orchestrator-0").await?;
+    let mut client = sys.client().await?;
+    let second = client
+        .place_order(order("cust-alice", &[("sku-gadget", 1)], 1_000))
+        .await?
+        .into_inner()
+        .saga_id;
+    assert_eq!(version_of(second.clone()).await?, 2);
+
+    std::fs::remove_file(dir.join("order.v1.yaml"))?;
+    sys.restart("orchestrator-0").await?;
+    sys.restart("inventory").await?;
+    let done = sys
+        .wait_terminal(&[first.clone(), second.clone()], SETTLE)
+        .await?;
+    for saga in &done {
+        assert_eq!(saga.state, SagaState::Completed as i32, "{saga:?}");
+    }
+    assert_eq!(version_of(first).await?, 1);
+    assert_eq!(version_of(second).await?, 2);
+    let log = std::fs::read_to_string(sys.log_of("orchestrator-0"))?;
+    assert!(
+        log.contains("saga definition loaded from the database (no file here)"),
+        "the last start ran v1 from the stored copy"
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
 /// The step policies come from the definition file: a directory whose order
 /// saga gives `reserve_inventory` one send and a 1 s deadline gives up on
 /// the step (inventory down) within seconds, where the built-in policy
