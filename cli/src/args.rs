@@ -119,6 +119,14 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         request_id: Option<String>,
     },
+    /// The saga definitions stored (every version any instance runs); with
+    /// a type, that type's newest version (or --version N) step by step.
+    Definitions {
+        saga_type: Option<String>,
+        /// This version of the type [default: the newest].
+        #[arg(long, value_name = "N", default_value_t = 0, requires = "saga_type")]
+        version: u32,
+    },
     /// Operator: events the orchestrator could not apply.
     #[command(subcommand)]
     DeadLetters(DeadLetters),

@@ -336,6 +336,47 @@ async fn place_get_list_watch_and_operate_from_the_command_line() -> anyhow::Res
     let reconciled = reconcile::run(&sys, &[]).await?;
     assert!(reconciled.wrong.is_empty(), "{:?}", reconciled.wrong);
     assert_eq!(reconciled.finished, 3, "{reconciled:?}");
+
+    // The stored definitions: the built-in order saga, as its file says.
+    let defs = cli(&sys, &["definitions", "--json"]).await?.json();
+    assert_eq!(defs.as_array().map(Vec::len), Some(1), "{defs}");
+    assert_eq!(defs[0]["saga_type"], "order");
+    assert_eq!(defs[0]["version"], 1);
+    assert_eq!(defs[0]["newest"], true);
+    assert_eq!(defs[0]["hash"].as_str().map(str::len), Some(64), "{defs}");
+    let order_def = cli(&sys, &["definitions", "order", "--json"]).await?.json();
+    let steps: Vec<&str> = order_def["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "create_order",
+            "process_payment",
+            "reserve_inventory",
+            "approve_order"
+        ]
+    );
+    assert_eq!(order_def["steps"][3]["compensation"], Value::Null);
+    assert_eq!(order_def["steps"][0]["policy"]["attempts"], 5);
+    assert_eq!(order_def["steps"][0]["compensation_policy"]["attempts"], 10);
+    let text = cli(&sys, &["definitions", "order"]).await?;
+    assert!(
+        text.exited(0).contains("4. approve_order (order)")
+            && text
+                .stdout
+                .contains("compensation  none: it cannot be undone"),
+        "{text:#?}"
+    );
+    cli(&sys, &["definitions", "order", "--version", "7"])
+        .await?
+        .refused("NOT_FOUND: version: order has no version 7");
+    cli(&sys, &["definitions", "Bad Type!"])
+        .await?
+        .refused("INVALID_ARGUMENT: saga_type: ");
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! One module per command; [`run`] dispatches.
 
 mod deadletters;
+mod definitions;
 mod get;
 mod list;
 mod operate;
@@ -34,6 +35,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             request_id,
         } => operate::cancel(&api()?, saga_id, reason, request_id, json).await,
         Command::DeadLetters(a) => deadletters::run(&api()?, a, json).await,
+        Command::Definitions { saga_type, version } => {
+            definitions::run(&api()?, saga_type, version, json).await
+        }
         // It reads the orchestrator's own settings, not the API's.
         Command::Reconcile { saga_ids } => reconcile::run(&saga_ids, json).await,
     }

@@ -13,6 +13,7 @@
 
 pub mod currency;
 pub mod deadletters;
+pub mod definitions;
 pub mod input;
 pub mod lookup;
 pub mod status;
@@ -368,6 +369,24 @@ impl SagaService for Api {
             .await;
         ended(&span, &result);
         result
+    }
+
+    async fn list_definitions(
+        &self,
+        request: Request<pb::ListDefinitionsRequest>,
+    ) -> Result<Response<pb::ListDefinitionsResponse>, Status> {
+        definitions::list(self.driver.pool(), request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_definition(
+        &self,
+        request: Request<pb::GetDefinitionRequest>,
+    ) -> Result<Response<pb::SagaDefinition>, Status> {
+        definitions::get(self.driver.pool(), request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_dead_letters(

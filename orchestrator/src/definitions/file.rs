@@ -247,6 +247,11 @@ pub fn show(d: Duration) -> String {
     format!("{ms}ms")
 }
 
+/// A saga type name's problem, if any.
+pub fn check_type_name(s: &str) -> Result<(), String> {
+    check_identifier(s, 64, "-_")
+}
+
 /// A lowercase name: a letter, then letters, digits or `extra`, at most
 /// `max` long.
 fn check_identifier(s: &str, max: usize, extra: &str) -> Result<(), String> {

@@ -142,3 +142,42 @@ pub async fn refresh(pool: &Pool) -> anyhow::Result<usize> {
     }
     Ok(added)
 }
+
+/// A stored definition and what is stored with it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub definition: Definition,
+    pub hash: String,
+    pub source: String,
+    pub stored_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The stored definitions (of `saga_type` only, when given), by type, newest
+/// version first. Rows that do not read back are skipped (and logged).
+pub async fn list(pool: &Pool, saga_type: Option<&str>) -> anyhow::Result<Vec<Stored>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT saga_type, version, definition, hash, source, stored_at FROM saga_definitions
+              WHERE $1::text IS NULL OR saga_type = $1
+              ORDER BY saga_type, version DESC",
+            &[&saga_type],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (saga_type, version): (String, i32) = (row.get(0), row.get(1));
+        match serde_json::from_str::<Definition>(row.get(2)) {
+            Ok(definition) => out.push(Stored {
+                definition,
+                hash: row.get(3),
+                source: row.get(4),
+                stored_at: row.get(5),
+            }),
+            Err(e) => {
+                tracing::error!(%saga_type, version, error = %e, "a stored definition does not read back")
+            }
+        }
+    }
+    Ok(out)
+}
