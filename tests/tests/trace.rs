@@ -21,7 +21,10 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sagaflow_protos::orchestrator::v1::{PlaceOrderRequest, SagaState};
+use sagaflow_protos::orchestrator::v1::{
+    GetSagaRequest, PlaceOrderRequest, RetrySagaRequest, SagaState,
+};
+use sagaflow_tests::injector::hold_refunds;
 use sagaflow_tests::orders::order;
 use sagaflow_tests::otlp::{
     KIND_CLIENT, KIND_CONSUMER, KIND_INTERNAL, KIND_PRODUCER, KIND_SERVER, Received, Receiver,
@@ -44,7 +47,11 @@ const ALL: [&str; 5] = [
     RELAY,
 ];
 
+const API: &str = "sagaflow.orchestrator.v1.SagaService/";
 const PLACE_ORDER: &str = "sagaflow.orchestrator.v1.SagaService/PlaceOrder";
+const RETRY: &str = "sagaflow.orchestrator.v1.SagaService/RetrySaga";
+const REFUND: &str = "sagaflow.participant.v1.PaymentService/RefundPayment";
+const RELEASE: &str = "sagaflow.participant.v1.InventoryService/ReleaseInventory";
 const CREATE: &str = "sagaflow.participant.v1.OrderService/CreateOrder";
 const CANCEL: &str = "sagaflow.participant.v1.OrderService/CancelOrder";
 const APPROVE: &str = "sagaflow.participant.v1.OrderService/ApproveOrder";
@@ -160,7 +167,14 @@ fn check_trace(
             {
                 return Err(format!("{PLACE_ORDER}: {:?}", s.attributes));
             }
-            KIND_SERVER if s.name == PLACE_ORDER => {}
+            // The API's own spans (PlaceOrder, an operator's RetrySaga).
+            KIND_SERVER
+                if s.name.starts_with(API)
+                    && (attr("rpc.system") != "grpc" || attr("rpc.grpc.status_code") != "0") =>
+            {
+                return Err(format!("{}: {:?}", s.name, s.attributes));
+            }
+            KIND_SERVER if s.name.starts_with(API) => {}
             KIND_SERVER => {
                 // The participant's side of a call: under the client span of
                 // the same method, with the command and the outcome.
@@ -349,6 +363,75 @@ async fn each_saga_is_one_complete_trace_even_across_a_sigkill() -> anyhow::Resu
         "the compensation's command span"
     );
     println!("trace: refused saga {refused}: {}", describe(&trace));
+
+    // An operator's retry is in the saga's trace, and what it sets off
+    // hangs under it: a refund refused while the customer's refunds are
+    // held pauses the saga; released and retried, the saga ends.
+    hold_refunds(&sys, "cust-bob", true).await?;
+    let paused = client
+        .place_order(order("cust-bob", &[("sku-soldout", 1)], 1_000))
+        .await?
+        .into_inner()
+        .saga_id;
+    let done = sys
+        .wait_terminal(std::slice::from_ref(&paused), SETTLE)
+        .await?;
+    assert_eq!(
+        done[0].state,
+        SagaState::CompensationFailed as i32,
+        "{:?}",
+        done[0]
+    );
+    hold_refunds(&sys, "cust-bob", false).await?;
+    client
+        .retry_saga(RetrySagaRequest {
+            saga_id: paused.clone(),
+            request_id: "trace-retry".to_owned(),
+            reason: "refunds released".to_owned(),
+        })
+        .await?;
+    wait_for("the retried saga to be compensated", SETTLE, || {
+        let mut client = client.clone();
+        let saga_id = paused.clone();
+        async move {
+            let saga = client
+                .get_saga(GetSagaRequest { saga_id })
+                .await?
+                .into_inner();
+            Ok((saga.state == SagaState::Compensated as i32).then_some(()))
+        }
+    })
+    .await?;
+    let trace = complete_trace(
+        &receiver,
+        &paused,
+        &sys,
+        Wanted {
+            services: &[ORCHESTRATOR, "sagaflow-order", "sagaflow-payment", RELAY],
+            names: [
+                pipeline(&[CREATE, CHARGE, RESERVE, REFUND, CANCEL, RETRY]),
+                vec![consumed.clone()],
+            ]
+            .concat(),
+        },
+    )
+    .await?;
+    let retry = trace
+        .iter()
+        .find(|s| s.name == RETRY)
+        .expect("checked above");
+    assert_eq!(retry.kind, KIND_SERVER);
+    assert!(
+        trace.iter().any(|s| s.name == "saga.command"
+            && s.parent_span_id == retry.span_id
+            && s.attr("saga.step") == Some("process_payment")),
+        "the refund the retry re-sends hangs under RetrySaga"
+    );
+    assert!(
+        !trace.iter().any(|s| s.name == RELEASE),
+        "nothing was reserved, so nothing is released"
+    );
+    println!("trace: retried saga {paused}: {}", describe(&trace));
 
     // A saga whose orchestrator is SIGKILLed mid-way. Without the fast path
     // and with the relay stopped, the saga waits for CreateOrder's event
