@@ -396,6 +396,27 @@ impl System {
         self.wait_ready(name).await
     }
 
+    /// Stop process `name` with SIGTERM (its drain: an orchestrator closes
+    /// its Pub/Sub streams) and start it again, as a deploy or a settings
+    /// change would; waits until it is ready. A SIGKILL instead can leave
+    /// the emulator handing new messages to the dead process's streams
+    /// until their ack deadline: use [`restart`](Self::restart) where the
+    /// crash is the point.
+    pub async fn restart_gracefully(&mut self, name: &str) -> anyhow::Result<()> {
+        let status = self.terminate(name, Duration::from_secs(60)).await?;
+        anyhow::ensure!(status.success(), "{name} exited with {status} on SIGTERM");
+        if name.starts_with("orchestrator") {
+            let n: usize = name
+                .trim_start_matches("orchestrator-")
+                .parse()
+                .map_err(|_| anyhow::anyhow!("bad orchestrator name {name}"))?;
+            self.spawn_orchestrator(n)?;
+        } else {
+            self.spawn(name)?;
+        }
+        self.wait_ready(name).await
+    }
+
     /// Wait until process `name` serves gRPC health (participants and
     /// orchestrators). Relays serve nothing: they are ready once spawned.
     pub async fn wait_ready(&self, name: &str) -> anyhow::Result<()> {

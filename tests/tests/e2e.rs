@@ -476,7 +476,7 @@ async fn a_v1_saga_finishes_under_v1_after_v2_is_deployed() -> anyhow::Result<()
     assert_eq!(version_of(first.clone()).await?, 1);
 
     std::fs::write(dir.join("order.v2.yaml"), &v2)?;
-    sys.restart("orchestrator-0").await?;
+    sys.restart_gracefully("orchestrator-0").await?;
     let mut client = sys.client().await?;
     let second = client
         .place_order(order("cust-alice", &[("sku-gadget", 1)], 1_000))
@@ -486,7 +486,7 @@ async fn a_v1_saga_finishes_under_v1_after_v2_is_deployed() -> anyhow::Result<()
     assert_eq!(version_of(second.clone()).await?, 2);
 
     std::fs::remove_file(dir.join("order.v1.yaml"))?;
-    sys.restart("orchestrator-0").await?;
+    sys.restart_gracefully("orchestrator-0").await?;
     sys.restart("inventory").await?;
     let done = sys
         .wait_terminal(&[first.clone(), second.clone()], SETTLE)

@@ -113,7 +113,7 @@ async fn replies_finish_sagas_and_their_events_from_pubsub_are_absorbed() -> any
 
     // Off: the same saga waits for its event from Pub/Sub.
     sys.set_process_env("orchestrator-0", &[("SAGAFLOW_FAST_PATH", "false")]);
-    sys.restart("orchestrator-0").await?;
+    sys.restart_gracefully("orchestrator-0").await?;
     sys.kill("relay");
     let mut client = sys.client().await?;
     let id = client

@@ -438,7 +438,7 @@ async fn each_saga_is_one_complete_trace_even_across_a_sigkill() -> anyhow::Resu
     // with no span of it open in the orchestrator; the kill comes once all
     // that ended is exported.
     sys.set_process_env("orchestrator-0", &[("SAGAFLOW_FAST_PATH", "false")]);
-    sys.restart("orchestrator-0").await?;
+    sys.restart_gracefully("orchestrator-0").await?;
     sys.kill("relay");
     let mut client = sys.client().await?;
     let resumed = client.place_order(happy()).await?.into_inner().saga_id;
