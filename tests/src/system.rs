@@ -384,16 +384,7 @@ impl System {
     /// is ready (see [`wait_ready`](Self::wait_ready)).
     pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
         self.kill(name);
-        if name.starts_with("orchestrator") {
-            let n: usize = name
-                .trim_start_matches("orchestrator-")
-                .parse()
-                .map_err(|_| anyhow::anyhow!("bad orchestrator name {name}"))?;
-            self.spawn_orchestrator(n)?;
-        } else {
-            self.spawn(name)?;
-        }
-        self.wait_ready(name).await
+        self.start_again(name).await
     }
 
     /// Stop process `name` with SIGTERM (its drain: an orchestrator closes
@@ -405,6 +396,11 @@ impl System {
     pub async fn restart_gracefully(&mut self, name: &str) -> anyhow::Result<()> {
         let status = self.terminate(name, Duration::from_secs(60)).await?;
         anyhow::ensure!(status.success(), "{name} exited with {status} on SIGTERM");
+        self.start_again(name).await
+    }
+
+    /// Start process `name` (stopped) again, and wait until it is ready.
+    async fn start_again(&mut self, name: &str) -> anyhow::Result<()> {
         if name.starts_with("orchestrator") {
             let n: usize = name
                 .trim_start_matches("orchestrator-")

@@ -427,31 +427,43 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
 /// Placement never waits on a participant's look-up it does not need: a
 /// repeat is answered from the orchestrator's own records while inventory
 /// is down, and a new order is accepted unchecked (its steps check it).
+/// A fresh directory for definition files, removed by the caller.
+fn definitions_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("sf-defs-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A system whose orchestrator reads its definitions from `dir`.
+async fn start_with_definitions(prefix: &str, dir: &std::path::Path) -> anyhow::Result<System> {
+    let env = vec![(
+        "SAGAFLOW_DEFINITIONS_DIR".to_owned(),
+        dir.display().to_string(),
+    )];
+    System::start(
+        prefix,
+        Options {
+            env,
+            ..Options::default()
+        },
+    )
+    .await
+}
+
 /// Versions: a saga placed under v1 is in flight (inventory down) while the
 /// orchestrator restarts with v2 added, then again with v1's file gone. New
 /// sagas start under v2; the v1 saga finishes under v1, from the stored
 /// copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v1_saga_finishes_under_v1_after_v2_is_deployed() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("sf-defs-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = definitions_dir()?;
     let v1 = sagaflow_orchestrator::definitions::order::FILE;
     let v2 = v1
         .replace("version: 1\n", "version: 2\n")
         .replace("attempts: 5 ", "attempts: 6 ");
     assert_ne!(v1, v2);
     std::fs::write(dir.join("order.v1.yaml"), v1)?;
-    let mut sys = System::start(
-        "versions",
-        Options {
-            env: vec![(
-                "SAGAFLOW_DEFINITIONS_DIR".to_owned(),
-                dir.display().to_string(),
-            )],
-            ..Options::default()
-        },
-    )
-    .await?;
+    let mut sys = start_with_definitions("versions", &dir).await?;
     let orchestrator_db = db::connect(&sys.dbs.orchestrator).await?;
     let version_of = |id: String| {
         let c = &orchestrator_db;
@@ -511,8 +523,7 @@ async fn a_v1_saga_finishes_under_v1_after_v2_is_deployed() -> anyhow::Result<()
 /// (5 sends, 10 s each) would wait close to a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_definitions_directory_sets_the_step_policies() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("sf-defs-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = definitions_dir()?;
     let release = "    compensation: /sagaflow.participant.v1.InventoryService/ReleaseInventory\n";
     let file = sagaflow_orchestrator::definitions::order::FILE;
     assert!(file.contains(release));
@@ -525,17 +536,7 @@ async fn a_definitions_directory_sets_the_step_policies() -> anyhow::Result<()> 
             ),
         ),
     )?;
-    let mut sys = System::start(
-        "definitions",
-        Options {
-            env: vec![(
-                "SAGAFLOW_DEFINITIONS_DIR".to_owned(),
-                dir.display().to_string(),
-            )],
-            ..Options::default()
-        },
-    )
-    .await?;
+    let mut sys = start_with_definitions("definitions", &dir).await?;
     let mut client = sys.client().await?;
     sys.kill("inventory");
     let placed = Instant::now();
