@@ -424,9 +424,6 @@ async fn bad_input_is_refused_and_placement_is_idempotent() -> anyhow::Result<()
     Ok(())
 }
 
-/// Placement never waits on a participant's look-up it does not need: a
-/// repeat is answered from the orchestrator's own records while inventory
-/// is down, and a new order is accepted unchecked (its steps check it).
 /// A fresh directory for definition files, removed by the caller.
 fn definitions_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("sf-defs-{}", uuid::Uuid::new_v4().simple()));
@@ -434,12 +431,22 @@ fn definitions_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// A system whose orchestrator reads its definitions from `dir`.
-async fn start_with_definitions(prefix: &str, dir: &std::path::Path) -> anyhow::Result<System> {
-    let env = vec![(
+/// A system whose orchestrator reads its definitions from `dir`, with
+/// `extra` settings.
+async fn start_with_definitions(
+    prefix: &str,
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<System> {
+    let mut env = vec![(
         "SAGAFLOW_DEFINITIONS_DIR".to_owned(),
         dir.display().to_string(),
     )];
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     System::start(
         prefix,
         Options {
@@ -454,6 +461,13 @@ async fn start_with_definitions(prefix: &str, dir: &std::path::Path) -> anyhow::
 /// orchestrator restarts with v2 added, then again with v1's file gone. New
 /// sagas start under v2; the v1 saga finishes under v1, from the stored
 /// copy.
+///
+/// The fast path stays on even in the event-path run: two restarts in a few
+/// seconds leave the emulator two dead subscribers' streams, which it goes
+/// on leasing most new events to for a minute at a time (see
+/// `common::pubsub::subscriber`), so a step's event would often come back
+/// only after the step's deadlines ran out. The event path across restarts
+/// is the restart suite's subject; this test's is which version runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v1_saga_finishes_under_v1_after_v2_is_deployed() -> anyhow::Result<()> {
     let dir = definitions_dir()?;
@@ -463,7 +477,8 @@ async fn a_v1_saga_finishes_under_v1_after_v2_is_deployed() -> anyhow::Result<()
         .replace("attempts: 5 ", "attempts: 6 ");
     assert_ne!(v1, v2);
     std::fs::write(dir.join("order.v1.yaml"), v1)?;
-    let mut sys = start_with_definitions("versions", &dir).await?;
+    let mut sys =
+        start_with_definitions("versions", &dir, &[("SAGAFLOW_FAST_PATH", "true")]).await?;
     let orchestrator_db = db::connect(&sys.dbs.orchestrator).await?;
     let version_of = |id: String| {
         let c = &orchestrator_db;
@@ -536,7 +551,7 @@ async fn a_definitions_directory_sets_the_step_policies() -> anyhow::Result<()> 
             ),
         ),
     )?;
-    let mut sys = start_with_definitions("definitions", &dir).await?;
+    let mut sys = start_with_definitions("definitions", &dir, &[]).await?;
     let mut client = sys.client().await?;
     sys.kill("inventory");
     let placed = Instant::now();
@@ -584,6 +599,9 @@ async fn a_definitions_directory_sets_the_step_policies() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Placement never waits on a participant's look-up it does not need: a
+/// repeat is answered from the orchestrator's own records while inventory
+/// is down, and a new order is accepted unchecked (its steps check it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_does_not_depend_on_a_participant_that_is_down() -> anyhow::Result<()> {
     let mut sys = System::start("lookups", Options::default()).await?;
