@@ -91,6 +91,18 @@ pub struct ApiArgs {
 pub enum Command {
     /// Place an order: prints the saga id, whether this call created it, and its state.
     Place(Place),
+    /// Start a saga of any defined type with its input as JSON: prints the
+    /// saga id, whether this call created it, and its state.
+    Start {
+        /// The saga type (`sagaflow definitions` lists them).
+        saga_type: String,
+        /// The input, a JSON document; `@FILE` reads it from a file, `-`
+        /// from standard input.
+        input: String,
+        /// Repeat a start safely with the same key [default: a fresh UUID].
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+    },
     /// One saga: its state, reason, steps and history.
     Get { saga_id: String },
     /// Sagas, newest first, a page at a time.

@@ -140,6 +140,9 @@ pub fn saga(s: &Saga) -> String {
     field("reason", s.reason.clone());
     field("failed step", s.failed_step.clone());
     field("order", s.order.as_ref().map(order).unwrap_or_default());
+    if s.order.is_none() {
+        field("input", s.input_json.clone());
+    }
     field("idempotency key", s.idempotency_key.clone());
     field("created", time(&s.created_at));
     field("updated", time(&s.updated_at));
@@ -282,6 +285,7 @@ pub fn saga_json(s: &Saga) -> Value {
         "created_at": time_json(&s.created_at),
         "updated_at": time_json(&s.updated_at),
         "order": s.order.as_ref().map(order_json),
+        "input": serde_json::from_str::<Value>(&s.input_json).ok(),
         "idempotency_key": s.idempotency_key,
         "trace_id": s.trace_id,
     })

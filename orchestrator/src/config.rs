@@ -265,41 +265,6 @@ pub const VARS: &[Var] = &[
         default: "3600",
         meaning: "how often the retention cleanup runs (1..=86400)",
     },
-    Var {
-        name: "SAGAFLOW_STEP_DEADLINE_MS",
-        default: "10000",
-        meaning: "order saga: wait for an action's outcome before re-sending it (1..=2592000000)",
-    },
-    Var {
-        name: "SAGAFLOW_STEP_MAX_ATTEMPTS",
-        default: "5",
-        meaning: "order saga: sends of an action before its outcome is unknown (1..=1000000)",
-    },
-    Var {
-        name: "SAGAFLOW_COMPENSATION_DEADLINE_MS",
-        default: "the step deadline",
-        meaning: "order saga: the same for a compensation (1..=2592000000)",
-    },
-    Var {
-        name: "SAGAFLOW_COMPENSATION_MAX_ATTEMPTS",
-        default: "10",
-        meaning: "order saga: sends of a compensation before the saga pauses (1..=1000000)",
-    },
-    Var {
-        name: "SAGAFLOW_STEP_BACKOFF_BASE_MS",
-        default: "100",
-        meaning: "order saga: first delay between failed sends (1..=3600000)",
-    },
-    Var {
-        name: "SAGAFLOW_STEP_BACKOFF_CAP_MS",
-        default: "5000",
-        meaning: "order saga: largest delay between failed sends (base..=3600000)",
-    },
-    Var {
-        name: "SAGAFLOW_STEP_JITTER_PERCENT",
-        default: "50",
-        meaning: "order saga: randomised share of each delay (0..=100)",
-    },
 ];
 
 #[derive(Debug, Clone)]

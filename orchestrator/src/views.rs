@@ -8,7 +8,7 @@ use sagaflow_protos::orchestrator::v1 as pb;
 use sagaflow_protos::participant::v1::OrderInput;
 use uuid::Uuid;
 
-use crate::definitions;
+use crate::definitions::{self, order};
 use crate::saga::{SagaState, Status};
 use crate::store;
 
@@ -76,6 +76,17 @@ pub(crate) const COLUMNS: &str =
     "saga_id, saga_type, definition_version, state, reason, created_at,
                        updated_at, input, idempotency_key, traceparent, status";
 
+/// An order saga's input as JSON: the fields StartSaga takes for it.
+fn order_json(o: &OrderInput) -> String {
+    serde_json::json!({
+        "customer_id": o.customer_id,
+        "items": o.items.iter().map(|i| serde_json::json!({"sku": i.sku, "quantity": i.quantity})).collect::<Vec<_>>(),
+        "amount_cents": o.amount_cents,
+        "currency": o.currency,
+    })
+    .to_string()
+}
+
 pub(crate) fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
     let saga_id: Uuid = row.get(0);
     let saga_type: String = row.get(1);
@@ -95,7 +106,7 @@ pub(crate) fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
         reason: row.get::<_, Option<String>>(4).unwrap_or_default(),
         created_at: Some(ts(row.get(5))),
         updated_at: Some(ts(row.get(6))),
-        order: OrderInput::decode(input.as_slice()).ok(),
+        order: None,
         idempotency_key: row.get(8),
         trace_id: traceparent
             .as_deref()
@@ -104,6 +115,13 @@ pub(crate) fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
             .to_owned(),
         ..Default::default()
     };
+    if saga.saga_type == order::SAGA_TYPE {
+        saga.order = OrderInput::decode(input.as_slice()).ok();
+        saga.input_json = saga.order.as_ref().map(order_json).unwrap_or_default();
+    } else {
+        // Stored as canonical JSON (StartSaga).
+        saga.input_json = String::from_utf8_lossy(&input).into_owned();
+    }
     if let Some(state) = state {
         // Paused: the step whose undo failed (what RetrySaga re-sends).
         // Compensating or compensated: the step whose failure, or

@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`emulator`]: the Google Pub/Sub emulator on a free port.
 //! - [`databases`]: a fresh set of four databases per run, dropped after.
+//! - [`definitions`]: the order saga's file with a test's step policies.
 //! - [`system`]: the services as child processes (killable with SIGKILL),
 //!   clients, and helpers to wait for sagas to settle.
 //! - [`credentials`]: each system's own CA, certificates and tokens.
@@ -32,6 +33,7 @@ pub mod checks;
 pub mod clients;
 pub mod credentials;
 pub mod databases;
+pub mod definitions;
 pub mod duplicator;
 pub mod emulator;
 pub mod faults;

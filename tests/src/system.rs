@@ -31,6 +31,7 @@ pub use crate::clients::{Caller, Client};
 use crate::credentials::Credentials;
 pub use crate::credentials::Peer;
 use crate::databases::Databases;
+use crate::definitions::Policies;
 use crate::emulator::Emulator;
 use crate::{free_port, wait_for};
 
@@ -91,8 +92,12 @@ pub const PARTICIPANTS: [&str; 3] = ["order", "payment", "inventory"];
 
 #[derive(Default)]
 pub struct Options {
-    /// Extra environment for every process (e.g. shorter step deadlines).
+    /// Extra environment for every process.
     pub env: Vec<(String, String)>,
+    /// Step policies for the order saga (shorter deadlines, more
+    /// attempts): written as a definitions directory in the log directory,
+    /// which the orchestrators read. Empty: the shipped definition.
+    pub policies: Policies,
     /// Use the default database names (kept) instead of fresh ones.
     pub default_databases: bool,
     /// Orchestrators to start (`orchestrator-0` ..); 0 means 1.
@@ -222,6 +227,14 @@ impl System {
         }
         if options.insecure {
             env.push(("SAGAFLOW_INSECURE".to_owned(), "true".to_owned()));
+        }
+        if !options.policies.is_empty() {
+            let dir = log_dir.join("definitions");
+            options.policies.write(&dir)?;
+            env.push((
+                "SAGAFLOW_DEFINITIONS_DIR".to_owned(),
+                dir.display().to_string(),
+            ));
         }
         env.extend(options.env);
         let _ = bins;

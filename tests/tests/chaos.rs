@@ -57,6 +57,7 @@ use std::time::{Duration, Instant};
 use sagaflow_common::db;
 use sagaflow_tests::audit::{self, count_in_log};
 use sagaflow_tests::checks::Checks;
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::duplicator::{self, Duplicator};
 use sagaflow_tests::faults::{self, OverlayTiming, Plan, Target, Timing};
 use sagaflow_tests::orders::{Expect, mixed};
@@ -71,13 +72,19 @@ use sagaflow_tests::{injector, invariants, outcomes, paused, wait_for};
 /// messages it leased to the streams of a killed orchestrator (see
 /// `common/src/pubsub/subscriber.rs`). Calls time out after 2 s, so calls
 /// to a stopped participant do not hold every send slot.
+fn chaos_policies() -> Policies {
+    Policies {
+        deadline: Some(Duration::from_millis(2000)),
+        attempts: Some(3),
+        compensation_deadline: Some(Duration::from_millis(3000)),
+        compensation_attempts: Some(60),
+        backoff_cap: Some(Duration::from_millis(1000)),
+        ..Policies::default()
+    }
+}
+
 fn chaos_env() -> Vec<(String, String)> {
     [
-        ("SAGAFLOW_STEP_DEADLINE_MS", "2000"),
-        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "3"),
-        ("SAGAFLOW_COMPENSATION_DEADLINE_MS", "3000"),
-        ("SAGAFLOW_COMPENSATION_MAX_ATTEMPTS", "60"),
-        ("SAGAFLOW_STEP_BACKOFF_CAP_MS", "1000"),
         ("SAGAFLOW_COMMAND_TIMEOUT_MS", "2000"),
         ("SAGAFLOW_TIMER_POLL_MS", "250"),
         // "event already applied" is logged at debug: it counts the
@@ -95,17 +102,21 @@ fn chaos_env() -> Vec<(String, String)> {
 /// The focused tests' step policies: quick re-sends (a lost event costs one
 /// 3 s deadline) and attempts far longer than any outage they cause, so
 /// recovery by re-sends is what they see, not compensation.
+fn recovery_policies() -> Policies {
+    Policies {
+        deadline: Some(Duration::from_millis(3000)),
+        attempts: Some(30),
+        compensation_attempts: Some(60),
+        backoff_cap: Some(Duration::from_millis(1000)),
+        ..Policies::default()
+    }
+}
+
 fn recovery_env() -> Vec<(String, String)> {
-    [
-        ("SAGAFLOW_STEP_DEADLINE_MS", "3000"),
-        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "30"),
-        ("SAGAFLOW_COMPENSATION_MAX_ATTEMPTS", "60"),
-        ("SAGAFLOW_STEP_BACKOFF_CAP_MS", "1000"),
-        ("SAGAFLOW_TIMER_POLL_MS", "250"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
+    [("SAGAFLOW_TIMER_POLL_MS", "250")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 fn env_num<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>>
@@ -197,6 +208,7 @@ async fn sagas_survive_a_seeded_fault_schedule() -> anyhow::Result<()> {
         "chaos",
         Options {
             env: chaos_env(),
+            policies: chaos_policies(),
             ..Options::default()
         },
     )
@@ -411,6 +423,7 @@ async fn an_emulator_restart_loses_events_and_deadlines_recover_them() -> anyhow
         "emurestart",
         Options {
             env: recovery_env(),
+            policies: recovery_policies(),
             ..Options::default()
         },
     )
@@ -531,12 +544,12 @@ async fn a_pivot_whose_outcome_is_late_is_not_compensated() -> anyhow::Result<()
     let sys = System::start(
         "pivot",
         Options {
+            policies: Policies {
+                deadline: Some(deadline),
+                attempts: Some(attempts),
+                ..Policies::default()
+            },
             env: vec![
-                (
-                    "SAGAFLOW_STEP_DEADLINE_MS".into(),
-                    deadline.as_millis().to_string(),
-                ),
-                ("SAGAFLOW_STEP_MAX_ATTEMPTS".into(), attempts.to_string()),
                 ("SAGAFLOW_TIMER_POLL_MS".into(), "100".into()),
                 // The approval's outcome must be missing everywhere: its
                 // event is lost below, and its reply is not used (as when

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::injector::hold_refunds;
 use sagaflow_tests::system::{self, Options, System};
 use sagaflow_tests::{free_port, reconcile};
@@ -21,19 +22,24 @@ const SETTLE: Duration = Duration::from_secs(90);
 
 /// One-second step deadlines, actions re-sent for two minutes (a step
 /// waiting on a participant that is down outlasts a restart).
+/// One-second step deadlines, actions re-sent for two minutes (a step
+/// waiting on a participant that is down outlasts a restart).
+fn policies() -> Policies {
+    Policies {
+        deadline: Some(Duration::from_millis(1000)),
+        attempts: Some(120),
+        compensation_deadline: Some(Duration::from_millis(1000)),
+        compensation_attempts: Some(3),
+        backoff_base: Some(Duration::from_millis(50)),
+        backoff_cap: Some(Duration::from_millis(500)),
+    }
+}
+
 fn env() -> Vec<(String, String)> {
-    [
-        ("SAGAFLOW_STEP_DEADLINE_MS", "1000"),
-        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "120"),
-        ("SAGAFLOW_COMPENSATION_DEADLINE_MS", "1000"),
-        ("SAGAFLOW_COMPENSATION_MAX_ATTEMPTS", "3"),
-        ("SAGAFLOW_STEP_BACKOFF_BASE_MS", "50"),
-        ("SAGAFLOW_STEP_BACKOFF_CAP_MS", "500"),
-        ("SAGAFLOW_TIMER_POLL_MS", "200"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
+    [("SAGAFLOW_TIMER_POLL_MS", "200")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// What a run printed and how it exited.
@@ -141,6 +147,7 @@ async fn place_get_list_watch_and_operate_from_the_command_line() -> anyhow::Res
         "cli",
         Options {
             env: env(),
+            policies: policies(),
             ..Options::default()
         },
     )
@@ -361,8 +368,10 @@ async fn place_get_list_watch_and_operate_from_the_command_line() -> anyhow::Res
         ]
     );
     assert_eq!(order_def["steps"][3]["compensation"], Value::Null);
-    assert_eq!(order_def["steps"][0]["policy"]["attempts"], 5);
-    assert_eq!(order_def["steps"][0]["compensation_policy"]["attempts"], 10);
+    // As this test's definitions directory gives them.
+    assert_eq!(order_def["steps"][0]["policy"]["attempts"], 120);
+    assert_eq!(order_def["steps"][0]["policy"]["deadline_ms"], 1000);
+    assert_eq!(order_def["steps"][0]["compensation_policy"]["attempts"], 3);
     let text = cli(&sys, &["definitions", "order"]).await?;
     assert!(
         text.exited(0).contains("4. approve_order (order)")
@@ -377,6 +386,62 @@ async fn place_get_list_watch_and_operate_from_the_command_line() -> anyhow::Res
     cli(&sys, &["definitions", "Bad Type!"])
         .await?
         .refused("INVALID_ARGUMENT: saga_type: ");
+
+    // `start`: any type, the input as JSON, given or read from a file.
+    let input = r#"{"customer_id": "cust-alice", "items": [{"sku": "sku-widget", "quantity": 1}], "amount_cents": 100}"#;
+    let started = cli(
+        &sys,
+        &[
+            "start",
+            "--json",
+            "order",
+            input,
+            "--idempotency-key",
+            "cli-start-1",
+        ],
+    )
+    .await?
+    .json();
+    assert_eq!(started["created"], true, "{started}");
+    assert_eq!(started["saga_type"], "order", "{started}");
+    let file = std::env::temp_dir().join(format!("sf-input-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&file, input)?;
+    let at = format!("@{}", file.display());
+    let again = cli(
+        &sys,
+        &[
+            "start",
+            "--json",
+            "order",
+            &at,
+            "--idempotency-key",
+            "cli-start-1",
+        ],
+    )
+    .await?
+    .json();
+    std::fs::remove_file(&file)?;
+    assert_eq!(again["created"], false, "{again}");
+    assert_eq!(again["saga_id"], started["saga_id"], "{again}");
+    let shown = cli(
+        &sys,
+        &["get", "--json", started["saga_id"].as_str().unwrap()],
+    )
+    .await?
+    .json();
+    assert_eq!(shown["input"]["customer_id"], "cust-alice", "{shown}");
+    cli(&sys, &["start", "order", &input.replace("100}", "0}")])
+        .await?
+        .refused("INVALID_ARGUMENT: input/amount_cents: ");
+    cli(&sys, &["start", "order", "{not json"])
+        .await?
+        .refused("INVALID_ARGUMENT: input: is not JSON");
+    cli(&sys, &["start", "trip", "{}"])
+        .await?
+        .refused("NOT_FOUND: saga_type: ");
+    cli(&sys, &["start", "order", "@/nonexistent/input.json"])
+        .await?
+        .refused("input: cannot read it");
     Ok(())
 }
 
@@ -388,6 +453,7 @@ async fn watch_resumes_across_an_orchestrator_restart() -> anyhow::Result<()> {
         "cli-watch",
         Options {
             env: env(),
+            policies: policies(),
             ..Options::default()
         },
     )

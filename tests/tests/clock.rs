@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sagaflow_tests::audit;
 use sagaflow_tests::checks::Checks;
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::history::entries_about;
 use sagaflow_tests::orders::{Expect, mixed};
 use sagaflow_tests::outcomes;
@@ -44,13 +45,11 @@ async fn an_instance_with_a_fast_clock_fires_no_deadline_early() -> anyhow::Resu
     let mut sys = System::start(
         "clock",
         Options {
-            env: [
-                ("SAGAFLOW_STEP_DEADLINE_MS", "3000"),
-                ("SAGAFLOW_TIMER_POLL_MS", "100"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
+            env: vec![("SAGAFLOW_TIMER_POLL_MS".to_owned(), "100".to_owned())],
+            policies: Policies {
+                deadline: Some(Duration::from_millis(3000)),
+                ..Policies::default()
+            },
             ..Options::default()
         },
     )

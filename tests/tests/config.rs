@@ -133,8 +133,8 @@ fn settings_that_would_wedge_or_overflow_are_refused_by_name() {
         (
             "sagaflow-orchestrator",
             vec![],
-            ("SAGAFLOW_STEP_DEADLINE_MS", "18446744073709551615"),
-            "30 days",
+            ("SAGAFLOW_STEP_DEADLINE_MS", "3000"),
+            "no longer read: step policies are set in the saga definition files",
         ),
         (
             "sagaflow-orchestrator",
@@ -191,7 +191,7 @@ fn settings_that_would_wedge_or_overflow_are_refused_by_name() {
 #[test]
 fn definitions_with_a_mistake_are_refused_naming_the_file_and_the_field() {
     let order = sagaflow_orchestrator::definitions::order::FILE;
-    let extra = "type: shipment\nversion: 1\nsteps:\n  - name: ship\n    participant: shipping\n    action: /ship.v1.Shipping/Ship\n    compensation: /ship.v1.Shipping/Recall\n";
+    let extra = "type: shipment\nversion: 1\ninput_schema: true\nsteps:\n  - name: ship\n    participant: shipping\n    action: /ship.v1.Shipping/Ship\n    compensation: /ship.v1.Shipping/Recall\n";
     type Case<'a> = (Vec<(&'a str, String)>, Vec<(&'a str, &'a str)>, String);
     let cases: Vec<Case<'_>> = vec![
         (

@@ -25,6 +25,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use sagaflow_protos::orchestrator::v1::{GetSagaRequest, Saga, SagaState};
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::orders::{mixed, order};
 use sagaflow_tests::system::{Client, Options, System};
 use sagaflow_tests::{wait_for, wait_for_port};
@@ -90,15 +91,22 @@ async fn build_console(out: &Path) -> anyhow::Result<()> {
 
 /// Shortened deadlines and attempts (as in operator.rs): a refund that
 /// cannot be delivered pauses its saga after three sends.
+/// Shortened deadlines and attempts (as in operator.rs): a refund that
+/// cannot be delivered pauses its saga after three sends.
+fn policies() -> Policies {
+    Policies {
+        deadline: Some(Duration::from_millis(1000)),
+        attempts: Some(120),
+        compensation_deadline: Some(Duration::from_millis(1000)),
+        compensation_attempts: Some(3),
+        backoff_base: Some(Duration::from_millis(50)),
+        backoff_cap: Some(Duration::from_millis(500)),
+    }
+}
+
 fn env(dist: &Path) -> Vec<(String, String)> {
     [
         ("SAGAFLOW_CONSOLE_DIR", dist.display().to_string()),
-        ("SAGAFLOW_STEP_DEADLINE_MS", "1000".to_owned()),
-        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "120".to_owned()),
-        ("SAGAFLOW_COMPENSATION_DEADLINE_MS", "1000".to_owned()),
-        ("SAGAFLOW_COMPENSATION_MAX_ATTEMPTS", "3".to_owned()),
-        ("SAGAFLOW_STEP_BACKOFF_BASE_MS", "50".to_owned()),
-        ("SAGAFLOW_STEP_BACKOFF_CAP_MS", "500".to_owned()),
         ("SAGAFLOW_TIMER_POLL_MS", "200".to_owned()),
     ]
     .into_iter()
@@ -281,6 +289,7 @@ async fn the_console_shows_sagas_live_in_a_browser() -> anyhow::Result<()> {
         "console",
         Options {
             env: env(&dist),
+            policies: policies(),
             ..Options::default()
         },
     )

@@ -10,6 +10,7 @@ use sagaflow_protos::orchestrator::v1::{
     GetSagaRequest, ListSagasRequest, PlaceOrderRequest, SagaState,
 };
 use sagaflow_tests::business::{available, order_status, payment_status, stock};
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::orders::order;
 use sagaflow_tests::system::{Options, System};
 use sagaflow_tests::{invariants, wait_for};
@@ -689,11 +690,12 @@ async fn a_command_rejected_as_malformed_is_refused_at_once() -> anyhow::Result<
     let sys = System::start(
         "malformed",
         Options {
-            env: vec![
-                ("SAGAFLOW_STEP_DEADLINE_MS".into(), "5000".into()),
-                ("SAGAFLOW_STEP_MAX_ATTEMPTS".into(), "5".into()),
-                ("SAGAFLOW_TIMER_POLL_MS".into(), "100".into()),
-            ],
+            env: vec![("SAGAFLOW_TIMER_POLL_MS".into(), "100".into())],
+            policies: Policies {
+                deadline: Some(Duration::from_millis(5000)),
+                attempts: Some(5),
+                ..Policies::default()
+            },
             ..Options::default()
         },
     )
@@ -830,5 +832,279 @@ async fn poison_messages_are_dead_lettered_listed_and_redriven() -> anyhow::Resu
         String::from_utf8(again.stdout)?.contains("re-drove 2 dead letters"),
         "only the new ones"
     );
+    Ok(())
+}
+
+/// `StartSaga`: the input is JSON, checked against the type's schema; a
+/// refusal names the JSON pointer and the rule and writes nothing. For the
+/// order type it is `PlaceOrder`'s path (the same keys, the same checks);
+/// a type defined only by a file in the directory starts too, its input
+/// stored as canonical JSON. (The shipped participants read only the order
+/// saga's input, so that saga's command is refused as malformed and it is
+/// compensated at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_saga_checks_json_input_and_shares_place_orders_keys() -> anyhow::Result<()> {
+    use sagaflow_protos::orchestrator::v1::StartSagaRequest;
+    let dir = definitions_dir()?;
+    std::fs::write(
+        dir.join("order.v1.yaml"),
+        sagaflow_orchestrator::definitions::order::FILE,
+    )?;
+    std::fs::write(
+        dir.join("loyalty.v1.yaml"),
+        "type: loyalty\nversion: 1\ninput_schema:\n  type: object\n  required: [customer_id, points]\n  additionalProperties: false\n  properties:\n    customer_id: {type: string, minLength: 1}\n    points: {type: integer, minimum: 1, maximum: 1000}\nsteps:\n  - name: award\n    participant: payment\n    action: /sagaflow.participant.v1.PaymentService/ProcessPayment\n    compensation: /sagaflow.participant.v1.PaymentService/RefundPayment\n",
+    )?;
+    let sys = start_with_definitions("start", &dir, &[]).await?;
+    let mut client = sys.client().await?;
+    let start = |saga_type: &str, input: &str, key: &str| StartSagaRequest {
+        saga_type: saga_type.to_owned(),
+        input: input.to_owned(),
+        idempotency_key: key.to_owned(),
+    };
+
+    let order_json = r#"{"customer_id": "cust-alice", "items": [{"sku": "sku-widget", "quantity": 1}], "amount_cents": 1000, "currency": "EUR"}"#;
+    let refused: Vec<(StartSagaRequest, tonic::Code, &str)> = vec![
+        (
+            start("", order_json, "k"),
+            tonic::Code::InvalidArgument,
+            "saga_type: ",
+        ),
+        (
+            start("no-such-type", order_json, "k"),
+            tonic::Code::NotFound,
+            "saga_type: ",
+        ),
+        (
+            start("ord\0er", order_json, "k"),
+            tonic::Code::InvalidArgument,
+            "saga_type: ",
+        ),
+        (
+            start("order", "", "k"),
+            tonic::Code::InvalidArgument,
+            "input: ",
+        ),
+        (
+            start("order", "{\"customer_id\": ", "k"),
+            tonic::Code::InvalidArgument,
+            "input: is not JSON",
+        ),
+        (
+            start(
+                "order",
+                &order_json.replace("\"quantity\": 1", "\"quantity\": 0"),
+                "k",
+            ),
+            tonic::Code::InvalidArgument,
+            "input/items/0/quantity: ",
+        ),
+        (
+            start("order", &order_json.replace("1000", "1e300"), "k"),
+            tonic::Code::InvalidArgument,
+            "input/amount_cents: ",
+        ),
+        (
+            start("order", &order_json.replace("1000", "\"1000\""), "k"),
+            tonic::Code::InvalidArgument,
+            "input/amount_cents: ",
+        ),
+        (
+            start(
+                "order",
+                &order_json.replace("\"EUR\"", "\"EUR\", \"admin\": true"),
+                "k",
+            ),
+            tonic::Code::InvalidArgument,
+            "input: ",
+        ),
+        (
+            start(
+                "order",
+                &order_json.replace("cust-alice", "cust-\\u0000alice"),
+                "k",
+            ),
+            tonic::Code::InvalidArgument,
+            "input/customer_id: ",
+        ),
+        (
+            start(
+                "order",
+                &order_json.replace("cust-alice", "cust-nobody"),
+                "k",
+            ),
+            tonic::Code::InvalidArgument,
+            "input/customer_id: ",
+        ),
+        (
+            start(
+                "order",
+                &order_json.replace("sku-widget", "sku-nothing"),
+                "k",
+            ),
+            tonic::Code::InvalidArgument,
+            "input/items/0/sku: ",
+        ),
+        (
+            start(
+                "order",
+                &format!("{{\"pad\": \"{}\"}}", "x".repeat(70_000)),
+                "k",
+            ),
+            tonic::Code::InvalidArgument,
+            "input: ",
+        ),
+        (
+            start(
+                "order",
+                &format!("{}{}", "[".repeat(5000), "]".repeat(5000)),
+                "k",
+            ),
+            tonic::Code::InvalidArgument,
+            "input: is not JSON",
+        ),
+        (
+            start("order", order_json, ""),
+            tonic::Code::InvalidArgument,
+            "idempotency_key: ",
+        ),
+        (
+            start("loyalty", r#"{"customer_id": "c", "points": 5000}"#, "k"),
+            tonic::Code::InvalidArgument,
+            "input/points: ",
+        ),
+        (
+            start("loyalty", r#"{"customer_id": "c"}"#, "k"),
+            tonic::Code::InvalidArgument,
+            "input: ",
+        ),
+        (
+            start("loyalty", r#"{"customer_id": "c", "points": 1}"#, "k\0"),
+            tonic::Code::InvalidArgument,
+            "idempotency_key: ",
+        ),
+    ];
+    for (req, code, prefix) in refused {
+        let shown = format!("{}: {:.60}", req.saga_type, req.input);
+        let err = client.start_saga(req).await.expect_err("must be refused");
+        assert_eq!(err.code(), code, "{shown}: {err:?}");
+        assert!(
+            err.message().starts_with(prefix),
+            "{shown}: {:?} should start with {prefix:?}",
+            err.message()
+        );
+        assert!(
+            err.message().len() < 400,
+            "{shown}: input echoed unbounded: {}",
+            err.message().len()
+        );
+    }
+    let bad_schema = client
+        .start_saga(start(
+            "order",
+            &order_json.replace("\"quantity\": 1", "\"quantity\": 0"),
+            "k",
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        bad_schema.message().ends_with("(rule: minimum)"),
+        "{bad_schema:?}"
+    );
+    assert_eq!(
+        count(&sys.dbs.orchestrator, "sagas").await?,
+        0,
+        "a refusal wrote a saga"
+    );
+    assert_eq!(count(&sys.dbs.order, "inbox").await?, 0);
+
+    // The order type: StartSaga and PlaceOrder share one key space.
+    let started = client
+        .start_saga(start("order", order_json, "key-1"))
+        .await?
+        .into_inner();
+    assert!(started.created);
+    let mut same = order("cust-alice", &[("sku-widget", 1)], 1_000);
+    same.idempotency_key = "key-1".into();
+    let placed = client.place_order(same).await?.into_inner();
+    assert_eq!(
+        (placed.saga_id.as_str(), placed.created),
+        (started.saga_id.as_str(), false)
+    );
+    let reformatted = order_json.replace(": ", ":").replace(", ", ",");
+    let again = client
+        .start_saga(start("order", &reformatted, "key-1"))
+        .await?
+        .into_inner();
+    assert_eq!(
+        (again.saga_id.as_str(), again.created),
+        (started.saga_id.as_str(), false)
+    );
+    let other = client
+        .start_saga(start("order", &order_json.replace("1000", "2000"), "key-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::AlreadyExists, "{other:?}");
+
+    // A type defined only by a file.
+    let loyalty = client
+        .start_saga(start(
+            "loyalty",
+            r#"{"points": 10, "customer_id": "cust-bob"}"#,
+            "key-1",
+        ))
+        .await?
+        .into_inner();
+    assert!(loyalty.created, "keys are per saga type");
+    let repeat = client
+        .start_saga(start(
+            "loyalty",
+            "{\"customer_id\":\"cust-bob\",\n \"points\":10}",
+            "key-1",
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(
+        (repeat.saga_id.as_str(), repeat.created),
+        (loyalty.saga_id.as_str(), false)
+    );
+    let done = sys
+        .wait_terminal(&[started.saga_id.clone(), loyalty.saga_id.clone()], SETTLE)
+        .await?;
+    let by_id = |id: &str| {
+        done.iter()
+            .find(|s| s.saga_id == id)
+            .expect("waited for")
+            .clone()
+    };
+    let order_saga = by_id(&started.saga_id);
+    assert_eq!(
+        order_saga.state,
+        SagaState::Completed as i32,
+        "{order_saga:?}"
+    );
+    assert_eq!(order_saga.saga_type, "order");
+    let shown: serde_json::Value = serde_json::from_str(&order_saga.input_json)?;
+    assert_eq!(
+        shown,
+        serde_json::from_str::<serde_json::Value>(order_json)?
+    );
+    let loyalty_saga = by_id(&loyalty.saga_id);
+    assert_eq!(loyalty_saga.saga_type, "loyalty");
+    assert!(loyalty_saga.order.is_none());
+    assert_eq!(
+        loyalty_saga.input_json,
+        r#"{"customer_id":"cust-bob","points":10}"#
+    );
+    assert_eq!(
+        loyalty_saga.state,
+        SagaState::Compensated as i32,
+        "{loyalty_saga:?}"
+    );
+    assert!(
+        loyalty_saga.reason.contains("invalid_command"),
+        "{:?}",
+        loyalty_saga.reason
+    );
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use sagaflow_common::db;
 use sagaflow_tests::audit;
 use sagaflow_tests::checks::Checks;
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::orders::{Expect, mixed};
 use sagaflow_tests::placer::{Pace, place_all};
 use sagaflow_tests::system::{Options, System};
@@ -20,15 +21,21 @@ use sagaflow_tests::{outcomes, wait_for};
 
 const SAGAS: usize = 400;
 
+/// Recovery of the dead instance's work waits for step deadlines.
+/// Attempts cover well over the minute for which the emulator keeps the
+/// messages it leases to the dead instance's streams (see
+/// common/src/pubsub/subscriber.rs).
+fn policies() -> Policies {
+    Policies {
+        deadline: Some(Duration::from_millis(3000)),
+        attempts: Some(30),
+        compensation_attempts: Some(60),
+        ..Policies::default()
+    }
+}
+
 fn env() -> Vec<(String, String)> {
     [
-        // Recovery of the dead instance's work waits for step deadlines.
-        // Attempts cover well over the minute for which the emulator keeps
-        // the messages it leases to the dead instance's streams (see
-        // common/src/pubsub/subscriber.rs).
-        ("SAGAFLOW_STEP_DEADLINE_MS", "3000"),
-        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "30"),
-        ("SAGAFLOW_COMPENSATION_MAX_ATTEMPTS", "60"),
         ("SAGAFLOW_TIMER_POLL_MS", "250"),
         // Two of everything on one Postgres shared with other tests.
         ("SAGAFLOW_DB_POOL_SIZE", "6"),
@@ -49,6 +56,7 @@ async fn two_orchestrators_and_two_relays_survive_losing_one_of_each() -> anyhow
         "instances",
         Options {
             env: env(),
+            policies: policies(),
             orchestrators: 2,
             relays: 2,
             ..Options::default()

@@ -15,6 +15,7 @@ use sagaflow_protos::orchestrator::v1::{
     StepStatus,
 };
 use sagaflow_tests::business::{order_status, payment_status, reservation_status, stock};
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::orders::order;
 use sagaflow_tests::system::{Client, Options, System};
 use sagaflow_tests::{invariants, wait_for};
@@ -23,22 +24,19 @@ const SETTLE: Duration = Duration::from_secs(90);
 
 /// One-second deadlines; actions get two minutes of re-sends (a stalled
 /// step must outlast process restarts), compensations `undo_attempts`.
-fn env(undo_attempts: u32) -> Vec<(String, String)> {
-    [
-        ("SAGAFLOW_STEP_DEADLINE_MS", "1000".to_owned()),
-        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "120".to_owned()),
-        ("SAGAFLOW_COMPENSATION_DEADLINE_MS", "1000".to_owned()),
-        (
-            "SAGAFLOW_COMPENSATION_MAX_ATTEMPTS",
-            undo_attempts.to_string(),
-        ),
-        ("SAGAFLOW_STEP_BACKOFF_BASE_MS", "50".to_owned()),
-        ("SAGAFLOW_STEP_BACKOFF_CAP_MS", "500".to_owned()),
-        ("SAGAFLOW_TIMER_POLL_MS", "200".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+fn policies(undo_attempts: u32) -> Policies {
+    Policies {
+        deadline: Some(Duration::from_millis(1000)),
+        attempts: Some(120),
+        compensation_deadline: Some(Duration::from_millis(1000)),
+        compensation_attempts: Some(undo_attempts),
+        backoff_base: Some(Duration::from_millis(50)),
+        backoff_cap: Some(Duration::from_millis(500)),
+    }
+}
+
+fn env() -> Vec<(String, String)> {
+    vec![("SAGAFLOW_TIMER_POLL_MS".to_owned(), "200".to_owned())]
 }
 
 async fn get(client: &Client, saga_id: &str) -> anyhow::Result<Saga> {
@@ -179,7 +177,8 @@ async fn a_paused_saga_is_retried_after_the_fix() -> anyhow::Result<()> {
     let mut sys = System::start(
         "operator-retry",
         Options {
-            env: env(3),
+            env: env(),
+            policies: policies(3),
             ..Options::default()
         },
     )
@@ -358,7 +357,8 @@ async fn a_running_saga_is_cancelled_and_compensated() -> anyhow::Result<()> {
     let mut sys = System::start(
         "operator-cancel",
         Options {
-            env: env(120),
+            env: env(),
+            policies: policies(120),
             ..Options::default()
         },
     )

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use sagaflow_common::db;
 use sagaflow_tests::audit;
 use sagaflow_tests::checks::Checks;
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::history::{entries_about, step_latencies};
 use sagaflow_tests::orders::{Expect, mixed};
 use sagaflow_tests::outcomes;
@@ -22,13 +23,20 @@ use sagaflow_tests::system::{Options, System};
 
 const DEADLINE: Duration = Duration::from_secs(3);
 
+/// Three-second deadlines; a budget of 8 deadlines: the 9 s outage is well
+/// inside it.
+fn policies() -> Policies {
+    Policies {
+        deadline: Some(DEADLINE),
+        attempts: Some(8),
+        compensation_attempts: Some(20),
+        backoff_cap: Some(Duration::from_millis(1000)),
+        ..Policies::default()
+    }
+}
+
 fn env() -> Vec<(String, String)> {
     [
-        ("SAGAFLOW_STEP_DEADLINE_MS", "3000"),
-        // A budget of 8 deadlines: the 9 s outage is well inside it.
-        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "8"),
-        ("SAGAFLOW_COMPENSATION_MAX_ATTEMPTS", "20"),
-        ("SAGAFLOW_STEP_BACKOFF_CAP_MS", "1000"),
         ("SAGAFLOW_TIMER_POLL_MS", "250"),
         // 64 commands in flight at once (256 by default): the 300+ sagas
         // waiting on payment outnumber the send slots several times over, as
@@ -57,6 +65,7 @@ async fn a_dead_participant_does_not_starve_the_healthy_ones() -> anyhow::Result
         "outage",
         Options {
             env: env(),
+            policies: policies(),
             ..Options::default()
         },
     )

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use sagaflow_tests::audit;
 use sagaflow_tests::checks::Checks;
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::orders::mixed;
 use sagaflow_tests::outcomes;
 use sagaflow_tests::placer::{Pace, place_all};
@@ -21,15 +22,13 @@ const EXIT_BOUND: Duration = Duration::from_secs(15);
 /// Quick re-sends; attempts well over the minute for which the emulator
 /// keeps messages it leased to a stopped orchestrator's streams (see
 /// common/src/pubsub/subscriber.rs).
-fn env() -> Vec<(String, String)> {
-    [
-        ("SAGAFLOW_STEP_DEADLINE_MS", "3000"),
-        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "30"),
-        ("SAGAFLOW_COMPENSATION_MAX_ATTEMPTS", "60"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
+fn policies() -> Policies {
+    Policies {
+        deadline: Some(Duration::from_millis(3000)),
+        attempts: Some(30),
+        compensation_attempts: Some(60),
+        ..Policies::default()
+    }
 }
 
 /// Wait for `name` (already sent SIGTERM at `since`) to exit; prints and
@@ -62,7 +61,7 @@ async fn sigterm_mid_flight_exits_cleanly_and_nothing_is_lost() -> anyhow::Resul
     let mut sys = System::start(
         "shutdown",
         Options {
-            env: env(),
+            policies: policies(),
             ..Options::default()
         },
     )

@@ -19,22 +19,27 @@ use sagaflow_protos::orchestrator::v1::{
 };
 use sagaflow_tests::audit::{self, count_in_log};
 use sagaflow_tests::checks::Checks;
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::orders::{Expect, mixed, order};
 use sagaflow_tests::placer::{Pace, place_all};
 use sagaflow_tests::system::{Options, System};
 use sagaflow_tests::{outcomes, wait_for};
 
+fn policies() -> Policies {
+    Policies {
+        deadline: Some(Duration::from_millis(1500)),
+        attempts: Some(40),
+        compensation_attempts: Some(40),
+        backoff_cap: Some(Duration::from_millis(500)),
+        ..Policies::default()
+    }
+}
+
 fn env() -> Vec<(String, String)> {
-    [
-        ("SAGAFLOW_STEP_DEADLINE_MS", "1500"),
-        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "40"),
-        ("SAGAFLOW_COMPENSATION_MAX_ATTEMPTS", "40"),
-        ("SAGAFLOW_STEP_BACKOFF_CAP_MS", "500"),
-        ("SAGAFLOW_TIMER_POLL_MS", "100"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
+    [("SAGAFLOW_TIMER_POLL_MS", "100")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// Place an order; its saga id.
@@ -76,6 +81,7 @@ async fn one_bad_saga_never_stops_the_others() -> anyhow::Result<()> {
         "suspend",
         Options {
             env: env(),
+            policies: policies(),
             ..Options::default()
         },
     )

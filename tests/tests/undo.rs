@@ -18,6 +18,7 @@ use sagaflow_protos::orchestrator::v1::{
 };
 use sagaflow_tests::business::{available, order_status, payment_status};
 use sagaflow_tests::checks::Checks;
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::injector::hold_refunds;
 use sagaflow_tests::orders::order;
 use sagaflow_tests::system::{Options, System};
@@ -29,15 +30,21 @@ const SETTLE: Duration = Duration::from_secs(60);
 
 /// Actions get 2 attempts of 1.5 s; calls may wait a minute (a charge
 /// waiting on a lock is not cut off by the caller).
+/// Actions get 2 attempts of 1.5 s.
+fn policies() -> Policies {
+    Policies {
+        deadline: Some(Duration::from_millis(1500)),
+        attempts: Some(2),
+        compensation_deadline: Some(Duration::from_millis(1500)),
+        compensation_attempts: Some(20),
+        backoff_base: Some(Duration::from_millis(50)),
+        backoff_cap: Some(Duration::from_millis(500)),
+    }
+}
+
 fn env() -> Vec<(String, String)> {
     [
-        ("SAGAFLOW_STEP_DEADLINE_MS", "1500"),
-        ("SAGAFLOW_STEP_MAX_ATTEMPTS", "2"),
-        ("SAGAFLOW_COMPENSATION_DEADLINE_MS", "1500"),
-        ("SAGAFLOW_COMPENSATION_MAX_ATTEMPTS", "20"),
         ("SAGAFLOW_COMMAND_TIMEOUT_MS", "60000"),
-        ("SAGAFLOW_STEP_BACKOFF_BASE_MS", "50"),
-        ("SAGAFLOW_STEP_BACKOFF_CAP_MS", "500"),
         ("SAGAFLOW_TIMER_POLL_MS", "100"),
     ]
     .into_iter()
@@ -113,6 +120,7 @@ async fn a_compensation_that_overtakes_its_action_leaves_a_tombstone_and_the_act
         "overtake",
         Options {
             env: env(),
+            policies: policies(),
             ..Options::default()
         },
     )
@@ -251,6 +259,7 @@ async fn a_held_refund_pauses_the_saga_until_the_hold_is_lifted_and_an_operator_
         "held",
         Options {
             env: env(),
+            policies: policies(),
             ..Options::default()
         },
     )

@@ -13,6 +13,7 @@ use futures::StreamExt as _;
 use sagaflow_protos::orchestrator::v1::{
     GetSagaRequest, HistoryEntry, SagaState, WatchSagaRequest, WatchSagasRequest,
 };
+use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::orders::{mixed, order};
 use sagaflow_tests::system::{Client, Options, System};
 use sagaflow_tests::wait_for;
@@ -24,14 +25,12 @@ const SETTLE: Duration = Duration::from_secs(90);
 /// after the participant is back.
 fn quick() -> Options {
     Options {
-        env: [
-            ("SAGAFLOW_COMMAND_TIMEOUT_MS", "1000"),
-            ("SAGAFLOW_STEP_DEADLINE_MS", "1500"),
-            ("SAGAFLOW_STEP_BACKOFF_CAP_MS", "500"),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect(),
+        env: vec![("SAGAFLOW_COMMAND_TIMEOUT_MS".to_owned(), "1000".to_owned())],
+        policies: Policies {
+            deadline: Some(Duration::from_millis(1500)),
+            backoff_cap: Some(Duration::from_millis(500)),
+            ..Policies::default()
+        },
         ..Options::default()
     }
 }

@@ -7,6 +7,7 @@ mod list;
 mod operate;
 mod place;
 mod reconcile;
+mod start;
 pub mod watch;
 
 use std::process::ExitCode;
@@ -21,6 +22,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let api = || Api::from_args(&cli.api);
     match cli.command {
         Command::Place(a) => place::run(&api()?, a, json).await,
+        Command::Start {
+            saga_type,
+            input,
+            idempotency_key,
+        } => start::run(&api()?, saga_type, input, idempotency_key, json).await,
         Command::Get { saga_id } => get::run(&api()?, saga_id, json).await,
         Command::List(a) => list::run(&api()?, a, json).await,
         Command::Watch(a) => watch::run(&api()?, a, json).await,

@@ -91,6 +91,65 @@ fn units(field: impl std::fmt::Display, value: i64) -> Result<i64, Status> {
     }
 }
 
+/// An order saga's input as `StartSaga` takes it (JSON, already valid
+/// against the order schema), as the `PlaceOrder` request it stands for.
+pub fn order_from_json(
+    input: serde_json::Value,
+    idempotency_key: &str,
+) -> Result<pb::PlaceOrderRequest, Status> {
+    #[derive(serde::Deserialize)]
+    struct Order {
+        customer_id: String,
+        items: Vec<Item>,
+        amount_cents: i64,
+        #[serde(default)]
+        currency: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        sku: String,
+        quantity: i64,
+    }
+    let o: Order = serde_json::from_value(input).map_err(|e| invalid("input", e))?;
+    Ok(pb::PlaceOrderRequest {
+        idempotency_key: idempotency_key.to_owned(),
+        customer_id: o.customer_id,
+        items: o
+            .items
+            .into_iter()
+            .map(|i| OrderItem {
+                sku: i.sku,
+                quantity: i.quantity,
+            })
+            .collect(),
+        amount_cents: o.amount_cents,
+        currency: o.currency,
+    })
+}
+
+/// A `PlaceOrder` error about a field of the order, as `StartSaga` names
+/// it: a JSON pointer into its input (`items[1].sku: …` becomes
+/// `input/items/1/sku: …`). Other errors pass as they are.
+pub fn as_input_pointer(status: Status) -> Status {
+    if status.code() != tonic::Code::InvalidArgument {
+        return status;
+    }
+    let msg = status.message();
+    let Some((field, reason)) = msg.split_once(": ") else {
+        return status;
+    };
+    if field == "idempotency_key" || field.contains(' ') {
+        return status;
+    }
+    let pointer: String = field
+        .replace('[', ".")
+        .replace(']', "")
+        .split('.')
+        .map(|part| format!("/{part}"))
+        .collect();
+    Status::invalid_argument(format!("input{pointer}: {reason}"))
+}
+
 /// Check a `PlaceOrder` request's shape (not yet the catalogue or the
 /// customer): the idempotency key and the order input.
 pub fn place_order(req: &pb::PlaceOrderRequest) -> Result<(&str, OrderInput), Status> {

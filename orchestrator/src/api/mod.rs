@@ -1,4 +1,4 @@
-//! The public gRPC API: `PlaceOrder`, `GetSaga`, `ListSagas`, and the
+//! The public gRPC API: `PlaceOrder` and `StartSaga`, `GetSaga`, `ListSagas`, and the
 //! operator actions `RetrySaga`, `CancelSaga` and the dead-letter RPCs
 //! ([`deadletters`]). Tokens are checked before any of this runs
 //! ([`crate::auth`]).
@@ -30,6 +30,7 @@ use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
+use crate::definitions::input as schema_input;
 use crate::definitions::order;
 use crate::driver::Driver;
 use crate::saga::Event;
@@ -74,28 +75,81 @@ impl Api {
             return existing(e);
         }
         self.lookups.check(&input).await?;
+        let definition = crate::definitions::latest(order::SAGA_TYPE).ok_or_else(|| {
+            Status::failed_precondition(
+                "the order saga is not defined here: no order definition among SAGAFLOW_DEFINITIONS_DIR's files",
+            )
+        })?;
+        self.start_new(definition, key, encoded).await
+    }
+
+    /// `StartSaga`: the order type goes through [`place`](Self::place)
+    /// (its checks and its keys); any other type's input is checked
+    /// against its schema and stored as canonical JSON.
+    async fn start(
+        &self,
+        req: pb::StartSagaRequest,
+    ) -> Result<Response<pb::StartSagaResponse>, Status> {
+        let saga_type = input::required_key("saga_type", &req.saga_type)?;
+        crate::definitions::file::check_type_name(saga_type)
+            .map_err(|p| invalid("saga_type", p))?;
+        let span = tracing::Span::current();
+        span.set_attribute("saga.type", saga_type.to_owned());
+        let definition = crate::definitions::latest(saga_type).ok_or_else(|| {
+            Status::not_found(format!(
+                "saga_type: no saga type {} is defined here (ListDefinitions lists them)",
+                input::preview(saga_type)
+            ))
+        })?;
+        let value =
+            schema_input::parse(&req.input).map_err(|r| Status::invalid_argument(r.to_string()))?;
+        schema_input::validate(&definition, &value)
+            .map_err(|r| Status::invalid_argument(r.to_string()))?;
+        let placed = if saga_type == order::SAGA_TYPE {
+            let order = input::order_from_json(value, &req.idempotency_key)?;
+            self.place(order).await.map_err(input::as_input_pointer)?
+        } else {
+            let key = input::required_key("idempotency_key", &req.idempotency_key)?;
+            let encoded = schema_input::canonical(&value);
+            match store::find_by_key(self.driver.pool(), saga_type, key, &encoded).await? {
+                Some(e) => existing(e)?,
+                None => self.start_new(definition, key, encoded).await?,
+            }
+        };
+        let placed = placed.into_inner();
+        Ok(Response::new(pb::StartSagaResponse {
+            saga_id: placed.saga_id,
+            created: placed.created,
+            state: placed.state,
+        }))
+    }
+
+    /// Store a new saga of `definition` with its encoded input, and set it
+    /// going once committed.
+    async fn start_new(
+        &self,
+        definition: crate::saga::Definition,
+        key: &str,
+        input: Vec<u8>,
+    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
         let saga_id = Uuid::now_v7();
         let span = tracing::Span::current();
         span.set_attribute("saga.id", saga_id.to_string());
-        span.set_attribute("saga.type", order::SAGA_TYPE);
+        span.set_attribute("saga.type", definition.saga_type.clone());
         let placed = store::place(
             self.driver.pool(),
             store::NewSaga {
                 saga_id,
                 idempotency_key: key.to_owned(),
-                definition: crate::definitions::latest(order::SAGA_TYPE).ok_or_else(|| {
-                    Status::failed_precondition(
-                        "the order saga is not defined here: no order definition among SAGAFLOW_DEFINITIONS_DIR's files",
-                    )
-                })?,
-                input: encoded,
+                definition,
+                input,
                 traceparent: sagaflow_common::trace::current_traceparent(),
             },
         )
         .await?;
         match placed {
             Placed::Created(committed) => {
-                tracing::debug!(saga.id = %saga_id, "order saga placed");
+                tracing::debug!(saga.id = %saga_id, saga.type = %committed.ctx.saga_type, "saga started");
                 self.driver.metrics().started(&committed.ctx.saga_type);
                 self.driver.carry_out(&committed, None);
                 Ok(Response::new(pb::PlaceOrderResponse {
@@ -227,7 +281,7 @@ fn annotate(request_id: Option<&str>, reason: Option<&str>) -> String {
 fn existing(e: Existing) -> Result<Response<pb::PlaceOrderResponse>, Status> {
     if !e.same_input {
         return Err(Status::already_exists(format!(
-            "idempotency_key: already used by saga {} for a different order",
+            "idempotency_key: already used by saga {} for a different input",
             e.saga_id
         )));
     }
@@ -287,6 +341,20 @@ impl SagaService for Api {
         let span = server_span("PlaceOrder", request.metadata(), None);
         let result = self
             .place(request.into_inner())
+            .instrument(span.clone())
+            .await;
+        ended(&span, &result);
+        result
+    }
+
+    async fn start_saga(
+        &self,
+        request: Request<pb::StartSagaRequest>,
+    ) -> Result<Response<pb::StartSagaResponse>, Status> {
+        // As PlaceOrder's: the root of the new saga's trace.
+        let span = server_span("StartSaga", request.metadata(), None);
+        let result = self
+            .start(request.into_inner())
             .instrument(span.clone())
             .await;
         ended(&span, &result);

@@ -33,6 +33,8 @@ struct File {
     #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
+    /// JSON Schema (draft 2020-12) of the saga's input.
+    input_schema: serde_json::Value,
     #[serde(default)]
     defaults: Defaults,
     steps: Vec<Step>,
@@ -87,6 +89,7 @@ pub fn parse(
     if file.version == 0 {
         return Err(at("version", "must be 1 or more".to_owned()));
     }
+    super::input::check_schema(&file.input_schema).map_err(|p| at("input_schema", p))?;
     if file.steps.is_empty() {
         return Err(at("steps", "a saga needs at least one step".to_owned()));
     }
@@ -158,6 +161,7 @@ pub fn parse(
         saga_type: file.saga_type,
         version: file.version,
         steps,
+        input_schema: Some(file.input_schema),
     };
     def.validate().map_err(|e| format!("{name}: {e}"))?;
     Ok(def)
@@ -313,7 +317,7 @@ mod tests {
         parse("t.yaml", text, Some(&participants())).unwrap_err()
     }
 
-    const MINIMAL: &str = "type: t\nversion: 1\nsteps:\n  - name: a\n    participant: order\n    action: /p.v1.S/A\n    compensation: /p.v1.S/UndoA\n";
+    const MINIMAL: &str = "type: t\nversion: 1\ninput_schema: {type: object}\nsteps:\n  - name: a\n    participant: order\n    action: /p.v1.S/A\n    compensation: /p.v1.S/UndoA\n";
 
     #[test]
     fn the_shipped_order_file_parses_with_the_documented_defaults() {
@@ -468,6 +472,28 @@ mod tests {
     }
 
     #[test]
+    fn the_input_schema_is_required_and_checked() {
+        let without = MINIMAL.replace("input_schema: {type: object}\n", "");
+        let e = err(&without);
+        assert!(e.contains("input_schema"), "{e}");
+        let e = err(&MINIMAL.replace("{type: object}", "{type: objekt}"));
+        assert!(
+            e.starts_with("t.yaml: input_schema: not a valid draft 2020-12 schema at /type"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "{type: object}",
+            "{$schema: 'http://json-schema.org/draft-07/schema#'}",
+        ));
+        assert!(e.starts_with("t.yaml: input_schema: $schema is"), "{e}");
+        let e = err(&MINIMAL.replace("{type: object}", "[1, 2]"));
+        assert!(
+            e.starts_with("t.yaml: input_schema: must be a JSON Schema"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn duplicate_names_a_pivot_before_others_and_no_steps_are_refused() {
         let two = format!(
             "{MINIMAL}  - name: a\n    participant: order\n    action: /p.v1.S/B\n    compensation: none\n"
@@ -484,10 +510,13 @@ mod tests {
             "{e}"
         );
         assert!(
-            err("type: t\nversion: 1\nsteps: []\n")
+            err("type: t\nversion: 1\ninput_schema: true\nsteps: []\n")
                 .starts_with("t.yaml: steps: a saga needs at least one step")
         );
-        assert!(err("type: t\nversion: 1\n").starts_with("t.yaml: missing field `steps`"));
+        assert!(
+            err("type: t\nversion: 1\ninput_schema: true\n")
+                .starts_with("t.yaml: missing field `steps`")
+        );
         assert!(err("type: t\n\0version: 1\n").starts_with("t.yaml: "));
         assert!(err("- not\n- a map\n").starts_with("t.yaml: "));
     }

@@ -10,6 +10,7 @@
 //! as the registry every lookup reads.
 
 pub mod file;
+pub mod input;
 pub mod order;
 pub mod stored;
 
@@ -19,8 +20,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::saga::Definition;
 
-/// What this process runs (with its overrides applied); `None` until the
-/// start installs it.
+/// What this process runs; `None` until the start installs it.
 static INSTALLED: RwLock<Option<Arc<Vec<Definition>>>> = RwLock::new(None);
 
 fn installed() -> Option<Arc<Vec<Definition>>> {
@@ -29,9 +29,8 @@ fn installed() -> Option<Arc<Vec<Definition>>> {
 
 /// Read the definitions: every `*.yaml` / `*.yml` file directly in `dir`,
 /// or the built-in order saga when `dir` is `None`, as (file, definition as
-/// written). Each is checked against `participants` (key → endpoint), and
-/// again with the process's policy overrides applied. Errors name the file
-/// and the field.
+/// written). Each is checked against `participants` (key → endpoint).
+/// Errors name the file and the field.
 pub fn load(
     dir: Option<&Path>,
     participants: &BTreeMap<String, String>,
@@ -69,11 +68,10 @@ pub fn load(
             }
         }
     }
-    let overrides = order::overrides();
     let mut defs = Vec::with_capacity(files.len());
     let mut seen: BTreeMap<(String, u32), String> = BTreeMap::new();
     for (name, text) in files {
-        let mut def = file::parse(&name, &text, Some(participants)).map_err(anyhow::Error::msg)?;
+        let def = file::parse(&name, &text, Some(participants)).map_err(anyhow::Error::msg)?;
         if let Some(other) = seen.insert((def.saga_type.clone(), def.version), name.clone()) {
             anyhow::bail!(
                 "{name}: {} version {} is also defined by {other}: one file per type and version",
@@ -81,25 +79,18 @@ pub fn load(
                 def.version
             );
         }
-        let written = def.clone();
-        overrides.apply_to(&mut def);
-        def.validate()
-            .map_err(|e| anyhow::anyhow!("{name}, with the SAGAFLOW_STEP_* overrides: {e}"))?;
-        defs.push((name, written));
+        defs.push((name, def));
     }
     Ok(defs)
 }
 
-/// Make `defs` (as written) the definitions this process runs, with its
-/// overrides applied.
+/// Make `defs` the definitions this process runs.
 pub fn install(defs: Vec<Definition>) {
-    let defs = with_overrides(defs);
     *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(defs));
 }
 
-/// Run `defs` (as written) too.
+/// Run `defs` too.
 pub fn add(defs: Vec<Definition>) {
-    let defs = with_overrides(defs);
     let mut guard = INSTALLED.write().unwrap_or_else(|e| e.into_inner());
     let mut all: Vec<Definition> = guard.as_deref().cloned().unwrap_or_default();
     for d in defs {
@@ -111,14 +102,6 @@ pub fn add(defs: Vec<Definition>) {
         }
     }
     *guard = Some(Arc::new(all));
-}
-
-fn with_overrides(mut defs: Vec<Definition>) -> Vec<Definition> {
-    let overrides = order::overrides();
-    for d in &mut defs {
-        overrides.apply_to(d);
-    }
-    defs
 }
 
 /// Every definition this process runs, at every version still in use:

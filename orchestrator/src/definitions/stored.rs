@@ -125,8 +125,8 @@ pub async fn stored_except(
     Ok(out)
 }
 
-/// Add the versions other instances stored since this one started (with the
-/// process's overrides); how many were added.
+/// Add the versions other instances stored since this one started; how
+/// many were added.
 pub async fn refresh(pool: &Pool) -> anyhow::Result<usize> {
     let have: HashSet<(String, u32)> = super::registry()
         .into_iter()

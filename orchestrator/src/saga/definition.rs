@@ -13,6 +13,10 @@ pub struct Definition {
     pub saga_type: String,
     pub version: u32,
     pub steps: Vec<StepDef>,
+    /// JSON Schema (draft 2020-12) every input of this type must satisfy;
+    /// `None` (definitions built in code) accepts any input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +156,7 @@ mod tests {
 
     fn def(steps: Vec<StepDef>) -> Definition {
         Definition {
+            input_schema: None,
             saga_type: "t".into(),
             version: 1,
             steps,

@@ -41,6 +41,7 @@ pub(super) fn shipment_step(
 /// compensation.
 pub(super) fn shipment() -> Definition {
     Definition {
+        input_schema: None,
         saga_type: "shipment".to_owned(),
         version: 7,
         steps: vec![
