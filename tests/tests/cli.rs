@@ -368,6 +368,11 @@ async fn place_get_list_watch_and_operate_from_the_command_line() -> anyhow::Res
         ]
     );
     assert_eq!(order_def["steps"][3]["compensation"], Value::Null);
+    assert_eq!(
+        order_def["input_schema"]["required"],
+        serde_json::json!(["customer_id", "items", "amount_cents"]),
+        "{order_def}"
+    );
     // As this test's definitions directory gives them.
     assert_eq!(order_def["steps"][0]["policy"]["attempts"], 120);
     assert_eq!(order_def["steps"][0]["policy"]["deadline_ms"], 1000);

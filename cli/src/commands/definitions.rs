@@ -110,6 +110,9 @@ fn describe(d: &SagaDefinition) -> String {
             );
         }
     }
+    if !d.input_schema_json.is_empty() {
+        let _ = writeln!(out, "\ninput schema  {}", d.input_schema_json);
+    }
     out
 }
 
@@ -133,6 +136,7 @@ fn definition_json(d: &SagaDefinition) -> Value {
         "newest": d.newest,
         "hash": d.hash,
         "source": d.source,
+        "input_schema": serde_json::from_str::<Value>(&d.input_schema_json).ok(),
         "steps": d.steps.iter().map(|s| json!({
             "name": s.name,
             "participant": s.participant,

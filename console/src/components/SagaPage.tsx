@@ -98,6 +98,14 @@ export function SagaPage(props: {
                 <dd>{formatMoney(saga.order)}</dd>
               </>
             )}
+            {!saga.order && saga.inputJson && (
+              <>
+                <dt>Input</dt>
+                <dd>
+                  <code class="input">{saga.inputJson}</code>
+                </dd>
+              </>
+            )}
             <dt>Created</dt>
             <dd>
               <time>{formatTime(saga.createdAt)}</time>

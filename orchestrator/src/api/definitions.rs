@@ -27,6 +27,11 @@ fn view(s: stored::Stored, newest: bool) -> pb::SagaDefinition {
         source: s.source,
         stored_at: Some(crate::views::ts(s.stored_at)),
         newest,
+        input_schema_json: d
+            .input_schema
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
         steps: d
             .steps
             .iter()

@@ -329,4 +329,39 @@ mod tests {
         assert_eq!(key("request_id", "").unwrap(), None);
         assert_eq!(reason("", false).unwrap(), None);
     }
+
+    #[test]
+    fn place_order_fields_become_pointers_into_the_input() {
+        let msg = |s: Status| s.message().to_owned();
+        assert_eq!(
+            msg(as_input_pointer(invalid("items[1].sku", "unknown item"))),
+            "input/items/1/sku: unknown item"
+        );
+        assert_eq!(
+            msg(as_input_pointer(invalid(
+                "customer_id",
+                "contains control characters"
+            ))),
+            "input/customer_id: contains control characters"
+        );
+        // Not about the input, or not a field: as it was.
+        assert_eq!(
+            msg(as_input_pointer(invalid("idempotency_key", "is required"))),
+            "idempotency_key: is required"
+        );
+        let other = as_input_pointer(Status::unavailable("items: down"));
+        assert_eq!(other.code(), tonic::Code::Unavailable);
+        assert_eq!(other.message(), "items: down");
+    }
+
+    #[test]
+    fn an_order_as_json_is_the_place_order_request() {
+        let json = serde_json::json!({"customer_id": "c", "items": [{"sku": "s", "quantity": 2}], "amount_cents": 7});
+        let req = order_from_json(json, "k").unwrap();
+        assert_eq!(req.idempotency_key, "k");
+        assert_eq!(req.items[0].quantity, 2);
+        assert_eq!(req.currency, "");
+        let (_, input) = place_order(&req).unwrap();
+        assert_eq!(input.currency, "EUR");
+    }
 }
