@@ -40,7 +40,7 @@ impl TestDb {
             NewSaga {
                 saga_id,
                 idempotency_key: key.to_owned(),
-                definition: order::definition(),
+                definition: order::shared(),
                 input: vec![1, 2, 3],
                 traceparent: None,
             },

@@ -34,7 +34,7 @@ impl TestDb {
             NewSaga {
                 saga_id,
                 idempotency_key: key.to_owned(),
-                definition: order::definition(),
+                definition: order::shared(),
                 input: vec![],
                 traceparent: None,
             },

@@ -716,7 +716,7 @@ async fn a_command_rejected_as_malformed_is_refused_at_once() -> anyhow::Result<
         sagaflow_orchestrator::store::NewSaga {
             saga_id,
             idempotency_key: "forged".into(),
-            definition: sagaflow_orchestrator::definitions::order::definition(),
+            definition: sagaflow_orchestrator::definitions::order::shared(),
             input: input.encode_to_vec(),
             traceparent: None,
         },

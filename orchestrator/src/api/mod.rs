@@ -128,7 +128,7 @@ impl Api {
     /// going once committed.
     async fn start_new(
         &self,
-        definition: crate::saga::Definition,
+        definition: Arc<crate::saga::Definition>,
         key: &str,
         input: Vec<u8>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {

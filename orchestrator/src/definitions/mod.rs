@@ -21,9 +21,11 @@ use std::sync::{Arc, RwLock};
 use crate::saga::Definition;
 
 /// What this process runs; `None` until the start installs it.
-static INSTALLED: RwLock<Option<Arc<Vec<Definition>>>> = RwLock::new(None);
+/// Each definition behind its own `Arc`: a lookup on the send and apply
+/// paths hands out a pointer, never a copy (the input schema can be big).
+static INSTALLED: RwLock<Option<Arc<Vec<Arc<Definition>>>>> = RwLock::new(None);
 
-fn installed() -> Option<Arc<Vec<Definition>>> {
+fn installed() -> Option<Arc<Vec<Arc<Definition>>>> {
     INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
@@ -86,19 +88,20 @@ pub fn load(
 
 /// Make `defs` the definitions this process runs.
 pub fn install(defs: Vec<Definition>) {
+    let defs: Vec<Arc<Definition>> = defs.into_iter().map(Arc::new).collect();
     *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(defs));
 }
 
 /// Run `defs` too.
 pub fn add(defs: Vec<Definition>) {
     let mut guard = INSTALLED.write().unwrap_or_else(|e| e.into_inner());
-    let mut all: Vec<Definition> = guard.as_deref().cloned().unwrap_or_default();
+    let mut all: Vec<Arc<Definition>> = guard.as_deref().cloned().unwrap_or_default();
     for d in defs {
         if !all
             .iter()
             .any(|o| o.saga_type == d.saga_type && o.version == d.version)
         {
-            all.push(d);
+            all.push(Arc::new(d));
         }
     }
     *guard = Some(Arc::new(all));
@@ -108,31 +111,35 @@ pub fn add(defs: Vec<Definition>) {
 /// those installed at start, else (code that runs without a start, such as
 /// unit tests) the built-in order saga. Instances keep the version they
 /// started with.
-pub fn registry() -> Vec<Definition> {
+pub fn registry() -> Vec<Arc<Definition>> {
     match installed() {
         Some(defs) => defs.as_ref().clone(),
-        None => vec![order::definition()],
+        None => vec![order::shared()],
     }
 }
 
 /// The definition for a saga type at a version.
-pub fn find(saga_type: &str, version: u32) -> Option<Definition> {
+pub fn find(saga_type: &str, version: u32) -> Option<Arc<Definition>> {
     match installed() {
         Some(defs) => defs
             .iter()
             .find(|d| d.saga_type == saga_type && d.version == version)
             .cloned(),
-        None => {
-            Some(order::definition()).filter(|d| d.saga_type == saga_type && d.version == version)
-        }
+        None => Some(order::shared()).filter(|d| d.saga_type == saga_type && d.version == version),
     }
 }
 
 /// The newest version of `saga_type`, which new sagas of the type start
 /// with.
-pub fn latest(saga_type: &str) -> Option<Definition> {
-    registry()
-        .into_iter()
-        .filter(|d| d.saga_type == saga_type)
-        .max_by_key(|d| d.version)
+pub fn latest(saga_type: &str) -> Option<Arc<Definition>> {
+    let newest = |defs: &[Arc<Definition>]| {
+        defs.iter()
+            .filter(|d| d.saga_type == saga_type)
+            .max_by_key(|d| d.version)
+            .cloned()
+    };
+    match installed() {
+        Some(defs) => newest(&defs),
+        None => newest(&[order::shared()]),
+    }
 }

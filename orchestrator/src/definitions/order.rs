@@ -7,7 +7,7 @@
 //! refuses to start while one is set, so a setting an operator relies on
 //! is not silently ignored.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::saga::Definition;
 
@@ -54,13 +54,20 @@ pub fn check_env() -> anyhow::Result<()> {
     check_lookup(sagaflow_common::config::var_opt)
 }
 
-/// The built-in order saga (its file).
+/// The built-in order saga (its file), a copy.
 pub fn definition() -> Definition {
-    static BUILT_IN: OnceLock<Definition> = OnceLock::new();
+    shared().as_ref().clone()
+}
+
+/// The built-in order saga, shared.
+pub fn shared() -> Arc<Definition> {
+    static BUILT_IN: OnceLock<Arc<Definition>> = OnceLock::new();
     BUILT_IN
         .get_or_init(|| {
-            super::file::parse(FILE_NAME, FILE, None)
-                .expect("the built-in order definition is valid (a unit test checks it)")
+            Arc::new(
+                super::file::parse(FILE_NAME, FILE, None)
+                    .expect("the built-in order definition is valid (a unit test checks it)"),
+            )
         })
         .clone()
 }

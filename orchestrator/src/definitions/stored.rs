@@ -130,7 +130,7 @@ pub async fn stored_except(
 pub async fn refresh(pool: &Pool) -> anyhow::Result<usize> {
     let have: HashSet<(String, u32)> = super::registry()
         .into_iter()
-        .map(|d| (d.saga_type, d.version))
+        .map(|d| (d.saga_type.clone(), d.version))
         .collect();
     let new = stored_except(pool, &have).await?;
     let added = new.len();

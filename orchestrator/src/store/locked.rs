@@ -57,7 +57,7 @@ pub(super) struct Locked {
     pub ctx: SagaContext,
     pub state: SagaState,
     pub version: i64,
-    pub definition: saga::Definition,
+    pub definition: std::sync::Arc<saga::Definition>,
     pub now: Millis,
 }
 

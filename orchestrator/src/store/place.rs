@@ -11,7 +11,7 @@ use crate::saga::{self, Event, Millis, SagaState, Status};
 pub struct NewSaga {
     pub saga_id: Uuid,
     pub idempotency_key: String,
-    pub definition: saga::Definition,
+    pub definition: std::sync::Arc<saga::Definition>,
     pub input: Vec<u8>,
     pub traceparent: Option<String>,
 }
