@@ -36,6 +36,32 @@ fn ms(d: Duration) -> Value {
 }
 
 impl Policies {
+    /// One-second deadlines; actions re-sent for two minutes (a stalled
+    /// step outlasts process restarts); compensations `undo_attempts` sends
+    /// (a refund that cannot be delivered pauses its saga soon).
+    pub fn one_second(undo_attempts: u32) -> Policies {
+        Policies {
+            deadline: Some(Duration::from_secs(1)),
+            attempts: Some(120),
+            compensation_deadline: Some(Duration::from_secs(1)),
+            compensation_attempts: Some(undo_attempts),
+            backoff_base: Some(Duration::from_millis(50)),
+            backoff_cap: Some(Duration::from_millis(500)),
+        }
+    }
+
+    /// Three-second deadlines with 30 action and 60 compensation sends:
+    /// well past the minute for which the emulator keeps events leased to
+    /// a stopped orchestrator's streams (common/src/pubsub/subscriber.rs).
+    pub fn outlasting_restarts() -> Policies {
+        Policies {
+            deadline: Some(Duration::from_secs(3)),
+            attempts: Some(30),
+            compensation_attempts: Some(60),
+            ..Policies::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         *self == Policies::default()
     }

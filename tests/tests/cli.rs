@@ -25,14 +25,7 @@ const SETTLE: Duration = Duration::from_secs(90);
 /// One-second step deadlines, actions re-sent for two minutes (a step
 /// waiting on a participant that is down outlasts a restart).
 fn policies() -> Policies {
-    Policies {
-        deadline: Some(Duration::from_millis(1000)),
-        attempts: Some(120),
-        compensation_deadline: Some(Duration::from_millis(1000)),
-        compensation_attempts: Some(3),
-        backoff_base: Some(Duration::from_millis(50)),
-        backoff_cap: Some(Duration::from_millis(500)),
-    }
+    Policies::one_second(3)
 }
 
 fn env() -> Vec<(String, String)> {

@@ -94,14 +94,7 @@ async fn build_console(out: &Path) -> anyhow::Result<()> {
 /// Shortened deadlines and attempts (as in operator.rs): a refund that
 /// cannot be delivered pauses its saga after three sends.
 fn policies() -> Policies {
-    Policies {
-        deadline: Some(Duration::from_millis(1000)),
-        attempts: Some(120),
-        compensation_deadline: Some(Duration::from_millis(1000)),
-        compensation_attempts: Some(3),
-        backoff_base: Some(Duration::from_millis(50)),
-        backoff_cap: Some(Duration::from_millis(500)),
-    }
+    Policies::one_second(3)
 }
 
 fn env(dist: &Path) -> Vec<(String, String)> {

@@ -26,12 +26,7 @@ const SAGAS: usize = 400;
 /// messages it leases to the dead instance's streams (see
 /// common/src/pubsub/subscriber.rs).
 fn policies() -> Policies {
-    Policies {
-        deadline: Some(Duration::from_millis(3000)),
-        attempts: Some(30),
-        compensation_attempts: Some(60),
-        ..Policies::default()
-    }
+    Policies::outlasting_restarts()
 }
 
 fn env() -> Vec<(String, String)> {

@@ -25,14 +25,7 @@ const SETTLE: Duration = Duration::from_secs(90);
 /// One-second deadlines; actions get two minutes of re-sends (a stalled
 /// step must outlast process restarts), compensations `undo_attempts`.
 fn policies(undo_attempts: u32) -> Policies {
-    Policies {
-        deadline: Some(Duration::from_millis(1000)),
-        attempts: Some(120),
-        compensation_deadline: Some(Duration::from_millis(1000)),
-        compensation_attempts: Some(undo_attempts),
-        backoff_base: Some(Duration::from_millis(50)),
-        backoff_cap: Some(Duration::from_millis(500)),
-    }
+    Policies::one_second(undo_attempts)
 }
 
 fn env() -> Vec<(String, String)> {

@@ -23,12 +23,7 @@ const EXIT_BOUND: Duration = Duration::from_secs(15);
 /// keeps messages it leased to a stopped orchestrator's streams (see
 /// common/src/pubsub/subscriber.rs).
 fn policies() -> Policies {
-    Policies {
-        deadline: Some(Duration::from_millis(3000)),
-        attempts: Some(30),
-        compensation_attempts: Some(60),
-        ..Policies::default()
-    }
+    Policies::outlasting_restarts()
 }
 
 /// Wait for `name` (already sent SIGTERM at `since`) to exit; prints and
