@@ -268,6 +268,7 @@ pub fn step_json(s: &StepStatus) -> Value {
         "reason": s.reason,
         "compensation_attempts": s.compensation_attempts,
         "compensation_generation": s.compensation_generation,
+        "action_generation": s.action_generation,
     })
 }
 

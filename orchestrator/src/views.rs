@@ -145,6 +145,7 @@ pub(crate) fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
                     reason: s.reason.clone().unwrap_or_default(),
                     compensation_attempts: s.compensation_attempts,
                     compensation_generation: s.compensation_generation,
+                    action_generation: s.action_generation,
                 }
             })
             .collect();

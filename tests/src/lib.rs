@@ -5,6 +5,8 @@
 //! - [`emulator`]: the Google Pub/Sub emulator on a free port.
 //! - [`databases`]: a fresh set of four databases per run, dropped after.
 //! - [`definitions`]: the order saga's file with a test's step policies.
+//! - [`desk`]: a participant the test serves itself (on the participants'
+//!   contract), for saga types defined only by files.
 //! - [`system`]: the services as child processes (killable with SIGKILL),
 //!   clients, and helpers to wait for sagas to settle.
 //! - [`credentials`]: each system's own CA, certificates and tokens.
@@ -34,6 +36,7 @@ pub mod clients;
 pub mod credentials;
 pub mod databases;
 pub mod definitions;
+pub mod desk;
 pub mod duplicator;
 pub mod emulator;
 pub mod faults;

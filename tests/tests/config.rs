@@ -210,6 +210,18 @@ fn definitions_with_a_mistake_are_refused_naming_the_file_and_the_field() {
             "order.v1.yaml: order version 1 is also defined by".to_owned(),
         ),
         (
+            // A step after the pivot that is not declared forward-only.
+            vec![("order.v1.yaml", format!("{order}\n  - name: notify_customer\n    participant: order\n    action: /sagaflow.participant.v1.OrderService/NotifyCustomer\n    compensation: none\n"))],
+            vec![],
+            "order.v1.yaml: steps[4].forward_only: it comes after approve_order, which cannot be undone (compensation: none), so it must be declared forward_only: true".to_owned(),
+        ),
+        (
+            // A forward-only step with a compensation.
+            vec![("order.v1.yaml", format!("{order}\n  - name: notify_customer\n    participant: order\n    action: /sagaflow.participant.v1.OrderService/NotifyCustomer\n    compensation: /sagaflow.participant.v1.OrderService/Unnotify\n    forward_only: true\n"))],
+            vec![],
+            "order.v1.yaml: steps[4].compensation: a forward-only step is never compensated".to_owned(),
+        ),
+        (
             vec![("notes.txt", "not a definition".to_owned())],
             vec![],
             "no definition files (*.yaml, *.yml) in it".to_owned(),

@@ -99,7 +99,12 @@ fn describe(d: &SagaDefinition) -> String {
         let _ = writeln!(out, "{}. {} ({})", i + 1, s.name, s.participant);
         let _ = writeln!(out, "   action        {}", s.action);
         let _ = writeln!(out, "                 {}", policy_text(s.policy.as_ref()));
-        if s.compensation.is_empty() {
+        if s.forward_only {
+            let _ = writeln!(
+                out,
+                "   compensation  none: forward-only (retried until it succeeds; a refusal suspends the saga)"
+            );
+        } else if s.compensation.is_empty() {
             let _ = writeln!(out, "   compensation  none: it cannot be undone");
         } else {
             let _ = writeln!(out, "   compensation  {}", s.compensation);
@@ -144,6 +149,7 @@ fn definition_json(d: &SagaDefinition) -> Value {
             "compensation": if s.compensation.is_empty() { Value::Null } else { Value::from(s.compensation.clone()) },
             "policy": policy_json(s.policy.as_ref()),
             "compensation_policy": policy_json(s.compensation_policy.as_ref()),
+            "forward_only": s.forward_only,
         })).collect::<Vec<_>>(),
     })
 }

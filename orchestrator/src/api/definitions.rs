@@ -45,6 +45,7 @@ fn view(s: stored::Stored, newest: bool) -> pb::SagaDefinition {
                     .compensation
                     .as_ref()
                     .map(|_| policy(&st.compensation_policy)),
+                forward_only: st.forward_only,
             })
             .collect(),
     }

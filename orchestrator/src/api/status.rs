@@ -48,7 +48,7 @@ pub fn refused(e: saga::Error) -> Status {
             status.as_str()
         )),
         saga::Error::PastPivot { name, .. } => Status::failed_precondition(format!(
-            "saga_id: saga is past its pivot: {name} is in flight and cannot be undone"
+            "saga_id: saga is past its pivot: {name} may have acted and cannot be undone"
         )),
         e @ (saga::Error::ShapeMismatch { .. } | saga::Error::CursorOutOfRange { .. }) => {
             Status::failed_precondition(format!(
@@ -96,7 +96,7 @@ mod tests {
                     step: 3,
                     name: "approve_order".into(),
                 },
-                "saga_id: saga is past its pivot: approve_order is in flight and cannot be undone",
+                "saga_id: saga is past its pivot: approve_order may have acted and cannot be undone",
             ),
         ];
         for (e, message) in cases {

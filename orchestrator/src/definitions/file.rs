@@ -66,8 +66,14 @@ struct Step {
     name: String,
     participant: String,
     action: String,
-    /// A method path, or `none` for a step that cannot be undone.
-    compensation: String,
+    /// A method path, or `none` for a step that cannot be undone; may be
+    /// left out of a forward-only step.
+    #[serde(default)]
+    compensation: Option<String>,
+    /// Never compensated, re-sent until it succeeds; a refusal suspends
+    /// the saga. Every step after one that cannot be undone must be.
+    #[serde(default)]
+    forward_only: bool,
     #[serde(default)]
     policy: PolicyFields,
     #[serde(default)]
@@ -131,13 +137,41 @@ pub fn parse(
             ));
         }
         check_method(&s.action).map_err(|p| at(&field("action"), p))?;
-        let compensation = match s.compensation.trim() {
-            "none" => None,
-            path => {
+        let compensation = match (s.compensation.as_deref().map(str::trim), s.forward_only) {
+            (Some("none"), _) | (None, true) => None,
+            (None, false) => {
+                return Err(at(
+                    &field("compensation"),
+                    "missing: a method path, or none for a step that cannot be undone".to_owned(),
+                ));
+            }
+            (Some(_), true) => {
+                return Err(at(
+                    &field("compensation"),
+                    "a forward-only step is never compensated: write compensation: none, or leave it out".to_owned(),
+                ));
+            }
+            (Some(path), false) => {
                 check_method(path).map_err(|p| at(&field("compensation"), p))?;
                 Some(path.to_owned())
             }
         };
+        if let Some(prev) = i.checked_sub(1).map(|p| &file.steps[p])
+            && !s.forward_only
+            && prev.forward_only
+                | prev
+                    .compensation
+                    .as_deref()
+                    .is_some_and(|c| c.trim() == "none")
+        {
+            return Err(at(
+                &field("forward_only"),
+                format!(
+                    "it comes after {}, which cannot be undone (compensation: none), so it must be declared forward_only: true (retried until it succeeds, never compensated)",
+                    prev.name
+                ),
+            ));
+        }
         let policy = resolve(action_defaults, &s.policy)
             .map_err(|(f, p)| at(&field(&format!("policy.{f}")), p))?;
         let compensation_policy = resolve(compensation_defaults, &s.compensation_policy)
@@ -153,6 +187,7 @@ pub fn parse(
             participant: s.participant.clone(),
             action: s.action.clone(),
             compensation,
+            forward_only: s.forward_only,
             policy,
             compensation_policy,
         });
@@ -505,8 +540,56 @@ mod tests {
         let pivot_first = MINIMAL.replace("compensation: /p.v1.S/UndoA", "compensation: none")
             + "  - name: b\n    participant: order\n    action: /p.v1.S/B\n    compensation: /p.v1.S/UndoB\n";
         let e = err(&pivot_first);
+        assert_eq!(
+            e,
+            "t.yaml: steps[1].forward_only: it comes after a, which cannot be undone (compensation: none), so it must be declared forward_only: true (retried until it succeeds, never compensated)"
+        );
+        let forward = |name: &str, extra: &str| {
+            format!(
+                "  - name: {name}\n    participant: order\n    action: /p.v1.S/{name}\n    forward_only: true\n{extra}"
+            )
+        };
+        // Forward-only steps after the pivot parse; a step after them must
+        // be forward-only too; a forward-only step has no compensation.
+        let good = pivot_first.replace(
+            "    compensation: /p.v1.S/UndoB\n",
+            "    forward_only: true\n",
+        ) + &forward("c", "    compensation: none\n");
+        let d = parse("t.yaml", &good, Some(&participants())).expect("forward-only steps parse");
+        let shape: Vec<(bool, bool)> = d
+            .steps
+            .iter()
+            .map(|s| (s.compensation.is_some(), s.forward_only))
+            .collect();
+        assert_eq!(shape, [(false, false), (false, true), (false, true)]);
+        let e = err(&format!(
+            "{good}  - name: d\n    participant: order\n    action: /p.v1.S/D\n    compensation: /p.v1.S/UndoD\n"
+        ));
         assert!(
-            e.starts_with("t.yaml: t v1: step 0 (a): it cannot be undone"),
+            e.starts_with("t.yaml: steps[3].forward_only: it comes after c, "),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}{}",
+            forward("b", "    compensation: /p.v1.S/UndoB\n")
+        ));
+        assert!(
+            e.starts_with(
+                "t.yaml: steps[1].compensation: a forward-only step is never compensated"
+            ),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace("    compensation: /p.v1.S/UndoA\n", ""));
+        assert!(
+            e.starts_with("t.yaml: steps[0].compensation: missing: "),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "compensation: /p.v1.S/UndoA",
+            "compensation: none\n    forward_only: yes please",
+        ));
+        assert!(
+            e.starts_with("t.yaml: steps[0].forward_only: ") || e.contains("forward_only"),
             "{e}"
         );
         assert!(

@@ -105,7 +105,9 @@ pub fn compare(
             };
             sent.insert(command_id(saga_id, &cmd), (step, kind));
         };
-        add(Kind::Action, 0);
+        for generation in 0..=rec.action_generation {
+            add(Kind::Action, generation);
+        }
         if def
             .steps
             .get(step)
@@ -146,8 +148,19 @@ pub fn compare(
             )),
         }
     }
-    for (check, rec) in steps.iter_mut().zip(&state.steps) {
-        check.problems = step_problems(rec.state, rec.reason.as_deref(), &check.records);
+    for (i, (check, rec)) in steps.iter_mut().zip(&state.steps).enumerate() {
+        // The action's current command: an operator's retry of a refused
+        // forward-only step sends a new one (the next generation).
+        let current = command_id(
+            saga_id,
+            &Command {
+                step: i,
+                kind: Kind::Action,
+                attempt: 1,
+                generation: rec.action_generation,
+            },
+        );
+        check.problems = step_problems(rec.state, rec.reason.as_deref(), current, &check.records);
     }
     SagaCheck { steps, problems }
 }
@@ -191,14 +204,22 @@ fn status_problems(state: &SagaState) -> Vec<String> {
 }
 
 /// What is wrong with one step's `records` for its state `state`.
-fn step_problems(state: StepState, reason: Option<&str>, records: &[Record]) -> Vec<String> {
-    let actions: Vec<&Record> = records.iter().filter(|r| r.kind == Kind::Action).collect();
+fn step_problems(
+    state: StepState,
+    reason: Option<&str>,
+    current: Uuid,
+    records: &[Record],
+) -> Vec<String> {
+    let (actions, earlier): (Vec<&Record>, Vec<&Record>) = records
+        .iter()
+        .filter(|r| r.kind == Kind::Action)
+        .partition(|r| r.command_id == current);
     let undos: Vec<&Record> = records
         .iter()
         .filter(|r| r.kind == Kind::Compensation)
         .collect();
     let undone = undos.iter().any(|r| r.decided == Decided::Succeeded);
-    // One command id per action: at most one record.
+    // One command id per action generation: at most one record.
     let action = actions.first().copied();
     let mut problems = Vec::new();
     let mut want = |ok: bool, what: &str| {
@@ -207,6 +228,12 @@ fn step_problems(state: StepState, reason: Option<&str>, records: &[Record]) -> 
         }
     };
     let no_undo = "no compensation expected";
+    // Earlier generations of the action were each refused: that is why an
+    // operator retried it.
+    want(
+        earlier.iter().all(|r| r.decided == Decided::Refused),
+        "earlier generations of the action REFUSED expected",
+    );
     match state {
         StepState::Succeeded => {
             want(

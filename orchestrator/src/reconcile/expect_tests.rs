@@ -256,6 +256,46 @@ fn a_compensation_refused_then_retried_by_an_operator_agrees() {
 }
 
 #[test]
+fn an_action_refused_then_retried_as_a_new_command_agrees_with_its_last_generation() {
+    // (The order saga's last step stands in for a forward-only step: the
+    // comparison reads the generations, not the definition's shape.)
+    let id = Uuid::now_v7();
+    let mut state = saga(Status::Completed, &[S::Succeeded; 4]);
+    state.steps[3].action_generation = 2;
+    let mut records: Vec<Record> = (0..3)
+        .map(|step| rec(id, step, Action, 0, Succeeded, ""))
+        .collect();
+    records.extend([
+        rec(id, 3, Action, 0, Refused, "mailbox_closed"),
+        rec(id, 3, Action, 1, Refused, "mailbox_closed"),
+        rec(id, 3, Action, 2, Succeeded, ""),
+    ]);
+
+    let check = compare(&order::definition(), id, &state, &records);
+    assert!(check.agrees(), "{:?}", problems(&check));
+    assert_eq!(check.steps[3].records.len(), 3);
+
+    // The last generation missing, or an earlier one that acted: mismatches.
+    let check = compare(&order::definition(), id, &state, &records[..5]);
+    assert_eq!(
+        problems(&check),
+        ["approve_order: action SUCCEEDED expected"]
+    );
+    records[3] = rec(id, 3, Action, 0, Succeeded, "");
+    let check = compare(&order::definition(), id, &state, &records);
+    assert_eq!(
+        problems(&check),
+        ["approve_order: earlier generations of the action REFUSED expected"]
+    );
+    // A generation the saga never reached is a command it never sent.
+    state.steps[3].action_generation = 0;
+    let check = compare(&order::definition(), id, &state, &records[..4]);
+    assert!(check.agrees(), "{:?}", problems(&check));
+    let check = compare(&order::definition(), id, &state, &records);
+    assert_eq!(check.problems.len(), 2, "{:?}", problems(&check));
+}
+
+#[test]
 fn a_command_the_saga_never_sent_is_a_mismatch() {
     let id = Uuid::now_v7();
     let state = saga(Status::Completed, &[S::Succeeded; 4]);

@@ -29,8 +29,14 @@ pub struct StepDef {
     /// ("/sagaflow.payment.v1.PaymentService/ProcessPayment").
     pub action: String,
     /// Method path of the compensation; `None` for a step that cannot be
-    /// undone (the pivot, after which nothing can fail).
+    /// undone: the pivot, or a forward-only step after it.
     pub compensation: Option<String>,
+    /// A step after the pivot (send the confirmation, notify the
+    /// warehouse): never compensated, re-sent until its outcome is known,
+    /// and a refusal suspends the saga for an operator instead of undoing
+    /// anything. It has no compensation.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub forward_only: bool,
     /// Attempts and deadline of the action.
     pub policy: Policy,
     /// Attempts and deadline of the compensation.
@@ -82,6 +88,10 @@ impl Policy {
     }
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 mod millis {
     use std::time::Duration;
 
@@ -100,9 +110,12 @@ impl Definition {
     /// Problems that would make the definition unusable, if any. The
     /// orchestrator refuses to start with one.
     ///
-    /// A step that cannot be undone (no compensation) must be the last: if
-    /// a step after it could fail, the saga could neither finish (the later
-    /// step failed) nor be undone (this one cannot be).
+    /// Once a step that cannot be undone (no compensation) has run, the
+    /// saga can no longer turn back: every step after it must be declared
+    /// forward-only (retried until it succeeds, a refusal suspends the saga
+    /// for an operator). Otherwise a failure after it could neither be
+    /// undone (it cannot be) nor carried through. A forward-only step has
+    /// no compensation.
     pub fn validate(&self) -> Result<(), String> {
         let name = format!("{} v{}", self.saga_type, self.version);
         if self.steps.is_empty() {
@@ -128,10 +141,18 @@ impl Definition {
             {
                 return Err(format!("{step}: backoff_cap must be >= backoff_base"));
             }
-            if s.compensation.is_none() && i + 1 < self.steps.len() {
+            if s.forward_only && s.compensation.is_some() {
                 return Err(format!(
-                    "{step}: it cannot be undone (no compensation), so it must be the last step; {} comes after it",
-                    self.steps[i + 1].name
+                    "{step}: a forward-only step is never compensated, so it has no compensation"
+                ));
+            }
+            if s.compensation.is_none()
+                && let Some(next) = self.steps.get(i + 1)
+                && !next.forward_only
+            {
+                return Err(format!(
+                    "{step}: it cannot be undone (no compensation), so every step after it must be forward-only; {} is not",
+                    next.name
                 ));
             }
         }
@@ -149,6 +170,7 @@ mod tests {
             participant: "p".into(),
             action: format!("/t.v1.S/{name}"),
             compensation: compensation.map(|c| format!("/t.v1.S/{c}")),
+            forward_only: false,
             policy: Policy::default(),
             compensation_policy: Policy::default(),
         }
@@ -163,20 +185,74 @@ mod tests {
         }
     }
 
+    fn forward(name: &str) -> StepDef {
+        StepDef {
+            forward_only: true,
+            ..step(name, None)
+        }
+    }
+
     #[test]
-    fn a_step_that_cannot_be_undone_must_be_the_last() {
+    fn only_forward_only_steps_follow_a_step_that_cannot_be_undone() {
         let ok = def(vec![step("a", Some("undo_a")), step("pivot", None)]);
         assert_eq!(ok.validate(), Ok(()));
-        let bad = def(vec![
+        let ok = def(vec![
             step("a", Some("undo_a")),
             step("pivot", None),
-            step("c", Some("undo_c")),
+            forward("notify"),
+            forward("archive"),
         ]);
-        let e = bad.validate().unwrap_err();
-        assert!(
-            e.starts_with("t v1: step 1 (pivot): it cannot be undone")
-                && e.contains("c comes after it"),
-            "{e}"
+        assert_eq!(ok.validate(), Ok(()));
+        // Without a pivot the first forward-only step is the point of no
+        // return; a saga may even be forward-only throughout.
+        assert_eq!(
+            def(vec![step("a", Some("undo_a")), forward("notify")]).validate(),
+            Ok(())
+        );
+        assert_eq!(def(vec![forward("only")]).validate(), Ok(()));
+        for (bad, at, next) in [
+            (
+                vec![
+                    step("a", Some("undo_a")),
+                    step("pivot", None),
+                    step("c", Some("undo_c")),
+                ],
+                "step 1 (pivot)",
+                "c",
+            ),
+            (
+                vec![step("pivot", None), step("second_pivot", None)],
+                "step 0 (pivot)",
+                "second_pivot",
+            ),
+            (
+                vec![
+                    step("pivot", None),
+                    forward("notify"),
+                    step("c", Some("undo_c")),
+                ],
+                "step 1 (notify)",
+                "c",
+            ),
+        ] {
+            let e = def(bad).validate().unwrap_err();
+            assert!(
+                e.starts_with(&format!("t v1: {at}: it cannot be undone"))
+                    && e.ends_with(&format!(
+                        "every step after it must be forward-only; {next} is not"
+                    )),
+                "{e}"
+            );
+        }
+        let e = def(vec![StepDef {
+            forward_only: true,
+            ..step("notify", Some("unnotify"))
+        }])
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "t v1: step 0 (notify): a forward-only step is never compensated, so it has no compensation"
         );
     }
 

@@ -84,7 +84,7 @@ pub enum Error {
     )]
     NotCancellable { status: Status },
     #[error(
-        "[SF1007] saga is past its pivot: {name} (step {step}) is in flight and cannot be undone"
+        "[SF1007] saga is past its pivot: {name} (step {step}) may have acted and cannot be undone"
     )]
     PastPivot { step: usize, name: String },
     #[error(
@@ -325,13 +325,14 @@ impl Machine<'_> {
         let rec = &mut self.s.steps[step];
         rec.state = StepState::Pending;
         rec.attempts = attempt;
+        let generation = rec.action_generation;
         self.s.cursor = step;
         self.s.deadline = Some(deadline);
         self.effects.push(Effect::SendCommand(Command {
             step,
             kind: Kind::Action,
             attempt,
-            generation: 0,
+            generation,
         }));
         self.effects.push(Effect::ScheduleTimeout { at: deadline });
     }
@@ -393,32 +394,48 @@ impl Machine<'_> {
         false
     }
 
+    /// The action of the running step succeeded: send the next one, or
+    /// complete.
+    fn advance(&mut self, step: usize) -> Option<Note> {
+        self.s.steps[step].state = StepState::Succeeded;
+        // A running saga's reason only ever says a step is overdue.
+        self.s.reason = None;
+        if step + 1 < self.def.steps.len() {
+            self.send_action(step + 1, 1);
+            note(
+                "step_succeeded",
+                format!(
+                    "{} succeeded; sent {}",
+                    self.name(step),
+                    self.name(step + 1)
+                ),
+            )
+        } else {
+            self.finish(Status::Completed);
+            note(
+                "completed",
+                format!("{} succeeded; saga completed", self.name(step)),
+            )
+        }
+    }
+
     fn action_succeeded(&mut self, step: usize) -> Result<Option<Note>, Error> {
         let state = self.s.steps[step].state;
         Ok(match (self.s.status, state) {
             // Judged by `apply` as the saga it was; not reached.
             (Status::Suspended, _) => return Err(self.suspended(step, Kind::Action)),
-            (Status::Running, StepState::Pending) if step == self.s.cursor => {
-                self.s.steps[step].state = StepState::Succeeded;
-                // A running saga's reason only ever says a step is overdue.
-                self.s.reason = None;
-                if step + 1 < self.def.steps.len() {
-                    self.send_action(step + 1, 1);
-                    note(
-                        "step_succeeded",
-                        format!(
-                            "{} succeeded; sent {}",
-                            self.name(step),
-                            self.name(step + 1)
-                        ),
-                    )
-                } else {
-                    self.finish(Status::Completed);
-                    note(
-                        "completed",
-                        format!("{} succeeded; saga completed", self.name(step)),
-                    )
-                }
+            (Status::Running, StepState::Pending) if step == self.s.cursor => self.advance(step),
+            // A forward-only step retried by an operator, whose recorded
+            // refusal was a repeat of an earlier command's (events carry no
+            // generation): only the newest command can succeed. The saga
+            // was suspended by that refusal, so this is news that waits for
+            // the resume.
+            (Status::Running, StepState::Refused)
+                if step == self.s.cursor && self.s.steps[step].action_generation > 0 =>
+            {
+                self.s.failed_step = None;
+                self.s.steps[step].reason = None;
+                self.advance(step)
             }
             // Duplicate of an outcome already applied.
             (_, StepState::Succeeded) => None,
@@ -495,6 +512,20 @@ impl Machine<'_> {
                 let rec = &mut self.s.steps[step];
                 rec.state = StepState::Refused;
                 rec.reason = Some(reason.to_owned());
+                if self.def.steps[step].forward_only {
+                    // Past the point of no return: nothing is undone. The
+                    // saga waits for an operator to fix the cause and retry.
+                    let why = format!(
+                        "suspended: {}; it is forward-only (after the pivot), so nothing is undone: fix the cause and retry the saga",
+                        self.refused_why(step, reason)
+                    );
+                    self.s.suspended_from = Some(Status::Running);
+                    self.s.status = Status::Suspended;
+                    self.s.deadline = None;
+                    self.s.failed_step = Some(step);
+                    self.s.reason = Some(why.clone());
+                    return Ok(note("suspended", why));
+                }
                 let why = self.refused_why(step, reason);
                 self.begin_compensation(step, why.clone(), step.checked_sub(1));
                 note("step_refused", why)
@@ -525,6 +556,9 @@ impl Machine<'_> {
                 return Err(self.never_sent(step, Kind::Action));
             }
             (_, StepState::NotStarted) => return Err(self.never_sent(step, Kind::Action)),
+            // A repeat of the refusal an operator retried past: the step
+            // succeeded as a new command (events carry no generation).
+            (_, StepState::Succeeded) if self.s.steps[step].action_generation > 0 => None,
             (_, StepState::Succeeded) => {
                 return Err(self.contradiction(step, Kind::Action, "refused"));
             }
@@ -756,6 +790,14 @@ impl Machine<'_> {
             | Status::Suspended => {
                 self.s.status = Status::Running;
                 self.s.reason = None;
+                self.s.failed_step = None;
+                let rec = &mut self.s.steps[cursor];
+                if rec.state == StepState::Refused {
+                    // A refused forward-only step: the participant keeps the
+                    // refusal under the old command id, so a new command.
+                    rec.action_generation += 1;
+                    rec.reason = None;
+                }
                 self.send_action(cursor, 1);
             }
         }
@@ -790,17 +832,20 @@ impl Machine<'_> {
     fn cancel(&mut self, reason: &str) -> Result<Option<Note>, Error> {
         let cursor = self.s.cursor;
         let state = self.s.steps[cursor].state;
-        let undoable = self.def.steps[cursor].compensation.is_some();
+        // The highest step at or below the cursor that may have acted and
+        // that nothing could undo: the pivot, or a forward-only step.
+        let past_pivot = (0..=cursor).rev().find(|&i| {
+            self.def.steps[i].compensation.is_none() && may_have_acted(self.s.steps[i].state)
+        });
+        if self.s.status == Status::Running
+            && let Some(step) = past_pivot
+        {
+            return Err(Error::PastPivot {
+                step,
+                name: self.name(step).to_owned(),
+            });
+        }
         match (self.s.status, state) {
-            // The in-flight step may act and nothing could undo it.
-            (Status::Running, StepState::Pending | StepState::Succeeded | StepState::Unknown)
-                if !undoable =>
-            {
-                Err(Error::PastPivot {
-                    step: cursor,
-                    name: self.name(cursor).to_owned(),
-                })
-            }
             (Status::Running, StepState::Pending) => {
                 let rec = &mut self.s.steps[cursor];
                 rec.state = StepState::Unknown;

@@ -22,7 +22,8 @@ pub enum Status {
     CompensationFailed,
     /// Not terminal, but going nowhere until an operator acts: the engine
     /// could not go on with it (its stored state cannot be read, a timer was
-    /// rejected). Nothing is in flight and no timer fires. `RetrySaga`
+    /// rejected), or a forward-only step was refused (nothing after the
+    /// pivot is undone). Nothing is in flight and no timer fires. `RetrySaga`
     /// resumes it where it stopped ([`SagaState::suspended_from`]) once the
     /// cause is fixed; `CancelSaga` turns it back.
     Suspended,
@@ -112,6 +113,10 @@ pub struct StepRecord {
     /// keeps the original command id.
     #[serde(default)]
     pub compensation_generation: u32,
+    /// Operator retries of a refused forward-only action so far: part of
+    /// the action's command id, like [`Self::compensation_generation`].
+    #[serde(default)]
+    pub action_generation: u32,
     /// Why it was refused / is unknown / failed to compensate.
     pub reason: Option<String>,
 }
@@ -124,6 +129,7 @@ impl StepRecord {
             attempts: 0,
             compensation_attempts: 0,
             compensation_generation: 0,
+            action_generation: 0,
             reason: None,
         }
     }
@@ -183,7 +189,7 @@ impl SagaState {
                 step: self.cursor,
                 kind: Kind::Action,
                 attempt: step.attempts,
-                generation: 0,
+                generation: step.action_generation,
             }),
             (Status::Compensating, StepState::Compensating) => Some(Command {
                 step: self.cursor,
@@ -236,12 +242,15 @@ pub enum Event {
     /// An operator resumes a `CompensationFailed` saga once the cause is
     /// fixed: the failed compensation is sent again as a new command (next
     /// generation) with a fresh attempt budget. On a `Suspended` saga: the
-    /// in-flight command is sent again (same command) with a fresh budget.
+    /// in-flight command is sent again (same command) with a fresh budget;
+    /// a refused forward-only action is sent as a new command (next
+    /// generation), so the participant decides afresh.
     Retry,
     /// An operator stops a `Running` saga: the in-flight step's outcome is
     /// unknown, so it is compensated like a timed-out step, then the earlier
-    /// steps. Refused when the in-flight step cannot be undone (the pivot).
-    /// On a `Suspended` saga it resumes it backwards.
+    /// steps. Refused once a step that cannot be undone may have acted (the
+    /// pivot in flight or done, or a forward-only step after it). On a
+    /// `Suspended` saga it resumes it backwards.
     Cancel { reason: String },
     /// The engine cannot go on with the saga (a timer it could not apply,
     /// say): park it as `Suspended` with the reason, for an operator.
@@ -256,7 +265,8 @@ pub struct Command {
     pub kind: Kind,
     /// 1 for the first send (of this generation).
     pub attempt: u32,
-    /// 0 for an action and for a compensation never retried by an operator;
+    /// 0 for a command never retried by an operator;
+    /// [`StepRecord::action_generation`] or
     /// [`StepRecord::compensation_generation`] otherwise.
     #[serde(default)]
     pub generation: u32,
@@ -301,6 +311,7 @@ mod tests {
         assert_eq!(cmd(Kind::Action, 0).id_name(), "1:action");
         assert_eq!(cmd(Kind::Compensation, 0).id_name(), "1:compensation");
         assert_eq!(cmd(Kind::Compensation, 2).id_name(), "1:compensation:2");
+        assert_eq!(cmd(Kind::Action, 1).id_name(), "1:action:1");
     }
 
     #[test]
@@ -319,6 +330,7 @@ mod tests {
         });
         let state: SagaState = serde_json::from_value(stored).expect("an old state loads");
         assert_eq!(state.steps[1].compensation_generation, 0);
+        assert_eq!(state.steps[1].action_generation, 0);
         assert_eq!(state.cancelled, None);
         assert_eq!(state.suspended_from, None);
         let round = serde_json::to_value(&state).expect("serialises");

@@ -85,6 +85,7 @@ mod tests {
             step_name: "process_payment".into(),
             attempt: 1,
             input: None,
+            raw_input: Vec::new(),
         };
         let refused = Decision::refused("credit_limit_exceeded", json!({}));
         let event = build(

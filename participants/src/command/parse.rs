@@ -23,6 +23,9 @@ pub struct Command {
     pub attempt: u32,
     /// The decoded saga input, for RPCs that need it.
     pub input: Option<OrderInput>,
+    /// The saga input as sent: an encoded `OrderInput` for the order saga,
+    /// the canonical JSON input for a saga type defined by a file.
+    pub raw_input: Vec<u8>,
 }
 
 /// One order line, merged by sku; the JSON shape stored in `items` columns.
@@ -54,6 +57,7 @@ impl Command {
             step_name: raw.step_name,
             attempt: raw.attempt,
             input,
+            raw_input: raw.input,
         })
     }
 

@@ -31,6 +31,7 @@ pub(super) fn shipment_step(
         participant: "warehouse".to_owned(),
         action: format!("/test.v1.Shipping/{name}"),
         compensation: compensation.map(|c| format!("/test.v1.Shipping/{c}")),
+        forward_only: false,
         policy: action,
         compensation_policy: undo,
     }
@@ -58,6 +59,33 @@ pub(super) fn shipment() -> Definition {
                 policy(3, 400),
             ),
             shipment_step("print_label", None, policy(3, 100), policy(2, 250)),
+        ],
+    }
+}
+
+/// A third saga type, with steps after its pivot: reserve a slot and charge
+/// (both undoable), confirm (the pivot), then notify the customer and
+/// archive, both forward-only.
+pub(super) fn delivery() -> Definition {
+    let forward = |name: &str, attempts: u32, deadline_ms: u64| StepDef {
+        forward_only: true,
+        ..shipment_step(name, None, policy(attempts, deadline_ms), policy(1, 1))
+    };
+    Definition {
+        input_schema: None,
+        saga_type: "delivery".to_owned(),
+        version: 2,
+        steps: vec![
+            shipment_step(
+                "reserve_slot",
+                Some("release_slot"),
+                policy(2, 100),
+                policy(2, 200),
+            ),
+            shipment_step("charge", Some("refund"), policy(2, 60), policy(2, 300)),
+            shipment_step("confirm", None, policy(2, 100), policy(1, 1)),
+            forward("notify", 2, 70),
+            forward("archive", 3, 90),
         ],
     }
 }
@@ -155,11 +183,16 @@ pub(super) fn undo_refused(step: usize) -> Event {
 // Effects and commands.
 
 pub(super) fn action(step: usize, attempt: u32) -> Command {
+    retried_action(step, attempt, 0)
+}
+
+/// The action of `step` after `generation` operator retries.
+pub(super) fn retried_action(step: usize, attempt: u32, generation: u32) -> Command {
     Command {
         step,
         kind: Kind::Action,
         attempt,
-        generation: 0,
+        generation,
     }
 }
 

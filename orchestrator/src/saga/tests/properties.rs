@@ -72,7 +72,10 @@ impl World {
             {
                 Reply::LateSucceeds
             }
-            (Kind::Action, _) => self.action[cmd.step],
+            // An operator retries a refused forward-only step once its
+            // cause is fixed: the new command succeeds.
+            (Kind::Action, 1..) => Reply::Succeeds,
+            (Kind::Action, 0) => self.action[cmd.step],
             (Kind::Compensation, 0 | 1) => self.undo[cmd.step],
             (Kind::Compensation, _) => Reply::Succeeds,
         };
@@ -91,8 +94,15 @@ impl World {
         let mut sends = Vec::new();
         let mut undo_from = None;
         for i in 0..self.def.steps.len() {
+            let forward_only = self.def.steps[i].forward_only;
             match self.action[i] {
                 Reply::Succeeds => sends.push(action(i, 1)),
+                // Past the pivot a refusal undoes nothing: the saga waits,
+                // suspended, for an operator.
+                Reply::Refuses if forward_only => {
+                    sends.push(action(i, 1));
+                    return (sends, Status::Suspended);
+                }
                 Reply::Refuses => {
                     sends.push(action(i, 1));
                     undo_from = Some(i.checked_sub(1));
@@ -104,6 +114,9 @@ impl World {
                     if self.def.steps[i].compensation.is_none() =>
                 {
                     sends.extend((1..=action_attempts(&self.def, i) + 1).map(|a| action(i, a)));
+                    if reply == Reply::LateRefuses && forward_only {
+                        return (sends, Status::Suspended);
+                    }
                     if reply == Reply::LateRefuses {
                         undo_from = Some(i.checked_sub(1));
                         break;
@@ -353,7 +366,7 @@ impl<'w> Run<'w> {
         }
     }
 
-    /// A repeat of a compensation outcome for a step an operator retried:
+    /// A repeat of an outcome for a step an operator retried:
     /// the store drops it by event id, and the machine cannot tell it from
     /// the answer to the retried command (events carry no generation).
     fn answer_of_an_earlier_generation(&self, event: &Event) -> bool {
@@ -364,9 +377,11 @@ impl<'w> Run<'w> {
                 ..
             } => self.state.steps[*step].compensation_generation > 0,
             Event::Outcome {
-                kind: Kind::Action, ..
-            }
-            | Event::Start
+                step,
+                kind: Kind::Action,
+                ..
+            } => self.state.steps[*step].action_generation > 0,
+            Event::Start
             | Event::Timeout
             | Event::Retry
             | Event::Cancel { .. }
@@ -396,6 +411,9 @@ impl<'w> Run<'w> {
                 prop_assert!(
                     cmd.attempt <= step.policy.max_attempts || step.compensation.is_none()
                 );
+                prop_assert_eq!(cmd.generation, new.steps[cmd.step].action_generation);
+                // Only a refused forward-only step is sent as a new command.
+                prop_assert!(cmd.generation == 0 || step.forward_only);
             }
             Kind::Compensation => {
                 // (c)
@@ -618,6 +636,13 @@ impl<'w> Run<'w> {
                 && self.retries < MAX_RETRIES
             {
                 self.operate(retry())?;
+            } else if self.state.status == Status::Suspended && !self.operator {
+                // A refused forward-only step waits for an operator.
+                let c = self.state.cursor;
+                prop_assert!(self.world.def.steps[c].forward_only);
+                prop_assert_eq!(self.state.steps[c].state, S::Refused);
+                prop_assert!(self.held.is_empty(), "late answers never published");
+                return Ok(());
             } else if !self.state.status.is_terminal() {
                 prop_assert!(
                     self.state.deadline.is_some(),
@@ -692,18 +717,16 @@ fn any_world() -> impl Strategy<Value = World> {
             1 => Just(Reply::LateRefuses),
         ]
     };
-    (any::<bool>(), vec(reply(), 4), vec(reply(), 4)).prop_map(
-        |(is_order, mut action, mut undo)| {
-            let def = if is_order {
-                order::definition()
-            } else {
-                shipment()
-            };
-            action.truncate(def.steps.len());
-            undo.truncate(def.steps.len());
-            World { def, action, undo }
-        },
-    )
+    (0..3u8, vec(reply(), 5), vec(reply(), 5)).prop_map(|(which, mut action, mut undo)| {
+        let def = match which {
+            0 => order::definition(),
+            1 => shipment(),
+            _ => delivery(),
+        };
+        action.truncate(def.steps.len());
+        undo.truncate(def.steps.len());
+        World { def, action, undo }
+    })
 }
 
 fn any_schedule() -> impl Strategy<Value = Vec<(u8, u16)>> {
@@ -740,7 +763,12 @@ proptest! {
         prop_assert_eq!(&run.state, &clean.state);
         prop_assert_eq!(&run.sends, &clean.sends);
         prop_assert_eq!(&run.finishes, &clean.finishes);
-        prop_assert_eq!(clean.finishes.last(), Some(&expected_status));
+        if expected_status == Status::Suspended {
+            // Waiting for an operator: not finished.
+            prop_assert!(clean.finishes.is_empty());
+        } else {
+            prop_assert_eq!(clean.finishes.last(), Some(&expected_status));
+        }
     }
 
     /// With timers that fire while answers are still in flight (so outcomes
@@ -751,9 +779,19 @@ proptest! {
         let run = scheduled_run(&world, &schedule, true)?;
 
         let end = run.state.status;
+        let undos = run.sends.iter().any(|c| c.kind == Kind::Compensation);
+        if end == Status::Suspended {
+            // Only a refused forward-only step leaves a saga waiting: with
+            // nothing undone, everything before it done.
+            let c = run.state.cursor;
+            prop_assert!(world.def.steps[c].forward_only);
+            prop_assert_eq!(run.state.failed_step, Some(c));
+            prop_assert!(!undos && run.finishes.is_empty());
+            prop_assert!(run.state.steps[..c].iter().all(|r| r.state == S::Succeeded));
+            return Ok(());
+        }
         prop_assert!(end.is_terminal());
         prop_assert_eq!(run.finishes.last(), Some(&end));
-        let undos = run.sends.iter().any(|c| c.kind == Kind::Compensation);
         match end {
             Status::Completed => {
                 prop_assert!(!undos);
@@ -816,10 +854,10 @@ proptest! {
             prop_assert_eq!(run.state.cancelled.is_some(), run.cancelled);
             for (i, rec) in run.state.steps.iter().enumerate() {
                 let sent = run.sends.iter().any(|c| c.kind == Kind::Action && c.step == i);
-                let undoable = world.def.steps[i].compensation.is_some();
+                // Nothing is undone around a step that cannot be undone: a
+                // saga whose pivot may have acted never turns back.
                 prop_assert!(
-                    !sent || matches!(rec.state, S::Refused | S::Compensated)
-                        || (rec.state == S::NotCompensated && !undoable),
+                    !sent || matches!(rec.state, S::Refused | S::Compensated),
                     "step {} ends {:?}", i, rec.state
                 );
             }

@@ -191,12 +191,15 @@ fn a_refusal_at_each_step_compensates_exactly_the_earlier_steps_in_reverse() {
 
 #[test]
 fn every_definition_here_is_valid_and_a_step_that_cannot_be_undone_comes_last() {
-    for def in [order::definition(), shipment()] {
+    for def in [order::definition(), shipment(), delivery()] {
         assert_eq!(def.validate(), Ok(()), "{}", def.saga_type);
     }
     let mut pivot_in_the_middle = shipment();
     pivot_in_the_middle.steps.swap(1, 2);
     assert!(pivot_in_the_middle.validate().is_err());
+    let mut undoable_after_forward_only = delivery();
+    undoable_after_forward_only.steps.swap(1, 4);
+    assert!(undoable_after_forward_only.validate().is_err());
 }
 
 #[test]
@@ -1139,6 +1142,239 @@ fn in_flight_carries_the_generation_of_a_retried_undo() {
     // What a restarted orchestrator re-sends: the retried command, not the
     // one the participant may have answered already.
     assert_eq!(saga.state.in_flight(), Some(retried_undo(1, 2, 1)));
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: forward-only steps after the pivot
+// ---------------------------------------------------------------------------
+
+/// The delivery saga past its pivot, with notify (step 3) in flight.
+fn delivery_notifying() -> (Vec<Event>, Saga) {
+    let history = vec![start(), ok(0), ok(1), ok(2)];
+    let saga = given(&delivery(), &history);
+    (history, saga)
+}
+
+#[test]
+fn forward_only_steps_run_after_the_pivot_and_the_saga_completes() {
+    let def = delivery();
+    let (_, saga) = delivery_notifying();
+    assert_eq!(saga.state.in_flight(), Some(action(3, 1)));
+    let t = saga.when(ok(3));
+    assert_eq!(
+        t.effects,
+        vec![send(4, 1), timer(saga.now + action_deadline(&def, 4))]
+    );
+    let done = given(&def, &[start(), ok(0), ok(1), ok(2), ok(3), ok(4)]);
+    assert_eq!(done.state.status, Status::Completed);
+    assert_eq!(states(&done.state), [S::Succeeded; 5]);
+}
+
+#[test]
+fn a_refused_forward_only_step_suspends_the_saga_and_undoes_nothing() {
+    let (_, saga) = delivery_notifying();
+
+    let t = saga.when(refused(3));
+
+    // No compensation, no finish, no timer: it waits for an operator.
+    assert_eq!(t.effects, vec![]);
+    assert_eq!(note_kind(&t), Some("suspended"));
+    assert_eq!(t.state.status, Status::Suspended);
+    assert_eq!(t.state.suspended_from, Some(Status::Running));
+    assert_eq!(t.state.deadline, None);
+    assert_eq!(t.state.failed_step, Some(3));
+    assert_eq!(t.state.in_flight(), None);
+    assert_eq!(
+        states(&t.state),
+        [
+            S::Succeeded,
+            S::Succeeded,
+            S::Succeeded,
+            S::Refused,
+            S::NotStarted
+        ]
+    );
+    assert_eq!(t.state.steps[3].reason.as_deref(), Some("over the limit"));
+    assert_eq!(
+        t.state.reason.as_deref(),
+        Some(
+            "suspended: notify refused: over the limit; it is forward-only (after the pivot), so nothing is undone: fix the cause and retry the saga"
+        )
+    );
+}
+
+#[test]
+fn a_suspended_forward_only_saga_ignores_repeats_timers_and_starts() {
+    let (mut history, _) = delivery_notifying();
+    history.push(refused(3));
+    let saga = given(&delivery(), &history);
+    saga.assert_ignores(refused(3));
+    saga.assert_ignores(timeout());
+    saga.assert_ignores_at(timeout(), T0 + 1_000_000_000);
+    saga.assert_ignores(start());
+    saga.assert_ignores(ok(2));
+    saga.assert_ignores(ok(0));
+    // The refusal it recorded cannot turn into a success.
+    assert!(matches!(
+        saga.try_when(ok(3)),
+        Err(Error::Contradiction { step: 3, .. })
+    ));
+    // Nothing after it was sent.
+    assert!(matches!(
+        saga.try_when(ok(4)),
+        Err(Error::NeverSent { step: 4, .. })
+    ));
+}
+
+#[test]
+fn a_retry_sends_the_refused_forward_only_step_as_a_new_command() {
+    let def = delivery();
+    let (mut history, _) = delivery_notifying();
+    history.push(refused(3));
+    let saga = given(&def, &history);
+
+    let t = saga.when(retry());
+
+    // The participant keeps its refusal under the old command id: a new
+    // command (generation 1), with a fresh budget.
+    let cmd = retried_action(3, 1, 1);
+    assert_eq!(
+        t.effects,
+        vec![
+            Effect::SendCommand(cmd),
+            timer(saga.now + action_deadline(&def, 3))
+        ]
+    );
+    assert_eq!(cmd.id_name(), "3:action:1");
+    assert_eq!(note_kind(&t), Some("resumed"));
+    assert_eq!(t.state.status, Status::Running);
+    assert_eq!(
+        (
+            t.state.reason.clone(),
+            t.state.failed_step,
+            t.state.suspended_from
+        ),
+        (None, None, None)
+    );
+    assert_eq!(t.state.steps[3].state, S::Pending);
+    assert_eq!(t.state.steps[3].reason, None);
+    assert_eq!(t.state.steps[3].action_generation, 1);
+    assert_eq!(t.state.in_flight(), Some(cmd));
+
+    // Fixed: it goes on to the end.
+    history.extend([retry(), ok(3), ok(4)]);
+    let done = given(&def, &history);
+    assert_eq!(done.state.status, Status::Completed);
+
+    // Not fixed yet: suspended again; the next retry is generation 2, and
+    // a timer re-sends the generation in flight.
+    let mut again = history[..history.len() - 2].to_vec();
+    again.extend([refused(3), retry()]);
+    let saga = given(&def, &again);
+    assert_eq!(saga.state.in_flight(), Some(retried_action(3, 1, 2)));
+    again.push(timeout());
+    let saga = given(&def, &again);
+    assert_eq!(saga.state.in_flight(), Some(retried_action(3, 2, 2)));
+}
+
+#[test]
+fn a_stale_refusal_after_a_retried_forward_only_step_succeeded_is_ignored() {
+    let def = delivery();
+    let (mut history, _) = delivery_notifying();
+    history.extend([refused(3), retry(), ok(3)]);
+    let saga = given(&def, &history);
+    saga.assert_ignores(refused(3));
+    history.push(ok(4));
+    let done = given(&def, &history);
+    assert_eq!(done.state.status, Status::Completed);
+    done.assert_ignores(refused(3));
+    // Never retried, a refusal contradicts the recorded success.
+    let (mut plain, _) = delivery_notifying();
+    plain.push(ok(3));
+    assert!(matches!(
+        given(&def, &plain).try_when(refused(3)),
+        Err(Error::Contradiction { step: 3, .. })
+    ));
+}
+
+#[test]
+fn a_forward_only_step_out_of_attempts_is_resent_until_its_outcome_is_known() {
+    let def = delivery();
+    let (mut history, _) = delivery_notifying();
+    history.extend(timeouts(action_attempts(&def, 3) + 2));
+    let saga = given(&def, &history);
+    assert_eq!(saga.state.status, Status::Running);
+    assert_eq!(states(&saga.state)[3], S::Pending);
+    assert_eq!(
+        saga.state.in_flight(),
+        Some(action(3, action_attempts(&def, 3) + 3))
+    );
+    assert!(
+        saga.state
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("notify: no outcome after")),
+        "{:?}",
+        saga.state.reason
+    );
+    // Its late refusal suspends the saga; its late success carries on.
+    assert_eq!(saga.when(refused(3)).state.status, Status::Suspended);
+    let t = saga.when(ok(3));
+    assert_eq!(t.state.in_flight(), Some(action(4, 1)));
+    assert_eq!(t.state.reason, None);
+}
+
+#[test]
+fn a_cancel_is_refused_once_the_pivot_may_have_acted() {
+    let def = delivery();
+    // The pivot in flight, done with notify in flight, and done with
+    // notify refused (suspended): each names the step that cannot be undone.
+    let confirming = given(&def, &[start(), ok(0), ok(1)]);
+    let (mut history, notifying) = delivery_notifying();
+    history.push(refused(3));
+    let refused_notify = given(&def, &history);
+    for (saga, step, name) in [
+        (&confirming, 2, "confirm"),
+        (&notifying, 3, "notify"),
+        (&refused_notify, 2, "confirm"),
+    ] {
+        let e = saga.try_when(cancel()).expect_err("past the pivot");
+        assert_eq!(
+            e,
+            Error::PastPivot {
+                step,
+                name: name.to_owned()
+            }
+        );
+    }
+    // Before the pivot a cancel undoes as usual.
+    let t = given(&def, &[start(), ok(0)]).when(cancel());
+    assert_eq!(t.state.status, Status::Compensating);
+    assert_eq!(t.state.in_flight(), Some(undo(1, 1)));
+}
+
+#[test]
+fn a_refused_pivot_still_undoes_the_steps_before_it() {
+    let def = delivery();
+    let t = given(&def, &[start(), ok(0), ok(1)]).when(refused(2));
+    assert_eq!(t.state.status, Status::Compensating);
+    assert_eq!(t.state.in_flight(), Some(undo(1, 1)));
+    let done = given(
+        &def,
+        &[start(), ok(0), ok(1), refused(2), undone(1), undone(0)],
+    );
+    assert_eq!(done.state.status, Status::Compensated);
+    assert_eq!(states(&done.state)[3..], [S::NotStarted, S::NotStarted]);
+}
+
+#[test]
+fn an_engine_suspension_of_a_forward_only_step_resumes_with_the_same_command() {
+    let (mut history, _) = delivery_notifying();
+    history.extend([timeout(), suspend()]);
+    let saga = given(&delivery(), &history);
+    let t = saga.when(retry());
+    assert_eq!(t.state.in_flight(), Some(action(3, 1)));
+    assert_eq!(t.state.steps[3].action_generation, 0);
 }
 
 // ---------------------------------------------------------------------------

@@ -236,16 +236,19 @@ fn check_any(def: &Definition, input: &SagaState, event: &Event, now: Millis) {
                 matches!(input.status, Status::Running | Status::Suspended),
                 "{ctx}"
             );
-            assert_eq!(step, input.cursor, "{ctx}");
+            // The highest step at or below the cursor that may have acted
+            // and cannot be undone.
+            let acted = |i: usize| {
+                def.steps[i].compensation.is_none()
+                    && matches!(input.steps[i].state, S::Pending | S::Succeeded | S::Unknown)
+            };
+            assert!(step <= input.cursor, "{ctx}");
             assert_eq!(name, &def.steps[step].name, "{ctx}");
-            assert!(def.steps[step].compensation.is_none(), "{ctx}");
             assert!(
-                matches!(
-                    input.steps[step].state,
-                    S::Pending | S::Succeeded | S::Unknown
-                ),
-                "{ctx}: only a step that may have acted blocks a cancel"
+                acted(step),
+                "{ctx}: only a step that may have acted and cannot be undone blocks a cancel"
             );
+            assert!(!(step + 1..=input.cursor).any(acted), "{ctx}");
             return;
         }
         (Event::Retry | Event::Cancel { .. }, Err(e)) => {
@@ -306,9 +309,25 @@ fn check_any(def: &Definition, input: &SagaState, event: &Event, now: Millis) {
                 }
                 other => panic!("{ctx}: malformed effects {other:?}"),
             }
-            // A suspension stops everything, and only a suspension does.
+            // A suspension stops everything, and only a suspension or the
+            // refusal of a forward-only step does.
             if t.state.status == Status::Suspended {
-                assert!(matches!(event, Event::Suspend { .. }), "{ctx}");
+                match event {
+                    Event::Suspend { .. } => {}
+                    Event::Outcome {
+                        step,
+                        kind: Kind::Action,
+                        outcome: Outcome::Refused { reason },
+                    } => {
+                        assert!(def.steps[*step].forward_only, "{ctx}");
+                        assert_eq!(t.state.failed_step, Some(*step), "{ctx}");
+                        assert_eq!(t.state.steps[*step].state, S::Refused, "{ctx}");
+                        let why = t.state.reason.clone().unwrap_or_default();
+                        assert!(why.contains(reason.as_str()), "{ctx}: {why}");
+                        assert!(why.contains("nothing is undone"), "{ctx}: {why}");
+                    }
+                    other => panic!("{ctx}: {other:?} suspended the saga"),
+                }
                 assert_eq!(note.kind, "suspended", "{ctx}");
                 assert_eq!(t.effects, vec![], "{ctx}");
                 assert_eq!(t.state.deadline, None, "{ctx}");
@@ -437,7 +456,11 @@ fn check_operator_event(
                 }
                 _ => {
                     assert_eq!(t.state.status, Status::Running, "{ctx}");
-                    assert_eq!(sent, vec![action(cursor, 1)], "{ctx}");
+                    // A refused action (a forward-only step) is sent as a
+                    // new command; anything else as the same one.
+                    let generation = input.steps[cursor].action_generation
+                        + u32::from(input.steps[cursor].state == S::Refused);
+                    assert_eq!(sent, vec![retried_action(cursor, 1, generation)], "{ctx}");
                 }
             }
         }
@@ -551,6 +574,7 @@ fn hand_built_states(def: &Definition) -> Vec<SagaState> {
                                     attempts: [0, 1, action_attempts(def, i)][spent],
                                     compensation_attempts: [0, 1, undo_attempts(def, i)][spent],
                                     compensation_generation: spent as u32,
+                                    action_generation: spent as u32,
                                     reason: None,
                                 })
                                 .collect();
@@ -581,24 +605,30 @@ fn hand_built_states(def: &Definition) -> Vec<SagaState> {
 
 #[test]
 fn every_status_step_state_and_event_is_handled() {
-    let def = shipment();
-    let events = every_event(&def);
-    let mut seen = HashSet::new();
-    let mut applied = 0;
-    for state in hand_built_states(&def) {
-        for event in &events {
-            for now in times_for(&state, event) {
-                check_any(&def, &state, event, now);
-                applied += 1;
-            }
-            let target = target_of(&state, event);
-            if let Some(rec) = state.steps.get(target) {
-                seen.insert((state.status, rec.state.as_str(), tag_of(event)));
+    for def in [shipment(), delivery()] {
+        let events = every_event(&def);
+        let mut seen = HashSet::new();
+        let mut applied = 0;
+        for state in hand_built_states(&def) {
+            for event in &events {
+                for now in times_for(&state, event) {
+                    check_any(&def, &state, event, now);
+                    applied += 1;
+                }
+                let target = target_of(&state, event);
+                if let Some(rec) = state.steps.get(target) {
+                    seen.insert((state.status, rec.state.as_str(), tag_of(event)));
+                }
             }
         }
+        assert_eq!(
+            seen.len(),
+            STATUSES.len() * STEP_STATES.len() * TAGS.len(),
+            "{}",
+            def.saga_type
+        );
+        assert!(applied > 100_000, "{applied}");
     }
-    assert_eq!(seen.len(), STATUSES.len() * STEP_STATES.len() * TAGS.len());
-    assert!(applied > 100_000, "{applied}");
 }
 
 /// Every state a fresh saga can reach by events the machine accepts, with
@@ -611,6 +641,7 @@ fn reachable_states(def: &Definition) -> Vec<SagaState> {
         s.deadline = s.deadline.map(|_| 0);
         for (i, r) in s.steps.iter_mut().enumerate() {
             r.compensation_generation = r.compensation_generation.min(1);
+            r.action_generation = r.action_generation.min(1);
             // An overdue step is re-sent for ever: two re-sends show it all.
             r.attempts = r.attempts.min(action_attempts(def, i) + 2);
         }
@@ -718,10 +749,15 @@ fn check_reachable_shape(def: &Definition, s: &SagaState) {
             match s.suspended_from {
                 Some(Status::Running) => {
                     assert!(below_ok, "{ctx}");
-                    assert!(
-                        matches!(s.steps[c].state, S::NotStarted | S::Pending),
-                        "{ctx}"
-                    );
+                    match s.steps[c].state {
+                        S::NotStarted | S::Pending => {}
+                        // A forward-only step refused: nothing undone.
+                        S::Refused => {
+                            assert!(def.steps[c].forward_only, "{ctx}");
+                            assert_eq!(s.failed_step, Some(c), "{ctx}");
+                        }
+                        other => panic!("{ctx}: suspended running at {other:?}"),
+                    }
                 }
                 Some(Status::Compensating) => {
                     assert!(below_ok && above_done, "{ctx}");
@@ -740,7 +776,12 @@ fn check_reachable_shape(def: &Definition, s: &SagaState) {
         );
         assert_eq!(s.cancelled.as_deref(), Some(CANCEL_REASON), "{ctx}");
     }
-    for r in &s.steps {
+    for (i, r) in s.steps.iter().enumerate() {
+        // Only a forward-only step is refused and then retried.
+        assert!(
+            r.action_generation == 0 || def.steps[i].forward_only,
+            "{ctx}"
+        );
         assert!(
             r.compensation_generation == 0
                 || matches!(
@@ -782,7 +823,7 @@ fn order_with_two_attempts() -> Definition {
 
 #[test]
 fn every_reachable_state_handles_every_event() {
-    for def in [shipment(), order_with_two_attempts()] {
+    for def in [shipment(), order_with_two_attempts(), delivery()] {
         let reachable = reachable_states(&def);
         assert!(
             reachable.len() > 100,
