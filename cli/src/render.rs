@@ -158,20 +158,30 @@ pub fn saga(s: &Saga) -> String {
 }
 
 pub fn steps(steps: &[StepStatus]) -> Table {
-    let mut t = Table::new(&["STEP", "PARTICIPANT", "STATUS", "ATTEMPTS", "REASON"]);
+    // Outputs get a column only when a step has one.
+    let outputs = steps.iter().any(|s| !s.output_json.is_empty());
+    let mut headers = vec!["STEP", "PARTICIPANT", "STATUS", "ATTEMPTS", "REASON"];
+    if outputs {
+        headers.push("OUTPUT");
+    }
+    let mut t = Table::new(&headers);
     for s in steps {
         let attempts = if s.compensation_attempts > 0 {
             format!("{} (undo {})", s.attempts, s.compensation_attempts)
         } else {
             s.attempts.to_string()
         };
-        t.row(vec![
+        let mut row = vec![
             s.name.clone(),
             s.participant.clone(),
             s.status.clone(),
             attempts,
             s.reason.clone(),
-        ]);
+        ];
+        if outputs {
+            row.push(s.output_json.clone());
+        }
+        t.row(row);
     }
     t
 }
@@ -269,6 +279,7 @@ pub fn step_json(s: &StepStatus) -> Value {
         "compensation_attempts": s.compensation_attempts,
         "compensation_generation": s.compensation_generation,
         "action_generation": s.action_generation,
+        "output": serde_json::from_str::<Value>(&s.output_json).ok(),
     })
 }
 

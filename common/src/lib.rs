@@ -22,6 +22,7 @@ pub mod db;
 pub mod error;
 pub mod ops;
 pub mod outbox;
+pub mod output;
 pub mod pubsub;
 pub mod reflection;
 pub mod security;

@@ -44,7 +44,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded, String> {
         Ok(CommandKind::Compensation) => Kind::Compensation,
         _ => return Err(format!("kind: invalid value {}", env.kind)),
     };
-    let outcome = outcome_of(env.outcome, &env.reason)?;
+    let outcome = outcome_of(env.outcome, &env.reason, &env.output)?;
     Ok(Decoded {
         event_id,
         saga_id,
@@ -56,10 +56,15 @@ pub fn decode(data: &[u8]) -> Result<Decoded, String> {
     })
 }
 
-/// The outcome an event (or a participant's reply) carries.
-pub fn outcome_of(outcome: i32, reason: &str) -> Result<Outcome, String> {
+/// The outcome an event (or a participant's reply) carries, with its
+/// output: an output that is not a JSON object of at most
+/// [`MAX_OUTPUT_BYTES`](sagaflow_common::output::MAX_OUTPUT_BYTES) bytes
+/// makes the message malformed (dead-lettered with the reason).
+pub fn outcome_of(outcome: i32, reason: &str, output: &str) -> Result<Outcome, String> {
     match PbOutcome::try_from(outcome) {
-        Ok(PbOutcome::Succeeded) => Ok(Outcome::Succeeded),
+        Ok(PbOutcome::Succeeded) => Ok(Outcome::Succeeded {
+            output: sagaflow_common::output::decode(output).map_err(|e| format!("output: {e}"))?,
+        }),
         Ok(PbOutcome::Refused) => Ok(Outcome::Refused {
             reason: reason.to_owned(),
         }),

@@ -165,7 +165,7 @@ async fn a_sweep_deletes_what_is_old_and_keeps_what_is_still_needed() {
     let event = Event::Outcome {
         step: 0,
         kind: Kind::Action,
-        outcome: Outcome::Succeeded,
+        outcome: Outcome::succeeded(),
     };
     let applied = store::apply_event(&t.pool, new_event, running_old, &event)
         .await

@@ -6,15 +6,21 @@
 //! outbox, in one transaction) over its own fresh database; its events
 //! reach the orchestrator through a relay and Pub/Sub like any other's.
 //!
-//! Its commands carry the saga's canonical JSON input
-//! (`{"traveller": "..."}`). Business rules, all data-driven so a test can
-//! change them between a refusal and a retry:
-//! - `HoldSeat` refuses a traveller listed in `no_seats`;
-//!   `ReleaseSeat` releases (or leaves a tombstone when it comes first);
-//! - `Confirm` refuses a traveller whose seat is not held (`no_hold`) or who
-//!   is listed in `banned`;
-//! - `Notify` refuses while the traveller's mailbox is closed
-//!   (`mailbox_closed: <traveller>`), else records a notice.
+//! Its commands carry JSON inputs, built by the definition's mappings from
+//! the saga's input and earlier steps' outputs. Business rules, all
+//! data-driven so a test can change them between a refusal and a retry:
+//! - `HoldSeat` (`{traveller}`) refuses a traveller listed in `no_seats`,
+//!   else holds a seat and outputs `{"seat": "S-…"}`; `ReleaseSeat`
+//!   (`{seat}`, absent when the hold's outcome was never known) releases
+//!   it, or leaves a tombstone when it comes first, and records the seat it
+//!   was told;
+//! - `Confirm` (`{traveller, seat}`) refuses a traveller whose seat is not
+//!   held (`no_hold`) or who is listed in `banned`, else books the seat and
+//!   outputs `{"booking_ref": "BK-…"}`;
+//! - `Notify` (`{to, booking_ref}`) refuses while the traveller's mailbox is
+//!   closed (`mailbox_closed: <traveller>`), else records a notice with the
+//!   reference it was given. For the traveller `verbose` it returns an
+//!   output over the limit, which the contract refuses to commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,18 +49,23 @@ const TABLES: db::Migration = db::Migration {
     name: "desk",
     sql: r#"
 CREATE TABLE holds (
-    saga_id   uuid PRIMARY KEY,
-    traveller text,
-    status    text NOT NULL CHECK (status IN ('HELD', 'RELEASED'))
+    saga_id       uuid PRIMARY KEY,
+    traveller     text,
+    seat          text,
+    status        text NOT NULL CHECK (status IN ('HELD', 'RELEASED')),
+    released_seat text
 );
 CREATE TABLE bookings (
-    saga_id   uuid PRIMARY KEY,
-    traveller text NOT NULL
+    saga_id     uuid PRIMARY KEY,
+    traveller   text NOT NULL,
+    seat        text,
+    booking_ref text NOT NULL
 );
 CREATE TABLE notices (
-    command_id uuid PRIMARY KEY,
-    saga_id    uuid NOT NULL,
-    traveller  text NOT NULL
+    command_id  uuid PRIMARY KEY,
+    saga_id     uuid NOT NULL,
+    traveller   text NOT NULL,
+    booking_ref text
 );
 CREATE TABLE mailboxes (traveller text PRIMARY KEY, open boolean NOT NULL);
 CREATE TABLE no_seats (traveller text PRIMARY KEY);
@@ -80,6 +91,18 @@ pub struct Rows {
     pub hold: Option<String>,
     pub booked: bool,
     pub notices: i64,
+}
+
+/// What the desk was told and gave, for one saga: the seat it held, the
+/// seat a release named, the seat and reference of the booking, and the
+/// references its notices were sent with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Told {
+    pub seat: Option<String>,
+    pub released_seat: Option<String>,
+    pub booked_seat: Option<String>,
+    pub booking_ref: Option<String>,
+    pub noticed_refs: Vec<Option<String>>,
 }
 
 impl Desk {
@@ -180,6 +203,36 @@ impl Desk {
         })
     }
 
+    /// What the desk was told and gave for one saga.
+    pub async fn told(&self, saga_id: Uuid) -> anyhow::Result<Told> {
+        let client = self.pool.get().await?;
+        let hold = client
+            .query_opt(
+                "SELECT seat, released_seat FROM holds WHERE saga_id = $1",
+                &[&saga_id],
+            )
+            .await?;
+        let booking = client
+            .query_opt(
+                "SELECT seat, booking_ref FROM bookings WHERE saga_id = $1",
+                &[&saga_id],
+            )
+            .await?;
+        let notices = client
+            .query(
+                "SELECT booking_ref FROM notices WHERE saga_id = $1",
+                &[&saga_id],
+            )
+            .await?;
+        Ok(Told {
+            seat: hold.as_ref().and_then(|r| r.get(0)),
+            released_seat: hold.as_ref().and_then(|r| r.get(1)),
+            booked_seat: booking.as_ref().and_then(|r| r.get(0)),
+            booking_ref: booking.as_ref().map(|r| r.get(1)),
+            noticed_refs: notices.iter().map(|r| r.get(0)).collect(),
+        })
+    }
+
     /// Commands the desk handled for one saga (its inbox rows).
     pub async fn commands(&self, saga_id: Uuid) -> anyhow::Result<i64> {
         Ok(self
@@ -201,14 +254,28 @@ impl Drop for Desk {
     }
 }
 
-/// The traveller named by a command's JSON input.
-fn traveller(cmd: &Command) -> Result<String, Error> {
+/// Field `name` of a command's JSON input; `required` makes its absence
+/// an invalid command.
+fn field(cmd: &Command, name: &str, required: bool) -> Result<Option<String>, Error> {
     let input: serde_json::Value = serde_json::from_slice(&cmd.raw_input)
         .map_err(|e| Error::invalid("input", format!("not JSON: {e}")))?;
-    input["traveller"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| Error::invalid("input", "has no traveller"))
+    match input.get(name) {
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        None if !required => Ok(None),
+        _ => Err(Error::invalid(
+            format!("input.{name}"),
+            "missing, or not a string",
+        )),
+    }
+}
+
+fn traveller(cmd: &Command) -> Result<String, Error> {
+    Ok(field(cmd, "traveller", true)?.unwrap_or_default())
+}
+
+/// A short code from the saga id.
+fn code(prefix: &str, saga_id: Uuid) -> String {
+    format!("{prefix}-{}", &saga_id.simple().to_string()[..8])
 }
 
 async fn listed(tx: &Tx<'_>, table: &str, traveller: &str) -> Result<bool, Error> {
@@ -226,15 +293,18 @@ async fn hold_seat(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
     if listed(tx, "no_seats", &who).await? {
         return Ok(Decision::refused("no_seats", json!({})));
     }
+    let seat = code("S", cmd.saga_id);
     let inserted = tx
         .execute(
-            "INSERT INTO holds (saga_id, traveller, status) VALUES ($1, $2, 'HELD')
+            "INSERT INTO holds (saga_id, traveller, seat, status) VALUES ($1, $2, $3, 'HELD')
              ON CONFLICT (saga_id) DO NOTHING",
-            &[&cmd.saga_id, &who],
+            &[&cmd.saga_id, &who, &seat],
         )
         .await?;
     if inserted == 1 {
-        return Ok(Decision::succeeded(json!({ "hold": "HELD" })));
+        return Ok(
+            Decision::succeeded(json!({ "hold": "HELD" })).with_output(json!({ "seat": seat }))
+        );
     }
     let status: String = tx
         .query_one(
@@ -245,16 +315,19 @@ async fn hold_seat(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
         .get(0);
     Ok(match status.as_str() {
         "RELEASED" => Decision::refused(COMPENSATED_BEFORE_ACTION, json!({})),
-        _ => Decision::succeeded(json!({ "hold": status, "existing": true })),
+        _ => Decision::succeeded(json!({ "hold": status, "existing": true }))
+            .with_output(json!({ "seat": seat })),
     })
 }
 
 async fn release_seat(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
     // A tombstone when the release comes first; else release the hold.
+    // The seat comes from the hold's output, when it was known.
+    let seat = field(cmd, "seat", false)?;
     tx.execute(
-        "INSERT INTO holds (saga_id, status) VALUES ($1, 'RELEASED')
-         ON CONFLICT (saga_id) DO UPDATE SET status = 'RELEASED'",
-        &[&cmd.saga_id],
+        "INSERT INTO holds (saga_id, status, released_seat) VALUES ($1, 'RELEASED', $2)
+         ON CONFLICT (saga_id) DO UPDATE SET status = 'RELEASED', released_seat = $2",
+        &[&cmd.saga_id, &seat],
     )
     .await?;
     Ok(Decision::succeeded(json!({ "hold": "RELEASED" })))
@@ -275,16 +348,21 @@ async fn confirm(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
     if listed(tx, "banned", &who).await? {
         return Ok(Decision::refused(format!("banned: {who}"), json!({})));
     }
+    let seat = field(cmd, "seat", false)?;
+    let booking_ref = code("BK", cmd.saga_id);
     tx.execute(
-        "INSERT INTO bookings (saga_id, traveller) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        &[&cmd.saga_id, &who],
+        "INSERT INTO bookings (saga_id, traveller, seat, booking_ref) VALUES ($1, $2, $3, $4)
+         ON CONFLICT DO NOTHING",
+        &[&cmd.saga_id, &who, &seat, &booking_ref],
     )
     .await?;
-    Ok(Decision::succeeded(json!({ "booked": true })))
+    Ok(Decision::succeeded(json!({ "booked": true }))
+        .with_output(json!({ "booking_ref": booking_ref })))
 }
 
 async fn notify(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
-    let who = traveller(cmd)?;
+    let who = field(cmd, "to", true)?.unwrap_or_default();
+    let booking_ref = field(cmd, "booking_ref", false)?;
     let closed = tx
         .query_opt(
             "SELECT 1 FROM mailboxes WHERE traveller = $1 AND NOT open",
@@ -299,11 +377,17 @@ async fn notify(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
         ));
     }
     tx.execute(
-        "INSERT INTO notices (command_id, saga_id, traveller) VALUES ($1, $2, $3)",
-        &[&cmd.command_id, &cmd.saga_id, &who],
+        "INSERT INTO notices (command_id, saga_id, traveller, booking_ref) VALUES ($1, $2, $3, $4)",
+        &[&cmd.command_id, &cmd.saga_id, &who, &booking_ref],
     )
     .await?;
-    Ok(Decision::succeeded(json!({ "notified": who })))
+    let decision = Decision::succeeded(json!({ "notified": who }));
+    if who == "verbose" {
+        // More than a step output may carry: the contract refuses to
+        // commit it, and the notice above is rolled back with it.
+        return Ok(decision.with_output(json!({ "transcript": "x".repeat(5000) })));
+    }
+    Ok(decision.with_output(json!({ "sent_to": who })))
 }
 
 type Decide = for<'t> fn(&'t Tx<'t>, &'t Command) -> BoxFuture<'t, Result<Decision, Error>>;

@@ -9,14 +9,21 @@
 //! refused first step and a refused pivot compensate exactly what may have
 //! acted; a refused notification suspends the saga with nothing undone,
 //! refuses a cancel, and finishes once an operator fixes the cause and
-//! retries (each retry a new command).
+//! retries (each retry a new command). Steps' outputs (the seat, the
+//! booking reference) reach later commands and the hold's release through
+//! the definition's input mappings; an output over the limit is never
+//! committed by the participant, and one arriving in an event is
+//! dead-lettered.
 
 use std::time::Duration;
 
+use prost::Message as _;
+use sagaflow_protos::events::v1::{CommandKind, EventEnvelope, Outcome};
 use sagaflow_protos::orchestrator::v1::{
     CancelSagaRequest, GetDefinitionRequest, GetSagaRequest, RetrySagaRequest, Saga, SagaState,
     StartSagaRequest,
 };
+use sagaflow_protos::participant::v1::{CommandAck, StepCommand};
 use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::desk::{Desk, Rows};
 use sagaflow_tests::system::{Options, System};
@@ -41,14 +48,22 @@ steps:
     participant: desk
     action: /sagaflow.test.v1.Desk/HoldSeat
     compensation: /sagaflow.test.v1.Desk/ReleaseSeat
+    input: {traveller: /input/traveller}
+    compensation_input: {seat: /steps/hold_seat/output/seat}
   - name: confirm
     participant: desk
     action: /sagaflow.test.v1.Desk/Confirm
     compensation: none
+    input:
+      traveller: /input/traveller
+      seat: /steps/hold_seat/output/seat
   - name: notify
     participant: desk
     action: /sagaflow.test.v1.Desk/Notify
     forward_only: true
+    input:
+      to: /input/traveller
+      booking_ref: /steps/confirm/output/booking_ref
 "#;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -136,12 +151,23 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
             ("notify", true, true)
         ]
     );
+    assert_eq!(
+        def.steps[2].input.get("booking_ref").map(String::as_str),
+        Some("/steps/confirm/output/booking_ref")
+    );
+    assert_eq!(
+        def.steps[0]
+            .compensation_input
+            .get("seat")
+            .map(String::as_str),
+        Some("/steps/hold_seat/output/seat")
+    );
 
     desk.set_mailbox("bob", false).await?;
     desk.list("banned", "carl").await?;
     desk.list("no_seats", "dora").await?;
     let mut ids = std::collections::HashMap::new();
-    for who in ["ann", "bob", "carl", "dora"] {
+    for who in ["ann", "bob", "carl", "dora", "verbose"] {
         let started = client
             .start_saga(StartSagaRequest {
                 saga_type: "booking".into(),
@@ -172,6 +198,28 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
     };
     let ann_id = ids["ann"].parse()?;
     assert_eq!(desk.rows(ann_id).await?, rows(Some("HELD"), true, 1));
+    // Each output is kept with its step and reached the later commands.
+    let output = |saga: &Saga, step: usize| -> serde_json::Value {
+        serde_json::from_str(&saga.steps[step].output_json).unwrap_or_default()
+    };
+    let seat = output(ann, 0)["seat"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let booking_ref = output(ann, 1)["booking_ref"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        seat.starts_with("S-") && booking_ref.starts_with("BK-"),
+        "{ann:?}"
+    );
+    assert_eq!(output(ann, 2), serde_json::json!({"sent_to": "ann"}));
+    let told = desk.told(ann_id).await?;
+    assert_eq!(told.seat.as_deref(), Some(seat.as_str()));
+    assert_eq!(told.booked_seat.as_deref(), Some(seat.as_str()));
+    assert_eq!(told.booking_ref.as_deref(), Some(booking_ref.as_str()));
+    assert_eq!(told.noticed_refs, [Some(booking_ref.clone())]);
 
     // The pivot refused: the held seat is released, nothing else happened.
     assert_eq!(carl.state, SagaState::Compensated as i32, "{carl:?}");
@@ -181,6 +229,17 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
         desk.rows(ids["carl"].parse()?).await?,
         rows(Some("RELEASED"), false, 0)
     );
+    // The release was told the seat the hold returned.
+    let held = output(carl, 0)["seat"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(held.starts_with("S-"), "{carl:?}");
+    assert_eq!(
+        desk.told(ids["carl"].parse()?).await?.released_seat,
+        Some(held)
+    );
+    assert_eq!(carl.steps[1].output_json, "");
 
     // The first step refused: nothing to undo.
     assert_eq!(dora.state, SagaState::Compensated as i32, "{dora:?}");
@@ -260,6 +319,98 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
 
     // The three other sagas' commands each reached the desk once.
     assert_eq!(desk.commands(ann_id).await?, 3);
+
+    // An output over the limit is never committed: the notification is
+    // re-sent (it is forward-only) and nothing of it is written.
+    let verbose_id = ids["verbose"].clone();
+    let verbose = wait_until(&system, &verbose_id, SagaState::Running, |s| {
+        s.steps[2].attempts >= 2
+    })
+    .await?;
+    assert_eq!(step_states(&verbose), ["SUCCEEDED", "SUCCEEDED", "PENDING"]);
+    assert_eq!(desk.commands(verbose_id.parse()?).await?, 2);
+    assert_eq!(desk.rows(verbose_id.parse()?).await?.notices, 0);
+    // Asked directly, the desk says why.
+    let forged = StepCommand {
+        command_id: uuid::Uuid::now_v7().to_string(),
+        saga_id: uuid::Uuid::now_v7().to_string(),
+        step: 2,
+        step_name: "notify".into(),
+        attempt: 1,
+        saga_type: "booking".into(),
+        input: br#"{"to": "verbose"}"#.to_vec(),
+    };
+    let forged_saga = forged.saga_id.parse()?;
+    let channel = tonic::transport::Endpoint::from_shared(desk.url.clone())?
+        .connect()
+        .await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let err = grpc
+        .unary::<_, CommandAck, _>(
+            tonic::Request::new(forged),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/sagaflow.test.v1.Desk/Notify"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("an oversize output is refused");
+    assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
+    assert!(
+        err.message().contains("the output of notify ")
+            && err
+                .message()
+                .contains("bytes, more than the 4096 a step output may have"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(desk.commands(forged_saga).await?, 0);
+
+    // An oversize output arriving from another implementation is
+    // dead-lettered with its reason, and changes no saga.
+    let ps = sagaflow_common::pubsub::PubSubConfig {
+        project: "sagaflow-local".into(),
+        emulator_host: Some(system.emulator_host.clone()),
+    };
+    let publisher = sagaflow_common::pubsub::EventPublisher::new(&ps, &system.topic, 8).await?;
+    let oversize = EventEnvelope {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        saga_id: verbose_id.clone(),
+        step: 2,
+        step_name: "notify".into(),
+        kind: CommandKind::Action as i32,
+        outcome: Outcome::Succeeded as i32,
+        output: format!(r#"{{"transcript": "{}"}}"#, "x".repeat(5000)),
+        ..EventEnvelope::default()
+    };
+    let oversize_len = oversize.output.len();
+    publisher
+        .publish(sagaflow_common::pubsub::OutgoingMessage {
+            data: oversize.encode_to_vec(),
+            ordering_key: String::new(),
+            attributes: vec![],
+        })
+        .await?;
+    let reasons = wait_for("the oversize output to be dead-lettered", WAIT, || {
+        let url = system.dbs.orchestrator.clone();
+        async move {
+            let c = sagaflow_common::db::connect(&url).await?;
+            let rows = c.query("SELECT reason FROM dead_letters", &[]).await?;
+            let reasons: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            Ok((!reasons.is_empty()).then_some(reasons))
+        }
+    })
+    .await?;
+    assert_eq!(
+        reasons,
+        [format!(
+            "output: {} bytes, more than the 4096 a step output may have",
+            oversize_len
+        )]
+    );
+    let still = get(&system, &verbose_id).await?;
+    assert_eq!(still.state, SagaState::Running as i32);
+    assert_eq!(still.steps[2].status, "PENDING");
+
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

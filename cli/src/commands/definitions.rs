@@ -99,6 +99,9 @@ fn describe(d: &SagaDefinition) -> String {
         let _ = writeln!(out, "{}. {} ({})", i + 1, s.name, s.participant);
         let _ = writeln!(out, "   action        {}", s.action);
         let _ = writeln!(out, "                 {}", policy_text(s.policy.as_ref()));
+        for (field, pointer) in sorted(&s.input) {
+            let _ = writeln!(out, "                 input.{field} = {pointer}");
+        }
         if s.forward_only {
             let _ = writeln!(
                 out,
@@ -113,12 +116,22 @@ fn describe(d: &SagaDefinition) -> String {
                 "                 {}",
                 policy_text(s.compensation_policy.as_ref())
             );
+            for (field, pointer) in sorted(&s.compensation_input) {
+                let _ = writeln!(out, "                 input.{field} = {pointer}");
+            }
         }
     }
     if !d.input_schema_json.is_empty() {
         let _ = writeln!(out, "\ninput schema  {}", d.input_schema_json);
     }
     out
+}
+
+/// A mapping's fields in name order.
+fn sorted(m: &std::collections::HashMap<String, String>) -> Vec<(&String, &String)> {
+    let mut fields: Vec<_> = m.iter().collect();
+    fields.sort();
+    fields
 }
 
 fn policy_json(p: Option<&StepPolicy>) -> Value {
@@ -150,6 +163,8 @@ fn definition_json(d: &SagaDefinition) -> Value {
             "policy": policy_json(s.policy.as_ref()),
             "compensation_policy": policy_json(s.compensation_policy.as_ref()),
             "forward_only": s.forward_only,
+            "input": s.input,
+            "compensation_input": s.compensation_input,
         })).collect::<Vec<_>>(),
     })
 }

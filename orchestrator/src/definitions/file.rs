@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::saga::{Definition, Policy, StepDef};
+use crate::saga::mapping::{self, Mapping, Scope};
+use crate::saga::{Definition, Kind, Policy, StepDef};
 
 /// Most sends of one command.
 pub const MAX_ATTEMPTS: u32 = 1_000_000;
@@ -74,6 +75,12 @@ struct Step {
     /// the saga. Every step after one that cannot be undone must be.
     #[serde(default)]
     forward_only: bool,
+    /// How the action's command input is built: field -> JSON pointer.
+    #[serde(default)]
+    input: Option<Mapping>,
+    /// The same for the compensation.
+    #[serde(default)]
+    compensation_input: Option<Mapping>,
     #[serde(default)]
     policy: PolicyFields,
     #[serde(default)]
@@ -111,6 +118,7 @@ pub fn parse(
     .map_err(|(f, p)| at(&format!("defaults.compensation.{f}"), p))?;
 
     let mut names = HashSet::new();
+    let all_names: Vec<&str> = file.steps.iter().map(|s| s.name.as_str()).collect();
     let mut steps = Vec::with_capacity(file.steps.len());
     for (i, s) in file.steps.iter().enumerate() {
         let field = |f: &str| format!("steps[{i}].{f}");
@@ -176,6 +184,38 @@ pub fn parse(
             .map_err(|(f, p)| at(&field(&format!("policy.{f}")), p))?;
         let compensation_policy = resolve(compensation_defaults, &s.compensation_policy)
             .map_err(|(f, p)| at(&field(&format!("compensation_policy.{f}")), p))?;
+        let mapped = |which: &str, m: &Option<Mapping>, kind| -> Result<Option<Mapping>, String> {
+            let Some(m) = m else { return Ok(None) };
+            if file.saga_type == super::order::SAGA_TYPE {
+                return Err(at(
+                    &field(which),
+                    "the order saga's participants read the OrderInput message; input mappings are for saga types started with StartSaga".to_owned(),
+                ));
+            }
+            let scope = Scope {
+                names: &all_names,
+                at: i,
+                kind,
+                schema: Some(&file.input_schema),
+            };
+            mapping::check(m, &scope).map_err(|(f, p)| match f.as_str() {
+                "" => at(&field(which), p),
+                f => at(&field(&format!("{which}.{f}")), p),
+            })?;
+            Ok(Some(m.clone()))
+        };
+        let input = mapped("input", &s.input, Kind::Action)?;
+        let compensation_input = mapped(
+            "compensation_input",
+            &s.compensation_input,
+            Kind::Compensation,
+        )?;
+        if compensation.is_none() && compensation_input.is_some() {
+            return Err(at(
+                &field("compensation_input"),
+                "the step has no compensation (compensation: none)".to_owned(),
+            ));
+        }
         if compensation.is_none() && s.compensation_policy.attempts.is_some() {
             return Err(at(
                 &field("compensation_policy"),
@@ -188,6 +228,8 @@ pub fn parse(
             action: s.action.clone(),
             compensation,
             forward_only: s.forward_only,
+            input,
+            compensation_input,
             policy,
             compensation_policy,
         });
@@ -602,6 +644,89 @@ mod tests {
         );
         assert!(err("type: t\n\0version: 1\n").starts_with("t.yaml: "));
         assert!(err("- not\n- a map\n").starts_with("t.yaml: "));
+    }
+
+    #[test]
+    fn input_mappings_are_read_and_each_pointer_checked() {
+        let schema = "input_schema: {type: object, additionalProperties: false, properties: {who: {type: string}, cents: {type: integer}}}";
+        let two = |b_input: &str| {
+            format!(
+                "type: t\nversion: 1\n{schema}\nsteps:\n  - name: a\n    participant: order\n    action: /p.v1.S/A\n    compensation: /p.v1.S/UndoA\n    input: {{customer: /input/who}}\n  - name: b\n    participant: payment\n    action: /p.v1.S/B\n    compensation: /p.v1.S/UndoB\n{b_input}"
+            )
+        };
+        let good = two(
+            "    input: {amount_cents: /input/cents, ref: /steps/a/output/ref}\n    compensation_input: {payment_id: /steps/b/output/payment_id}\n",
+        );
+        let d = parse("t.yaml", &good, Some(&participants())).expect("mappings parse");
+        let map = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Mapping>(),
+            )
+        };
+        assert_eq!(d.steps[0].input, map(&[("customer", "/input/who")]));
+        assert_eq!(d.steps[0].compensation_input, None);
+        assert_eq!(
+            d.steps[1].input,
+            map(&[
+                ("amount_cents", "/input/cents"),
+                ("ref", "/steps/a/output/ref")
+            ])
+        );
+        assert_eq!(
+            d.steps[1].compensation_input,
+            map(&[("payment_id", "/steps/b/output/payment_id")])
+        );
+        for (b_input, want) in [
+            (
+                "    input: {ref: /steps/b/output/ref}\n",
+                "t.yaml: steps[1].input.ref: \"/steps/b/output/ref\" points nowhere: b does not come before this step",
+            ),
+            (
+                "    input: {ref: /steps/c/output}\n",
+                "t.yaml: steps[1].input.ref: \"/steps/c/output\" points nowhere: there is no step \"c\"",
+            ),
+            (
+                "    input: {email: /input/email}\n",
+                "t.yaml: steps[1].input.email: \"/input/email\" points nowhere: the input schema allows no property \"email\"",
+            ),
+            (
+                "    input: {x: input/who}\n",
+                "t.yaml: steps[1].input.x: \"input/who\" is not a JSON pointer",
+            ),
+            (
+                "    input: {x: 5}\n",
+                "t.yaml: steps[1].input.x: \"5\" is not a JSON pointer",
+            ),
+            (
+                "    input: [a]\n",
+                "t.yaml: steps[1].input: invalid type: sequence, expected a map",
+            ),
+        ] {
+            let e = err(&two(b_input));
+            assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+        }
+        // A pivot's compensation input; the order saga's typed input.
+        let e = err(&MINIMAL.replace(
+            "compensation: /p.v1.S/UndoA",
+            "compensation: none\n    compensation_input: {x: /input}",
+        ));
+        assert_eq!(
+            e,
+            "t.yaml: steps[0].compensation_input: the step has no compensation (compensation: none)"
+        );
+        let e = err(&MINIMAL.replace("type: t", "type: order").replace(
+            "compensation: /p.v1.S/UndoA",
+            "compensation: /p.v1.S/UndoA\n    input: {x: /input}",
+        ));
+        assert!(
+            e.starts_with(
+                "t.yaml: steps[0].input: the order saga's participants read the OrderInput message"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

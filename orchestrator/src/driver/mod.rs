@@ -123,7 +123,24 @@ impl Driver {
         let ctx = &committed.ctx;
         for effect in &committed.effects {
             match *effect {
-                Effect::SendCommand(cmd) => self.send(ctx.clone(), cmd, parent.clone()),
+                Effect::SendCommand(cmd) => {
+                    // The command's input: the saga's, or what the step's
+                    // mapping builds from it and earlier steps' outputs.
+                    let mut ctx = ctx.clone();
+                    if let Some(def) =
+                        crate::definitions::find(&ctx.saga_type, ctx.definition_version)
+                        && let Some(input) = crate::saga::mapping::command_input(
+                            &def,
+                            &ctx.input,
+                            &committed.state,
+                            cmd.step,
+                            cmd.kind,
+                        )
+                    {
+                        ctx.input = input;
+                    }
+                    self.send(ctx, cmd, parent.clone())
+                }
                 Effect::ScheduleTimeout { at } => {
                     // Deadlines are on the database's clock: wait for the
                     // difference to the time the change was made at.
@@ -183,7 +200,7 @@ impl Driver {
         {
             span.record("saga.step.index", *step);
             let outcome = match outcome {
-                crate::saga::Outcome::Succeeded => "succeeded",
+                crate::saga::Outcome::Succeeded { .. } => "succeeded",
                 crate::saga::Outcome::Refused { .. } => "refused",
             };
             span.record(

@@ -144,8 +144,8 @@ impl Driver {
                     .await;
                 drop(permits);
                 let outcome = match &result {
-                    Ok(ack) => match crate::consumer::outcome_of(ack.outcome, "") {
-                        Ok(Outcome::Succeeded) => CallOutcome::Succeeded,
+                    Ok(ack) => match crate::consumer::outcome_of(ack.outcome, "", &ack.output) {
+                        Ok(Outcome::Succeeded { .. }) => CallOutcome::Succeeded,
                         Ok(Outcome::Refused { .. }) => CallOutcome::Refused,
                         Err(_) => CallOutcome::Unreadable,
                     },
@@ -290,7 +290,7 @@ impl Driver {
 /// The event id and outcome a reply carries.
 fn parse_reply(ack: &CommandAck) -> Result<(Uuid, Outcome), String> {
     let event_id = Uuid::parse_str(&ack.event_id).map_err(|_| "event_id: not a UUID".to_owned())?;
-    let outcome = crate::consumer::outcome_of(ack.outcome, &ack.reason)?;
+    let outcome = crate::consumer::outcome_of(ack.outcome, &ack.reason, &ack.output)?;
     Ok((event_id, outcome))
 }
 

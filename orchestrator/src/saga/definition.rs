@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::mapping::Mapping;
+
 /// A saga type, at one version. Each saga instance records the version it
 /// started with and keeps running under it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +39,14 @@ pub struct StepDef {
     /// anything. It has no compensation.
     #[serde(default, skip_serializing_if = "is_false")]
     pub forward_only: bool,
+    /// How the action's command input is built ([`super::mapping`]); `None`:
+    /// the saga's input as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Mapping>,
+    /// How the compensation's command input is built; `None`: as the
+    /// action's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation_input: Option<Mapping>,
     /// Attempts and deadline of the action.
     pub policy: Policy,
     /// Attempts and deadline of the compensation.
@@ -171,6 +181,8 @@ mod tests {
             action: format!("/t.v1.S/{name}"),
             compensation: compensation.map(|c| format!("/t.v1.S/{c}")),
             forward_only: false,
+            input: None,
+            compensation_input: None,
             policy: Policy::default(),
             compensation_policy: Policy::default(),
         }

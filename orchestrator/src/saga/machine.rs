@@ -167,9 +167,11 @@ pub fn apply(
                 };
             }
             match (kind, outcome) {
-                (Kind::Action, Outcome::Succeeded) => m.action_succeeded(*step)?,
+                (Kind::Action, Outcome::Succeeded { output }) => {
+                    m.action_succeeded(*step, output)?
+                }
                 (Kind::Action, Outcome::Refused { reason }) => m.action_refused(*step, reason)?,
-                (Kind::Compensation, Outcome::Succeeded) => m.compensated(*step)?,
+                (Kind::Compensation, Outcome::Succeeded { .. }) => m.compensated(*step)?,
                 (Kind::Compensation, Outcome::Refused { reason }) => {
                     m.compensation_refused(*step, reason)?
                 }
@@ -396,8 +398,9 @@ impl Machine<'_> {
 
     /// The action of the running step succeeded: send the next one, or
     /// complete.
-    fn advance(&mut self, step: usize) -> Option<Note> {
+    fn advance(&mut self, step: usize, output: &Option<serde_json::Value>) -> Option<Note> {
         self.s.steps[step].state = StepState::Succeeded;
+        self.s.steps[step].output = output.clone();
         // A running saga's reason only ever says a step is overdue.
         self.s.reason = None;
         if step + 1 < self.def.steps.len() {
@@ -419,12 +422,18 @@ impl Machine<'_> {
         }
     }
 
-    fn action_succeeded(&mut self, step: usize) -> Result<Option<Note>, Error> {
+    fn action_succeeded(
+        &mut self,
+        step: usize,
+        output: &Option<serde_json::Value>,
+    ) -> Result<Option<Note>, Error> {
         let state = self.s.steps[step].state;
         Ok(match (self.s.status, state) {
             // Judged by `apply` as the saga it was; not reached.
             (Status::Suspended, _) => return Err(self.suspended(step, Kind::Action)),
-            (Status::Running, StepState::Pending) if step == self.s.cursor => self.advance(step),
+            (Status::Running, StepState::Pending) if step == self.s.cursor => {
+                self.advance(step, output)
+            }
             // A forward-only step retried by an operator, whose recorded
             // refusal was a repeat of an earlier command's (events carry no
             // generation): only the newest command can succeed. The saga
@@ -435,7 +444,7 @@ impl Machine<'_> {
             {
                 self.s.failed_step = None;
                 self.s.steps[step].reason = None;
-                self.advance(step)
+                self.advance(step, output)
             }
             // Duplicate of an outcome already applied.
             (_, StepState::Succeeded) => None,
@@ -443,6 +452,8 @@ impl Machine<'_> {
             // and it is (or will be) compensated like any success.
             (Status::Compensating, StepState::Unknown) => {
                 self.s.steps[step].state = StepState::Succeeded;
+                // Its compensation may need what it returned.
+                self.s.steps[step].output = output.clone();
                 note(
                     "late_outcome",
                     format!(

@@ -3,6 +3,7 @@
 
 pub mod definition;
 pub mod machine;
+pub mod mapping;
 pub mod state;
 
 #[cfg(test)]

@@ -119,6 +119,10 @@ pub struct StepRecord {
     pub action_generation: u32,
     /// Why it was refused / is unknown / failed to compensate.
     pub reason: Option<String>,
+    /// What its participant returned with the action's success (a JSON
+    /// object), for later commands and its compensation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
 }
 
 impl StepRecord {
@@ -131,6 +135,7 @@ impl StepRecord {
             compensation_generation: 0,
             action_generation: 0,
             reason: None,
+            output: None,
         }
     }
 }
@@ -221,8 +226,21 @@ impl Kind {
 /// A participant's decision on one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    Succeeded,
-    Refused { reason: String },
+    /// It acted (or undid). An action's `output` (a small JSON object: a
+    /// payment id, a booking reference) is kept with the step.
+    Succeeded {
+        output: Option<serde_json::Value>,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// A success with no output.
+    pub const fn succeeded() -> Self {
+        Outcome::Succeeded { output: None }
+    }
 }
 
 /// What can happen to a saga.

@@ -46,13 +46,15 @@ pub fn event_type(event: &EventEnvelope) -> String {
     )
 }
 
-/// The event `event_id` answering `cmd` with `decision`.
+/// The event `event_id` answering `cmd` with `decision`; `output` is the
+/// decision's output, already checked ([`sagaflow_common::output::encode`]).
 pub(super) fn build(
     event_id: Uuid,
     participant: &str,
     kind: CommandKind,
     cmd: &Command,
     decision: &Decision,
+    output: String,
 ) -> EventEnvelope {
     let mut event = EventEnvelope {
         event_id: event_id.to_string(),
@@ -64,6 +66,7 @@ pub(super) fn build(
         payload: decision.payload.to_string().into_bytes(),
         occurred_at: Some(SystemTime::now().into()),
         participant: participant.to_owned(),
+        output,
         ..EventEnvelope::default()
     };
     event.set_kind(kind);
@@ -94,6 +97,7 @@ mod tests {
             CommandKind::Action,
             &cmd,
             &refused,
+            String::new(),
         );
         assert_eq!(event_type(&event), "payment.process_payment.action.refused");
         assert_eq!(event.command_id, cmd.command_id.to_string());

@@ -167,6 +167,7 @@ impl Executor {
                 stored.event_id,
                 stored.outcome,
                 stored.reason,
+                stored.output,
             ));
         }
 
@@ -179,8 +180,15 @@ impl Executor {
         if !decision.reason.is_empty() {
             decided.set_attribute("command.reason", decision.reason.clone());
         }
+        // An output too large (or not an object) is the participant's bug:
+        // nothing is committed, and the orchestrator sees the error.
+        let output = match &decision.output {
+            None => String::new(),
+            Some(v) => sagaflow_common::output::encode(v)
+                .map_err(|problem| anyhow::anyhow!("the output of {} {problem}", cmd.step_name))?,
+        };
         let event_id = Uuid::now_v7();
-        let event = build(event_id, self.participant, kind, cmd, &decision);
+        let event = build(event_id, self.participant, kind, cmd, &decision, output);
         let encoded = event.encode_to_vec();
         // The inbox answer and the outbox row in one round trip (pipelined).
         let event_type = event_type(&event);
@@ -219,6 +227,7 @@ impl Executor {
             event_id,
             decision.outcome,
             decision.reason,
+            event.output,
         ))
     }
 }
@@ -240,11 +249,13 @@ fn ack(
     event_id: Uuid,
     outcome: Outcome,
     reason: String,
+    output: String,
 ) -> CommandAck {
     let mut ack = CommandAck {
         event_id: event_id.to_string(),
         outcome: outcome as i32,
         reason,
+        output,
         ..CommandAck::default()
     };
     ack.set_status(status);

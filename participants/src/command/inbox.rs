@@ -49,6 +49,8 @@ pub struct Stored {
     pub envelope: Vec<u8>,
     /// Decoded from `envelope`, for the re-emitted outbox row.
     pub event_type: String,
+    /// The stored output (JSON text; empty: none), for the reply.
+    pub output: String,
 }
 
 /// Claim `cmd.command_id`. `None`: first sighting, the row is ours to fill
@@ -94,6 +96,7 @@ pub async fn claim(tx: &Tx<'_>, cmd: &Command, kind: CommandKind) -> Result<Opti
         reason: row.get::<_, Option<String>>(4).unwrap_or_default(),
         event_id,
         event_type: super::event_type(&event),
+        output: event.output,
         envelope,
     }))
 }

@@ -77,6 +77,11 @@ pub struct Decision {
     pub reason: String,
     /// A small JSON object describing what was done, kept in saga history.
     pub payload: Value,
+    /// What a successful action hands to later steps and to its own
+    /// compensation (a payment id, a booking reference): a JSON object of
+    /// at most [`MAX_OUTPUT_BYTES`](sagaflow_common::output::MAX_OUTPUT_BYTES)
+    /// bytes. A larger one is refused before anything is committed.
+    pub output: Option<Value>,
 }
 
 impl Decision {
@@ -85,6 +90,15 @@ impl Decision {
             outcome: Outcome::Succeeded,
             reason: String::new(),
             payload,
+            output: None,
+        }
+    }
+
+    /// This decision with `output` (see [`Decision::output`]).
+    pub fn with_output(self, output: Value) -> Self {
+        Self {
+            output: Some(output),
+            ..self
         }
     }
 
@@ -93,6 +107,7 @@ impl Decision {
             outcome: Outcome::Refused,
             reason: reason.into(),
             payload,
+            output: None,
         }
     }
 }

@@ -32,6 +32,8 @@ pub(super) fn shipment_step(
         action: format!("/test.v1.Shipping/{name}"),
         compensation: compensation.map(|c| format!("/test.v1.Shipping/{c}")),
         forward_only: false,
+        input: None,
+        compensation_input: None,
         policy: action,
         compensation_policy: undo,
     }
@@ -151,7 +153,7 @@ pub(super) fn outcome(step: usize, kind: Kind, refused: bool) -> Event {
             reason: "over the limit".to_owned(),
         }
     } else {
-        Outcome::Succeeded
+        Outcome::succeeded()
     };
     Event::Outcome {
         step,

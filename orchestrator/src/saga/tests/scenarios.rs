@@ -1145,6 +1145,65 @@ fn in_flight_carries_the_generation_of_a_retried_undo() {
 }
 
 // ---------------------------------------------------------------------------
+// Scenarios: step outputs
+// ---------------------------------------------------------------------------
+
+fn ok_with(step: usize, output: serde_json::Value) -> Event {
+    Event::Outcome {
+        step,
+        kind: Kind::Action,
+        outcome: Outcome::Succeeded {
+            output: Some(output),
+        },
+    }
+}
+
+#[test]
+fn an_actions_output_is_kept_with_its_step() {
+    let def = delivery();
+    let saga = given(
+        &def,
+        &[start(), ok_with(0, serde_json::json!({"slot": "S-1"}))],
+    );
+    assert_eq!(
+        saga.state.steps[0].output,
+        Some(serde_json::json!({"slot": "S-1"}))
+    );
+    assert_eq!(saga.state.steps[1].output, None);
+    // A repeat, even one claiming another output, changes nothing: the
+    // first recorded outcome stands.
+    saga.assert_ignores(ok_with(0, serde_json::json!({"slot": "S-2"})));
+    saga.assert_ignores(ok(0));
+    // It survives compensation, for the compensation's input.
+    let undoing = given(
+        &def,
+        &[
+            start(),
+            ok_with(0, serde_json::json!({"slot": "S-1"})),
+            refused(1),
+        ],
+    );
+    assert_eq!(undoing.state.in_flight(), Some(undo(0, 1)));
+    assert_eq!(
+        undoing.state.steps[0].output,
+        Some(serde_json::json!({"slot": "S-1"}))
+    );
+}
+
+#[test]
+fn an_output_arriving_after_the_step_was_given_up_on_is_not_recorded() {
+    let def = delivery();
+    let mut history = vec![start(), ok(0)];
+    history.extend(timeouts(action_attempts(&def, 1)));
+    let saga = given(&def, &history);
+    // Its compensation went out without it (a participant undoes by saga
+    // id when a mapped field is absent); the late success changes nothing.
+    assert_eq!(saga.state.steps[1].state, S::Compensating);
+    saga.assert_ignores(ok_with(1, serde_json::json!({"payment_id": "p-9"})));
+    assert_eq!(saga.state.steps[1].output, None);
+}
+
+// ---------------------------------------------------------------------------
 // Scenarios: forward-only steps after the pivot
 // ---------------------------------------------------------------------------
 

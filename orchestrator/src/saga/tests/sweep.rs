@@ -198,7 +198,7 @@ fn check_any(def: &Definition, input: &SagaState, event: &Event, now: Millis) {
         ) => {
             assert!(e.to_string().starts_with("[SF1003]"), "{ctx}: {e}");
             let said = match outcome {
-                Outcome::Succeeded => "succeeded",
+                Outcome::Succeeded { .. } => "succeeded",
                 Outcome::Refused { .. } => "refused",
             };
             assert_eq!(
@@ -576,6 +576,7 @@ fn hand_built_states(def: &Definition) -> Vec<SagaState> {
                                     compensation_generation: spent as u32,
                                     action_generation: spent as u32,
                                     reason: None,
+                                    output: None,
                                 })
                                 .collect();
                             let running = status == Status::Running;
