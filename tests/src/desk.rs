@@ -14,6 +14,11 @@
 //!   (`{seat}`, absent when the hold's outcome was never known) releases
 //!   it, or leaves a tombstone when it comes first, and records the seat it
 //!   was told;
+//! - `ReserveCar` (`{traveller}`, run in parallel with `HoldSeat`) waits
+//!   first for the milliseconds listed for the traveller in `slow_cars`
+//!   (so a sibling's refusal can overtake it), then reserves a car and
+//!   outputs `{"car": "C-…"}`, or is refused `compensated_before_action`
+//!   when `ReturnCar` (`{car}`) came first and left a tombstone;
 //! - `Confirm` (`{traveller, seat}`) refuses a traveller whose seat is not
 //!   held (`no_hold`) or who is listed in `banned`, else books the seat and
 //!   outputs `{"booking_ref": "BK-…"}`;
@@ -67,6 +72,13 @@ CREATE TABLE notices (
     traveller   text NOT NULL,
     booking_ref text
 );
+CREATE TABLE cars (
+    saga_id   uuid PRIMARY KEY,
+    traveller text,
+    car       text,
+    status    text NOT NULL CHECK (status IN ('RESERVED', 'RETURNED'))
+);
+CREATE TABLE slow_cars (traveller text PRIMARY KEY, ms integer NOT NULL);
 CREATE TABLE mailboxes (traveller text PRIMARY KEY, open boolean NOT NULL);
 CREATE TABLE no_seats (traveller text PRIMARY KEY);
 CREATE TABLE banned (traveller text PRIMARY KEY);
@@ -91,6 +103,16 @@ pub struct Rows {
     pub hold: Option<String>,
     pub booked: bool,
     pub notices: i64,
+}
+
+/// The car of one saga, and how the desk answered its commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Car {
+    /// `RESERVED`, `RETURNED`, or `None`.
+    pub status: Option<String>,
+    /// The outcome and reason the desk stored for the reservation
+    /// (`SUCCEEDED`, or `REFUSED` with its reason), if it decided.
+    pub reservation: Option<(String, String)>,
 }
 
 /// What the desk was told and gave, for one saga: the seat it held, the
@@ -147,6 +169,41 @@ impl Desk {
             pool,
             name,
             shutdown,
+        })
+    }
+
+    /// Make `traveller`'s car reservations wait `ms` before deciding.
+    pub async fn slow_cars(&self, traveller: &str, ms: i32) -> anyhow::Result<()> {
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "INSERT INTO slow_cars (traveller, ms) VALUES ($1, $2)",
+                &[&traveller, &ms],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The car of one saga: its row, and the desk's answers (the
+    /// reservation is step 1 of the booking saga).
+    pub async fn car(&self, saga_id: Uuid) -> anyhow::Result<Car> {
+        let client = self.pool.get().await?;
+        let status = client
+            .query_opt("SELECT status FROM cars WHERE saga_id = $1", &[&saga_id])
+            .await?
+            .map(|r| r.get(0));
+        let reservation = client
+            .query_opt(
+                "SELECT outcome, coalesce(reason, '') FROM inbox
+                 WHERE saga_id = $1 AND step = 1 AND kind = 'action' AND outcome IS NOT NULL",
+                &[&saga_id],
+            )
+            .await?
+            .map(|r| (r.get(0), r.get(1)));
+        Ok(Car {
+            status,
+            reservation,
         })
     }
 
@@ -333,6 +390,53 @@ async fn release_seat(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
     Ok(Decision::succeeded(json!({ "hold": "RELEASED" })))
 }
 
+async fn reserve_car(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
+    let who = traveller(cmd)?;
+    let slow: Option<i32> = tx
+        .query_opt("SELECT ms FROM slow_cars WHERE traveller = $1", &[&who])
+        .await?
+        .map(|r| r.get(0));
+    if let Some(ms) = slow {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.max(0) as u64)).await;
+    }
+    let car = code("C", cmd.saga_id);
+    let inserted = tx
+        .execute(
+            "INSERT INTO cars (saga_id, traveller, car, status) VALUES ($1, $2, $3, 'RESERVED')
+             ON CONFLICT (saga_id) DO NOTHING",
+            &[&cmd.saga_id, &who, &car],
+        )
+        .await?;
+    if inserted == 1 {
+        return Ok(Decision::succeeded(json!({})).with_output(json!({ "car": car })));
+    }
+    let status: String = tx
+        .query_one(
+            "SELECT status FROM cars WHERE saga_id = $1 FOR UPDATE",
+            &[&cmd.saga_id],
+        )
+        .await?
+        .get(0);
+    Ok(match status.as_str() {
+        "RETURNED" => Decision::refused(COMPENSATED_BEFORE_ACTION, json!({})),
+        _ => Decision::succeeded(json!({ "existing": true })).with_output(json!({ "car": car })),
+    })
+}
+
+async fn return_car(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
+    // A tombstone when the return comes first (the reservation then
+    // refuses); else the reservation is returned.
+    tx.execute(
+        "INSERT INTO cars (saga_id, status) VALUES ($1, 'RETURNED')
+         ON CONFLICT (saga_id) DO UPDATE SET status = 'RETURNED'",
+        &[&cmd.saga_id],
+    )
+    .await?;
+    Ok(Decision::succeeded(
+        json!({ "car": field(cmd, "car", false)? }),
+    ))
+}
+
 async fn confirm(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
     let who = traveller(cmd)?;
     let held = tx
@@ -407,6 +511,20 @@ fn routes() -> HashMap<&'static str, (Rpc, Decide)> {
             (
                 Rpc::compensation("ReleaseSeat"),
                 (|tx, cmd| release_seat(tx, cmd).boxed()) as Decide,
+            ),
+        ),
+        (
+            "ReserveCar",
+            (
+                Rpc::action("ReserveCar", false),
+                (|tx, cmd| reserve_car(tx, cmd).boxed()) as Decide,
+            ),
+        ),
+        (
+            "ReturnCar",
+            (
+                Rpc::compensation("ReturnCar"),
+                (|tx, cmd| return_car(tx, cmd).boxed()) as Decide,
             ),
         ),
         (

@@ -4,10 +4,11 @@
 //! inbox/outbox contract). The fast path is off: every outcome reaches the
 //! orchestrator through the desk's outbox, a relay and Pub/Sub.
 //!
-//! The booking saga holds a seat (undoable), confirms (the pivot) and
-//! notifies the traveller (forward-only). Its happy path completes; a
-//! refused first step and a refused pivot compensate exactly what may have
-//! acted; a refused notification suspends the saga with nothing undone,
+//! The booking saga holds a seat and reserves a car at once (a parallel
+//! group, both undoable), confirms (the pivot) and notifies the traveller
+//! (forward-only). Its happy path completes; a refusal inside the group
+//! while its sibling is still deciding, and a refused pivot after the
+//! group, compensate exactly what may have acted; a refused notification suspends the saga with nothing undone,
 //! refuses a cancel, and finishes once an operator fixes the cause and
 //! retries (each retry a new command). Steps' outputs (the seat, the
 //! booking reference) reach later commands and the hold's release through
@@ -46,10 +47,18 @@ defaults:
 steps:
   - name: hold_seat
     participant: desk
+    group: book
     action: /sagaflow.test.v1.Desk/HoldSeat
     compensation: /sagaflow.test.v1.Desk/ReleaseSeat
     input: {traveller: /input/traveller}
     compensation_input: {seat: /steps/hold_seat/output/seat}
+  - name: reserve_car
+    participant: desk
+    group: book
+    action: /sagaflow.test.v1.Desk/ReserveCar
+    compensation: /sagaflow.test.v1.Desk/ReturnCar
+    input: {traveller: /input/traveller}
+    compensation_input: {car: /steps/reserve_car/output/car}
   - name: confirm
     participant: desk
     action: /sagaflow.test.v1.Desk/Confirm
@@ -138,21 +147,29 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
         })
         .await?
         .into_inner();
-    let shape: Vec<(&str, bool, bool)> = def
+    let shape: Vec<(&str, &str, bool, bool)> = def
         .steps
         .iter()
-        .map(|s| (s.name.as_str(), s.compensation.is_empty(), s.forward_only))
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.group.as_str(),
+                s.compensation.is_empty(),
+                s.forward_only,
+            )
+        })
         .collect();
     assert_eq!(
         shape,
         [
-            ("hold_seat", false, false),
-            ("confirm", true, false),
-            ("notify", true, true)
+            ("hold_seat", "book", false, false),
+            ("reserve_car", "book", false, false),
+            ("confirm", "", true, false),
+            ("notify", "", true, true)
         ]
     );
     assert_eq!(
-        def.steps[2].input.get("booking_ref").map(String::as_str),
+        def.steps[3].input.get("booking_ref").map(String::as_str),
         Some("/steps/confirm/output/booking_ref")
     );
     assert_eq!(
@@ -166,6 +183,8 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
     desk.set_mailbox("bob", false).await?;
     desk.list("banned", "carl").await?;
     desk.list("no_seats", "dora").await?;
+    // Dora's car reservation is still deciding when her seat is refused.
+    desk.slow_cars("dora", 1500).await?;
     let mut ids = std::collections::HashMap::new();
     for who in ["ann", "bob", "carl", "dora", "verbose"] {
         let started = client
@@ -190,7 +209,10 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
 
     // Happy: every step done, each effect once.
     assert_eq!(ann.state, SagaState::Completed as i32, "{ann:?}");
-    assert_eq!(step_states(ann), ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]);
+    assert_eq!(
+        step_states(ann),
+        ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]
+    );
     let rows = |hold: Option<&str>, booked, notices| Rows {
         hold: hold.map(str::to_owned),
         booked,
@@ -206,7 +228,7 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let booking_ref = output(ann, 1)["booking_ref"]
+    let booking_ref = output(ann, 2)["booking_ref"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
@@ -214,16 +236,33 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
         seat.starts_with("S-") && booking_ref.starts_with("BK-"),
         "{ann:?}"
     );
-    assert_eq!(output(ann, 2), serde_json::json!({"sent_to": "ann"}));
+    assert_eq!(output(ann, 3), serde_json::json!({"sent_to": "ann"}));
+    assert!(
+        output(ann, 1)["car"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("C-")),
+        "{ann:?}"
+    );
+    assert_eq!(desk.car(ann_id).await?.status.as_deref(), Some("RESERVED"));
     let told = desk.told(ann_id).await?;
     assert_eq!(told.seat.as_deref(), Some(seat.as_str()));
     assert_eq!(told.booked_seat.as_deref(), Some(seat.as_str()));
     assert_eq!(told.booking_ref.as_deref(), Some(booking_ref.as_str()));
     assert_eq!(told.noticed_refs, [Some(booking_ref.clone())]);
 
-    // The pivot refused: the held seat is released, nothing else happened.
+    // The pivot refused after the group: the held seat is released and the
+    // car returned, nothing else happened.
     assert_eq!(carl.state, SagaState::Compensated as i32, "{carl:?}");
-    assert_eq!(step_states(carl), ["COMPENSATED", "REFUSED", "NOT_STARTED"]);
+    assert_eq!(
+        step_states(carl),
+        ["COMPENSATED", "COMPENSATED", "REFUSED", "NOT_STARTED"]
+    );
+    let carl_car = desk.car(ids["carl"].parse()?).await?;
+    assert_eq!(carl_car.status.as_deref(), Some("RETURNED"));
+    assert_eq!(
+        carl_car.reservation,
+        Some(("SUCCEEDED".into(), String::new()))
+    );
     assert_eq!(carl.reason, "confirm refused: banned: carl");
     assert_eq!(
         desk.rows(ids["carl"].parse()?).await?,
@@ -239,17 +278,40 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
         desk.told(ids["carl"].parse()?).await?.released_seat,
         Some(held)
     );
-    assert_eq!(carl.steps[1].output_json, "");
+    assert_eq!(carl.steps[2].output_json, "");
 
-    // The first step refused: nothing to undo.
+    // The seat refused while the car was still deciding: the car, in
+    // flight, is returned; its reservation then finds the tombstone and is
+    // refused; nothing stays reserved.
     assert_eq!(dora.state, SagaState::Compensated as i32, "{dora:?}");
-    assert_eq!(step_states(dora), ["REFUSED", "NOT_STARTED", "NOT_STARTED"]);
+    assert_eq!(
+        step_states(dora),
+        ["REFUSED", "COMPENSATED", "NOT_STARTED", "NOT_STARTED"]
+    );
+    assert_eq!(dora.failed_step, "hold_seat");
+    assert_eq!(dora.reason, "hold_seat refused: no_seats");
     assert_eq!(desk.rows(ids["dora"].parse()?).await?, rows(None, false, 0));
+    // (The saga may be compensated before the slow reservation decides.)
+    let dora_id: uuid::Uuid = ids["dora"].parse()?;
+    let dora_car = wait_for("dora's car reservation to decide", WAIT, || async {
+        let car = desk.car(dora_id).await?;
+        Ok(car.reservation.is_some().then_some(car))
+    })
+    .await?;
+    assert_eq!(dora_car.status.as_deref(), Some("RETURNED"));
+    // Refused because the return, sent while it was deciding, came first.
+    assert_eq!(
+        dora_car.reservation,
+        Some(("REFUSED".into(), "compensated_before_action".into()))
+    );
 
     // The forward-only step refused: suspended, nothing undone.
     let bob_id = ids["bob"].clone();
     let bob = wait_until(&system, &bob_id, SagaState::Suspended, |_| true).await?;
-    assert_eq!(step_states(&bob), ["SUCCEEDED", "SUCCEEDED", "REFUSED"]);
+    assert_eq!(
+        step_states(&bob),
+        ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED", "REFUSED"]
+    );
     assert_eq!(bob.failed_step, "notify");
     assert_eq!(
         bob.reason,
@@ -287,7 +349,7 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
         })
         .await?;
     let again = wait_until(&system, &bob_id, SagaState::Suspended, |s| {
-        s.steps[2].action_generation == 1 && s.steps[2].status == "REFUSED"
+        s.steps[3].action_generation == 1 && s.steps[3].status == "REFUSED"
     })
     .await?;
     assert_eq!(again.failed_step, "notify");
@@ -301,15 +363,19 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
         })
         .await?;
     let done = wait_until(&system, &bob_id, SagaState::Completed, |_| true).await?;
-    assert_eq!(step_states(&done), ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]);
-    assert_eq!(done.steps[2].action_generation, 2);
+    assert_eq!(
+        step_states(&done),
+        ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]
+    );
+    assert_eq!(done.steps[3].action_generation, 2);
     assert_eq!(done.reason, "");
     assert_eq!(
         desk.rows(bob_id.parse()?).await?,
         rows(Some("HELD"), true, 1)
     );
-    // hold_seat, confirm, and notify three times (three command ids).
-    assert_eq!(desk.commands(bob_id.parse()?).await?, 5);
+    // hold_seat, reserve_car, confirm, and notify three times (three
+    // command ids).
+    assert_eq!(desk.commands(bob_id.parse()?).await?, 6);
     let kinds: Vec<&str> = done.history.iter().map(|h| h.kind.as_str()).collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == "suspended").count(),
@@ -318,23 +384,26 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
     );
 
     // The three other sagas' commands each reached the desk once.
-    assert_eq!(desk.commands(ann_id).await?, 3);
+    assert_eq!(desk.commands(ann_id).await?, 4);
 
     // An output over the limit is never committed: the notification is
     // re-sent (it is forward-only) and nothing of it is written.
     let verbose_id = ids["verbose"].clone();
     let verbose = wait_until(&system, &verbose_id, SagaState::Running, |s| {
-        s.steps[2].attempts >= 2
+        s.steps[3].attempts >= 2
     })
     .await?;
-    assert_eq!(step_states(&verbose), ["SUCCEEDED", "SUCCEEDED", "PENDING"]);
-    assert_eq!(desk.commands(verbose_id.parse()?).await?, 2);
+    assert_eq!(
+        step_states(&verbose),
+        ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED", "PENDING"]
+    );
+    assert_eq!(desk.commands(verbose_id.parse()?).await?, 3);
     assert_eq!(desk.rows(verbose_id.parse()?).await?.notices, 0);
     // Asked directly, the desk says why.
     let forged = StepCommand {
         command_id: uuid::Uuid::now_v7().to_string(),
         saga_id: uuid::Uuid::now_v7().to_string(),
-        step: 2,
+        step: 3,
         step_name: "notify".into(),
         attempt: 1,
         saga_type: "booking".into(),
@@ -375,7 +444,7 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
     let oversize = EventEnvelope {
         event_id: uuid::Uuid::now_v7().to_string(),
         saga_id: verbose_id.clone(),
-        step: 2,
+        step: 3,
         step_name: "notify".into(),
         kind: CommandKind::Action as i32,
         outcome: Outcome::Succeeded as i32,
@@ -409,7 +478,7 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
     );
     let still = get(&system, &verbose_id).await?;
     assert_eq!(still.state, SagaState::Running as i32);
-    assert_eq!(still.steps[2].status, "PENDING");
+    assert_eq!(still.steps[3].status, "PENDING");
 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -96,7 +96,11 @@ fn describe(d: &SagaDefinition) -> String {
         d.source
     );
     for (i, s) in d.steps.iter().enumerate() {
-        let _ = writeln!(out, "{}. {} ({})", i + 1, s.name, s.participant);
+        let group = match s.group.as_str() {
+            "" => String::new(),
+            g => format!(", in parallel group {g}"),
+        };
+        let _ = writeln!(out, "{}. {} ({}{group})", i + 1, s.name, s.participant);
         let _ = writeln!(out, "   action        {}", s.action);
         let _ = writeln!(out, "                 {}", policy_text(s.policy.as_ref()));
         for (field, pointer) in sorted(&s.input) {
@@ -163,6 +167,7 @@ fn definition_json(d: &SagaDefinition) -> Value {
             "policy": policy_json(s.policy.as_ref()),
             "compensation_policy": policy_json(s.compensation_policy.as_ref()),
             "forward_only": s.forward_only,
+            "group": if s.group.is_empty() { Value::Null } else { Value::from(s.group.clone()) },
             "input": s.input,
             "compensation_input": s.compensation_input,
         })).collect::<Vec<_>>(),

@@ -46,6 +46,7 @@ fn view(s: stored::Stored, newest: bool) -> pb::SagaDefinition {
                     .as_ref()
                     .map(|_| policy(&st.compensation_policy)),
                 forward_only: st.forward_only,
+                group: st.group.clone().unwrap_or_default(),
                 input: st.input.clone().unwrap_or_default().into_iter().collect(),
                 compensation_input: st
                     .compensation_input

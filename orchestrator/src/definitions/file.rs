@@ -75,6 +75,9 @@ struct Step {
     /// the saga. Every step after one that cannot be undone must be.
     #[serde(default)]
     forward_only: bool,
+    /// Consecutive steps with the same group run at once.
+    #[serde(default)]
+    group: Option<String>,
     /// How the action's command input is built: field -> JSON pointer.
     #[serde(default)]
     input: Option<Mapping>,
@@ -184,6 +187,38 @@ pub fn parse(
             .map_err(|(f, p)| at(&field(&format!("policy.{f}")), p))?;
         let compensation_policy = resolve(compensation_defaults, &s.compensation_policy)
             .map_err(|(f, p)| at(&field(&format!("compensation_policy.{f}")), p))?;
+        // A parallel group: consecutive, two or more, every member undoable.
+        let same = |j: usize| s.group.is_some() && file.steps[j].group == s.group;
+        let stage_start = (0..i).rev().take_while(|&j| same(j)).last().unwrap_or(i);
+        if let Some(group) = &s.group {
+            check_identifier(group, 64, "_").map_err(|p| at(&field("group"), p))?;
+            let members = (stage_start..file.steps.len())
+                .take_while(|&j| same(j))
+                .count();
+            if members < 2 {
+                return Err(at(
+                    &field("group"),
+                    format!(
+                        "group {group} has one step; a group runs several steps at once (put its steps next to each other)"
+                    ),
+                ));
+            }
+            if file.steps[..stage_start].iter().any(|o| o.group == s.group) {
+                return Err(at(
+                    &field("group"),
+                    format!("the steps of group {group} must be consecutive"),
+                ));
+            }
+            if compensation.is_none() {
+                return Err(at(
+                    &field("group"),
+                    format!(
+                        "{} cannot be undone, so it may not sit inside parallel group {group}: a sibling's failure would leave it standing",
+                        s.name
+                    ),
+                ));
+            }
+        }
         let mapped = |which: &str, m: &Option<Mapping>, kind| -> Result<Option<Mapping>, String> {
             let Some(m) = m else { return Ok(None) };
             if file.saga_type == super::order::SAGA_TYPE {
@@ -192,9 +227,14 @@ pub fn parse(
                     "the order saga's participants read the OrderInput message; input mappings are for saga types started with StartSaga".to_owned(),
                 ));
             }
+            // A group's members run at once: an action sees only the
+            // outputs of the steps before its group.
             let scope = Scope {
                 names: &all_names,
-                at: i,
+                at: match kind {
+                    Kind::Action => stage_start,
+                    Kind::Compensation => i,
+                },
                 kind,
                 schema: Some(&file.input_schema),
             };
@@ -228,6 +268,7 @@ pub fn parse(
             action: s.action.clone(),
             compensation,
             forward_only: s.forward_only,
+            group: s.group.clone(),
             input,
             compensation_input,
             policy,
@@ -727,6 +768,66 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn parallel_groups_are_read_and_checked() {
+        let step = |name: &str, extra: &str| {
+            format!(
+                "  - name: {name}\n    participant: order\n    action: /p.v1.S/{name}\n    compensation: /p.v1.S/Undo{name}\n{extra}"
+            )
+        };
+        let head = "type: t\nversion: 1\ninput_schema: {type: object}\nsteps:\n";
+        let text = [
+            head.to_owned(),
+            step("a", "    group: book\n"),
+            step("b", "    group: book\n    input: {ref: /input/x}\n"),
+            step("c", "    input: {a: /steps/a/output, b: /steps/b/output}\n"),
+        ]
+        .concat();
+        let d = parse("t.yaml", &text, Some(&participants())).expect("a group parses");
+        assert_eq!(d.stage(0), 0..2);
+        assert_eq!(d.steps[1].group.as_deref(), Some("book"));
+        for (steps, want) in [
+            (
+                vec![step("a", "    group: book\n"), step("b", "")],
+                "t.yaml: steps[0].group: group book has one step",
+            ),
+            (
+                vec![
+                    step("a", "    group: book\n"),
+                    step("b", "    group: book\n"),
+                    step("c", ""),
+                    step("d", "    group: book\n"),
+                    step("e", "    group: book\n"),
+                ],
+                "t.yaml: steps[3].group: the steps of group book must be consecutive",
+            ),
+            (
+                vec![
+                    step("a", "    group: book\n"),
+                    step("b", "    group: book\n").replace("/p.v1.S/Undob", "none"),
+                ],
+                "t.yaml: steps[1].group: b cannot be undone, so it may not sit inside parallel group book",
+            ),
+            (
+                vec![
+                    step("a", "    group: book\n"),
+                    step("b", "    group: book\n    input: {x: /steps/a/output}\n"),
+                ],
+                "t.yaml: steps[1].input.x: \"/steps/a/output\" points nowhere: a does not come before this step",
+            ),
+            (
+                vec![
+                    step("a", "    group: Book!\n"),
+                    step("b", "    group: Book!\n"),
+                ],
+                "t.yaml: steps[0].group: ",
+            ),
+        ] {
+            let e = err(&[vec![head.to_owned()], steps].concat().concat());
+            assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+        }
     }
 
     #[test]

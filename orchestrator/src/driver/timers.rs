@@ -135,9 +135,15 @@ impl Driver {
                 match row {
                     InFlight::Ready(ctx, state) => {
                         after = ctx.saga_id;
-                        let Some(cmd) = state.in_flight() else {
+                        let Some(def) =
+                            crate::definitions::find(&ctx.saga_type, ctx.definition_version)
+                        else {
                             continue;
                         };
+                        let commands = state.in_flight(&def);
+                        if commands.is_empty() {
+                            continue;
+                        }
                         debug_assert!(matches!(
                             state.status,
                             Status::Running | Status::Compensating
@@ -158,7 +164,7 @@ impl Driver {
                             &Committed {
                                 ctx,
                                 state: *state,
-                                effects: vec![Effect::SendCommand(cmd)],
+                                effects: commands.into_iter().map(Effect::SendCommand).collect(),
                                 now: 0,
                             },
                             parent,

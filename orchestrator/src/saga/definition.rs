@@ -39,6 +39,12 @@ pub struct StepDef {
     /// anything. It has no compensation.
     #[serde(default, skip_serializing_if = "is_false")]
     pub forward_only: bool,
+    /// Consecutive steps with the same group name run at once: the group
+    /// succeeds when all of them do; when one is refused or its outcome is
+    /// unknown, every member that may have acted is compensated (those in
+    /// flight included), then the steps before the group in reverse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// How the action's command input is built ([`super::mapping`]); `None`:
     /// the saga's input as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,6 +123,24 @@ mod millis {
 }
 
 impl Definition {
+    /// The steps that run together with step `i`: its parallel group, or
+    /// itself alone (an empty range past the end).
+    pub fn stage(&self, i: usize) -> std::ops::Range<usize> {
+        let Some(group) = self.steps.get(i).and_then(|s| s.group.as_deref()) else {
+            return i..(i + 1).min(self.steps.len().max(i));
+        };
+        let same = |j: usize| self.steps[j].group.as_deref() == Some(group);
+        let mut start = i;
+        while start > 0 && same(start - 1) {
+            start -= 1;
+        }
+        let mut end = i + 1;
+        while end < self.steps.len() && same(end) {
+            end += 1;
+        }
+        start..end
+    }
+
     /// Problems that would make the definition unusable, if any. The
     /// orchestrator refuses to start with one.
     ///
@@ -151,6 +175,27 @@ impl Definition {
             {
                 return Err(format!("{step}: backoff_cap must be >= backoff_base"));
             }
+            if let Some(group) = &s.group {
+                let stage = self.stage(i);
+                if stage.len() < 2 {
+                    return Err(format!(
+                        "{step}: group {group} has one step; a group runs several steps at once"
+                    ));
+                }
+                if self.steps[..stage.start]
+                    .iter()
+                    .any(|other| other.group.as_ref() == Some(group))
+                {
+                    return Err(format!(
+                        "{step}: the steps of group {group} must be consecutive"
+                    ));
+                }
+                if s.compensation.is_none() {
+                    return Err(format!(
+                        "{step}: it cannot be undone, so it may not sit inside parallel group {group} (a sibling's failure would leave it standing)"
+                    ));
+                }
+            }
             if s.forward_only && s.compensation.is_some() {
                 return Err(format!(
                     "{step}: a forward-only step is never compensated, so it has no compensation"
@@ -181,6 +226,7 @@ mod tests {
             action: format!("/t.v1.S/{name}"),
             compensation: compensation.map(|c| format!("/t.v1.S/{c}")),
             forward_only: false,
+            group: None,
             input: None,
             compensation_input: None,
             policy: Policy::default(),
@@ -266,6 +312,56 @@ mod tests {
             e,
             "t v1: step 0 (notify): a forward-only step is never compensated, so it has no compensation"
         );
+    }
+
+    fn grouped(name: &str, group: &str, compensation: Option<&str>) -> StepDef {
+        StepDef {
+            group: Some(group.into()),
+            ..step(name, compensation)
+        }
+    }
+
+    #[test]
+    fn a_parallel_group_is_consecutive_plural_and_undoable() {
+        let ok = def(vec![
+            grouped("flight", "book", Some("u")),
+            grouped("hotel", "book", Some("u")),
+            step("charge", Some("refund")),
+            step("confirm", None),
+        ]);
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(
+            (ok.stage(0), ok.stage(1), ok.stage(2), ok.stage(3)),
+            (0..2, 0..2, 2..3, 3..4)
+        );
+        assert_eq!(ok.stage(9), 9..9);
+        let e = def(vec![
+            grouped("flight", "book", Some("u")),
+            step("charge", Some("r")),
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("group book has one step"), "{e}");
+        let e = def(vec![
+            grouped("flight", "book", Some("u")),
+            grouped("hotel", "book", Some("u")),
+            step("charge", Some("r")),
+            grouped("car", "book", Some("u")),
+            grouped("bike", "book", Some("u")),
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.contains("the steps of group book must be consecutive"),
+            "{e}"
+        );
+        let e = def(vec![
+            grouped("flight", "book", Some("u")),
+            grouped("hotel", "book", None),
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("may not sit inside parallel group book"), "{e}");
     }
 
     #[test]

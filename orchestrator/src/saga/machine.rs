@@ -19,7 +19,9 @@
 //! [`LATEST`], so no setting can overflow a deadline.
 
 use super::definition::Definition;
-use super::state::{Command, Effect, Event, Kind, Millis, Outcome, SagaState, Status, StepState};
+use super::state::{
+    Command, Effect, Event, Kind, Millis, Outcome, SagaState, Status, StepRecord, StepState,
+};
 
 /// The result of applying one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,17 +282,44 @@ impl Machine<'_> {
     /// The forward failure that started compensation, rebuilt from the
     /// steps: nothing runs forward after a failure (or a cancel), so it is
     /// the last step whose action was sent.
+    ///
+    /// In a parallel group, the failure is its refused member, else the
+    /// one that ran out of attempts; a cancel names the group's first step.
     fn forward_failure(&self) -> Option<(usize, String)> {
-        let step = self.s.steps.iter().rposition(|r| r.attempts > 0)?;
-        let rec = &self.s.steps[step];
-        let why = match (&self.s.cancelled, rec.state) {
-            (Some(reason), _) => self.cancelled_why(step, reason),
-            (None, StepState::Refused) => {
-                self.refused_why(step, rec.reason.as_deref().unwrap_or_default())
+        let last = self.s.steps.iter().rposition(|r| r.attempts > 0)?;
+        let stage = self.def.stage(last);
+        if let Some(reason) = &self.s.cancelled {
+            return Some((stage.start, self.cancelled_why(stage.start, reason)));
+        }
+        let refused = stage
+            .clone()
+            .find(|&i| self.s.steps[i].state == StepState::Refused);
+        if let Some(step) = refused {
+            let reason = self.s.steps[step].reason.as_deref().unwrap_or_default();
+            return Some((step, self.refused_why(step, reason)));
+        }
+        let step = stage
+            .clone()
+            .find(|&i| self.s.steps[i].attempts >= self.def.steps[i].policy.max_attempts)
+            .unwrap_or(last);
+        Some((step, self.unknown_why(step, self.s.steps[step].attempts)))
+    }
+
+    /// The members of the cursor's stage (its parallel group, or itself).
+    fn stage(&self) -> std::ops::Range<usize> {
+        self.def.stage(self.s.cursor)
+    }
+
+    /// The other members of the cursor's stage still in flight become
+    /// unknown: they may act, so they are compensated with the rest.
+    fn siblings_unknown(&mut self, except: usize, why: &str) {
+        for i in self.stage() {
+            let rec = &mut self.s.steps[i];
+            if i != except && rec.state == StepState::Pending {
+                rec.state = StepState::Unknown;
+                rec.reason = Some(why.to_owned());
             }
-            (None, _) => self.unknown_why(step, rec.attempts),
-        };
-        Some((step, why))
+        }
     }
 
     /// No longer paused: compensating again, reporting again why.
@@ -305,8 +334,8 @@ impl Machine<'_> {
     fn start(&mut self) -> Option<Note> {
         match (self.s.status, self.s.steps[0].state) {
             (Status::Running, StepState::NotStarted) => {
-                self.send_action(0, 1);
-                note("started", format!("sent {}", self.name(0)))
+                let sent = self.send_stage(0);
+                note("started", format!("sent {sent}"))
             }
             // Already started, or finished: a repeated Start changes nothing.
             (Status::Running, _)
@@ -323,20 +352,58 @@ impl Machine<'_> {
     }
 
     fn send_action_within(&mut self, step: usize, attempt: u32, wait: std::time::Duration) {
+        self.dispatch(&[(step, attempt)], wait);
+    }
+
+    /// Send the actions `sends` (step, attempt) of one stage at once, with
+    /// one timer: `wait` after now.
+    fn dispatch(&mut self, sends: &[(usize, u32)], wait: std::time::Duration) {
         let deadline = after(self.now, wait);
-        let rec = &mut self.s.steps[step];
-        rec.state = StepState::Pending;
-        rec.attempts = attempt;
-        let generation = rec.action_generation;
-        self.s.cursor = step;
+        for &(step, attempt) in sends {
+            let rec = &mut self.s.steps[step];
+            rec.state = StepState::Pending;
+            rec.attempts = attempt;
+            let generation = rec.action_generation;
+            self.effects.push(Effect::SendCommand(Command {
+                step,
+                kind: Kind::Action,
+                attempt,
+                generation,
+            }));
+        }
+        if let Some(&(first, _)) = sends.first() {
+            self.s.cursor = self.def.stage(first).start;
+        }
         self.s.deadline = Some(deadline);
-        self.effects.push(Effect::SendCommand(Command {
-            step,
-            kind: Kind::Action,
-            attempt,
-            generation,
-        }));
         self.effects.push(Effect::ScheduleTimeout { at: deadline });
+    }
+
+    /// Start the stage at `start`: send every action of it (a parallel
+    /// group's at once) as attempt 1; the timer waits for the longest of
+    /// their deadlines. Their names, for the history.
+    fn send_stage(&mut self, start: usize) -> String {
+        let members: Vec<usize> = self.def.stage(start).collect();
+        self.send_members(&members, |_| 1)
+    }
+
+    /// Send the actions of `members` (of one stage), each as attempt
+    /// `attempt(step)`; their names.
+    fn send_members(&mut self, members: &[usize], attempt: impl Fn(&StepRecord) -> u32) -> String {
+        let wait = members
+            .iter()
+            .map(|&i| self.def.steps[i].policy.deadline)
+            .max()
+            .unwrap_or_default();
+        let sends: Vec<(usize, u32)> = members
+            .iter()
+            .map(|&i| (i, attempt(&self.s.steps[i])))
+            .collect();
+        self.dispatch(&sends, wait);
+        members
+            .iter()
+            .map(|&i| self.name(i))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn send_compensation(&mut self, step: usize, attempt: u32) {
@@ -403,15 +470,28 @@ impl Machine<'_> {
         self.s.steps[step].output = output.clone();
         // A running saga's reason only ever says a step is overdue.
         self.s.reason = None;
-        if step + 1 < self.def.steps.len() {
-            self.send_action(step + 1, 1);
-            note(
+        let stage = self.stage();
+        let waiting: Vec<&str> = stage
+            .clone()
+            .filter(|&i| self.s.steps[i].state != StepState::Succeeded)
+            .map(|i| self.name(i))
+            .collect();
+        if !waiting.is_empty() {
+            // A parallel group goes on when all its members have succeeded.
+            return note(
                 "step_succeeded",
                 format!(
-                    "{} succeeded; sent {}",
+                    "{} succeeded; waiting for {}",
                     self.name(step),
-                    self.name(step + 1)
+                    waiting.join(", ")
                 ),
+            );
+        }
+        if stage.end < self.def.steps.len() {
+            let sent = self.send_stage(stage.end);
+            note(
+                "step_succeeded",
+                format!("{} succeeded; sent {sent}", self.name(step)),
             )
         } else {
             self.finish(Status::Completed);
@@ -431,7 +511,7 @@ impl Machine<'_> {
         Ok(match (self.s.status, state) {
             // Judged by `apply` as the saga it was; not reached.
             (Status::Suspended, _) => return Err(self.suspended(step, Kind::Action)),
-            (Status::Running, StepState::Pending) if step == self.s.cursor => {
+            (Status::Running, StepState::Pending) if self.stage().contains(&step) => {
                 self.advance(step, output)
             }
             // A forward-only step retried by an operator, whose recorded
@@ -449,8 +529,10 @@ impl Machine<'_> {
             // Duplicate of an outcome already applied.
             (_, StepState::Succeeded) => None,
             // Late success of a step whose outcome was unknown: it did act,
-            // and it is (or will be) compensated like any success.
-            (Status::Compensating, StepState::Unknown) => {
+            // and it is (or will be) compensated like any success. (Paused,
+            // a parallel group's member below the failed undo may still be
+            // unknown: it is recorded for when compensation resumes.)
+            (Status::Compensating | Status::CompensationFailed, StepState::Unknown) => {
                 self.s.steps[step].state = StepState::Succeeded;
                 // Its compensation may need what it returned.
                 self.s.steps[step].output = output.clone();
@@ -481,8 +563,7 @@ impl Machine<'_> {
             )
             | (
                 Status::CompensationFailed,
-                StepState::Unknown
-                | StepState::Compensating
+                StepState::Compensating
                 | StepState::Compensated
                 | StepState::NotCompensated
                 | StepState::CompensationFailed,
@@ -519,7 +600,7 @@ impl Machine<'_> {
         Ok(match (self.s.status, state) {
             // Judged by `apply` as the saga it was; not reached.
             (Status::Suspended, _) => return Err(self.suspended(step, Kind::Action)),
-            (Status::Running, StepState::Pending) if step == self.s.cursor => {
+            (Status::Running, StepState::Pending) if self.stage().contains(&step) => {
                 let rec = &mut self.s.steps[step];
                 rec.state = StepState::Refused;
                 rec.reason = Some(reason.to_owned());
@@ -538,13 +619,23 @@ impl Machine<'_> {
                     return Ok(note("suspended", why));
                 }
                 let why = self.refused_why(step, reason);
-                self.begin_compensation(step, why.clone(), step.checked_sub(1));
+                // Its siblings in a parallel group may be acting: they are
+                // compensated with the rest, from the group's end down.
+                self.siblings_unknown(
+                    step,
+                    &format!(
+                        "in flight when {} was refused (outcome unknown)",
+                        self.name(step)
+                    ),
+                );
+                let end = self.stage().end;
+                self.begin_compensation(step, why.clone(), end.checked_sub(1));
                 note("step_refused", why)
             }
             (_, StepState::Refused) => None,
             // A late refusal of an unknown-outcome step: it did not act, so
-            // there is nothing of it to undo.
-            (Status::Compensating, StepState::Unknown) => {
+            // there is nothing of it to undo (recorded while paused too).
+            (Status::Compensating | Status::CompensationFailed, StepState::Unknown) => {
                 let rec = &mut self.s.steps[step];
                 rec.state = StepState::Refused;
                 rec.reason = Some(reason.to_owned());
@@ -562,7 +653,7 @@ impl Machine<'_> {
                 | StepState::NotCompensated
                 | StepState::CompensationFailed,
             )
-            | (Status::Compensated | Status::CompensationFailed, StepState::Unknown) => None,
+            | (Status::Compensated, StepState::Unknown) => None,
             (Status::Running, StepState::Pending) => {
                 return Err(self.never_sent(step, Kind::Action));
             }
@@ -802,14 +893,26 @@ impl Machine<'_> {
                 self.s.status = Status::Running;
                 self.s.reason = None;
                 self.s.failed_step = None;
-                let rec = &mut self.s.steps[cursor];
-                if rec.state == StepState::Refused {
-                    // A refused forward-only step: the participant keeps the
-                    // refusal under the old command id, so a new command.
-                    rec.action_generation += 1;
-                    rec.reason = None;
+                // The stage's actions that have not succeeded (a parallel
+                // group's), else the cursor's.
+                let mut members: Vec<usize> = self
+                    .stage()
+                    .filter(|&i| self.s.steps[i].state != StepState::Succeeded)
+                    .collect();
+                if members.is_empty() {
+                    members = vec![cursor];
                 }
-                self.send_action(cursor, 1);
+                for &i in &members {
+                    let rec = &mut self.s.steps[i];
+                    if rec.state == StepState::Refused {
+                        // A refused forward-only step: the participant keeps
+                        // the refusal under the old command id, so a new
+                        // command.
+                        rec.action_generation += 1;
+                        rec.reason = None;
+                    }
+                }
+                self.send_members(&members, |_| 1);
             }
         }
     }
@@ -915,7 +1018,10 @@ impl Machine<'_> {
     fn begin_cancel(&mut self, cursor: usize, reason: &str) -> Option<Note> {
         let why = self.cancelled_why(cursor, reason);
         self.s.cancelled = Some(reason.to_owned());
-        self.begin_compensation(cursor, why.clone(), Some(cursor));
+        // A parallel group's members in flight, like the cursor's step.
+        self.siblings_unknown(cursor, "cancelled while in flight (outcome unknown)");
+        let end = self.stage().end;
+        self.begin_compensation(cursor, why.clone(), end.checked_sub(1));
         note("cancel_requested", why)
     }
 
@@ -942,10 +1048,47 @@ impl Machine<'_> {
         note("step_overdue", why)
     }
 
+    /// A parallel group's timer: every member still waiting is re-sent;
+    /// a member out of attempts is unknown, which fails the group like a
+    /// refusal (its members in flight compensated with the rest).
+    fn group_timeout(&mut self) -> Option<Note> {
+        let waiting: Vec<usize> = self
+            .stage()
+            .filter(|&i| self.s.steps[i].state != StepState::Succeeded)
+            .collect();
+        let exhausted = waiting
+            .iter()
+            .copied()
+            .find(|&i| self.s.steps[i].attempts >= self.def.steps[i].policy.max_attempts);
+        if let Some(step) = exhausted {
+            let why = self.unknown_why(step, self.s.steps[step].attempts);
+            let rec = &mut self.s.steps[step];
+            rec.state = StepState::Unknown;
+            rec.reason = Some("no outcome before the deadline".to_owned());
+            self.siblings_unknown(
+                step,
+                &format!(
+                    "in flight when {} got no outcome (outcome unknown)",
+                    self.name(step)
+                ),
+            );
+            let end = self.stage().end;
+            self.begin_compensation(step, why.clone(), end.checked_sub(1));
+            return note("step_timed_out", why);
+        }
+        if waiting.is_empty() {
+            // Nothing to wait for (not reachable): the stage is done.
+            return None;
+        }
+        let sent = self.send_members(&waiting, |r| r.attempts + 1);
+        note("resent", format!("{sent}: no outcome yet, sent again"))
+    }
+
     fn timeout(&mut self) -> Option<Note> {
         let overdue = matches!(self.s.deadline, Some(d) if self.now >= d);
         let cursor = self.s.cursor;
         match (self.s.status, overdue) {
+            (Status::Running, true) if self.stage().len() > 1 => self.group_timeout(),
             (Status::Running, true) => {
                 let rec = &self.s.steps[cursor];
                 let attempts = rec.attempts;

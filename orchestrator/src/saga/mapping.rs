@@ -210,6 +210,7 @@ mod tests {
             action: format!("/t.v1.S/{name}"),
             compensation: Some(format!("/t.v1.S/Undo{name}")),
             forward_only: false,
+            group: None,
             input: (!input.is_empty()).then(|| map(input)),
             compensation_input: undo.map(map),
             policy: Policy::default(),

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::definition::Definition;
+
 /// Milliseconds since the Unix epoch. Time enters the machine as an argument.
 pub type Millis = i64;
 
@@ -185,24 +187,40 @@ impl SagaState {
         }
     }
 
-    /// The command that should be in flight now, if any: what a restarted
-    /// orchestrator re-sends.
-    pub fn in_flight(&self) -> Option<Command> {
-        let step = self.steps.get(self.cursor)?;
-        match (self.status, step.state) {
-            (Status::Running, StepState::Pending) => Some(Command {
-                step: self.cursor,
-                kind: Kind::Action,
-                attempt: step.attempts,
-                generation: step.action_generation,
-            }),
-            (Status::Compensating, StepState::Compensating) => Some(Command {
-                step: self.cursor,
-                kind: Kind::Compensation,
-                attempt: step.compensation_attempts,
-                generation: step.compensation_generation,
-            }),
-            _ => None,
+    /// The commands that should be in flight now: what a restarted
+    /// orchestrator re-sends. Going forward, the actions of the cursor's
+    /// stage (its parallel group, or its own step) that await an outcome;
+    /// going backward, the cursor's compensation.
+    pub fn in_flight(&self, def: &Definition) -> Vec<Command> {
+        match self.status {
+            Status::Running => def
+                .stage(self.cursor)
+                .filter_map(|i| {
+                    let step = self.steps.get(i)?;
+                    (step.state == StepState::Pending).then_some(Command {
+                        step: i,
+                        kind: Kind::Action,
+                        attempt: step.attempts,
+                        generation: step.action_generation,
+                    })
+                })
+                .collect(),
+            Status::Compensating => self
+                .steps
+                .get(self.cursor)
+                .filter(|step| step.state == StepState::Compensating)
+                .map(|step| Command {
+                    step: self.cursor,
+                    kind: Kind::Compensation,
+                    attempt: step.compensation_attempts,
+                    generation: step.compensation_generation,
+                })
+                .into_iter()
+                .collect(),
+            Status::Completed
+            | Status::Compensated
+            | Status::CompensationFailed
+            | Status::Suspended => Vec::new(),
         }
     }
 }

@@ -32,6 +32,7 @@ pub(super) fn shipment_step(
         action: format!("/test.v1.Shipping/{name}"),
         compensation: compensation.map(|c| format!("/test.v1.Shipping/{c}")),
         forward_only: false,
+        group: None,
         input: None,
         compensation_input: None,
         policy: action,
@@ -88,6 +89,37 @@ pub(super) fn delivery() -> Definition {
             shipment_step("confirm", None, policy(2, 100), policy(1, 1)),
             forward("notify", 2, 70),
             forward("archive", 3, 90),
+        ],
+    }
+}
+
+/// A fourth saga type, with a parallel group: book the flight, the hotel
+/// and the car at once (each undoable, each its own policy), then charge,
+/// confirm (the pivot) and notify (forward-only).
+pub(super) fn trip() -> Definition {
+    let member = |name: &str, undo: &str, attempts: u32, deadline_ms: u64| StepDef {
+        group: Some("book".to_owned()),
+        ..shipment_step(
+            name,
+            Some(undo),
+            policy(attempts, deadline_ms),
+            policy(2, 120),
+        )
+    };
+    Definition {
+        input_schema: None,
+        saga_type: "trip".to_owned(),
+        version: 1,
+        steps: vec![
+            member("book_flight", "cancel_flight", 2, 100),
+            member("book_hotel", "cancel_hotel", 3, 150),
+            member("book_car", "cancel_car", 2, 80),
+            shipment_step("charge", Some("refund"), policy(2, 60), policy(2, 90)),
+            shipment_step("confirm", None, policy(2, 100), policy(1, 1)),
+            StepDef {
+                forward_only: true,
+                ..shipment_step("notify", None, policy(2, 70), policy(1, 1))
+            },
         ],
     }
 }
@@ -234,6 +266,29 @@ pub(super) fn states(state: &SagaState) -> Vec<StepState> {
 
 pub(super) fn note_kind(t: &Transition) -> Option<&'static str> {
     t.note.as_ref().map(|n| n.kind)
+}
+
+/// The one command in flight, for sagas whose definition has no parallel
+/// group (every stage one step).
+pub(super) trait Flying {
+    fn flying(&self) -> Option<Command>;
+}
+
+impl Flying for SagaState {
+    fn flying(&self) -> Option<Command> {
+        let steps = (0..self.steps.len())
+            .map(|i| shipment_step(&format!("s{i}"), Some("undo"), policy(1, 1), policy(1, 1)))
+            .collect();
+        let def = Definition {
+            input_schema: None,
+            saga_type: "sequential".to_owned(),
+            version: 1,
+            steps,
+        };
+        let mut all = self.in_flight(&def);
+        assert!(all.len() <= 1, "{all:?} in flight");
+        all.pop()
+    }
 }
 
 /// A saga under test: its definition, its state and the clock. The clock

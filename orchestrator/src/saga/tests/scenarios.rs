@@ -31,7 +31,7 @@ fn start_sends_the_first_action_with_a_deadline_timer() {
 #[test]
 fn a_saga_that_has_not_started_has_nothing_in_flight_and_ignores_timers() {
     let saga = given(&shipment(), &[]);
-    assert_eq!(saga.state.in_flight(), None);
+    assert_eq!(saga.state.flying(), None);
     saga.assert_ignores_at(timeout(), T0 + 1_000_000);
 }
 
@@ -59,14 +59,14 @@ fn a_success_sends_the_next_action_with_its_own_deadline() {
 fn the_last_success_completes_the_saga_with_finish() {
     let def = order::definition();
     let saga = given(&def, &[start(), ok(0), ok(1), ok(2)]);
-    assert_eq!(saga.state.in_flight(), Some(action(3, 1)));
+    assert_eq!(saga.state.flying(), Some(action(3, 1)));
 
     let t = saga.when(ok(3));
 
     assert_eq!(t.effects, vec![finish(Status::Completed)]);
     assert_eq!(t.state.status, Status::Completed);
     assert_eq!(t.state.deadline, None);
-    assert_eq!(t.state.in_flight(), None);
+    assert_eq!(t.state.flying(), None);
     assert_eq!(states(&t.state), [S::Succeeded; 4]);
     assert_eq!(t.state.failed_step, None);
     assert_eq!(t.state.reason, None);
@@ -127,7 +127,7 @@ fn a_refusal_compensates_the_previous_step_first() {
         states(&t.state),
         [S::Succeeded, S::Compensating, S::Refused, S::NotStarted]
     );
-    assert_eq!(t.state.in_flight(), Some(undo(1, 1)));
+    assert_eq!(t.state.flying(), Some(undo(1, 1)));
     assert_eq!(note_kind(&t), Some("step_refused"));
 }
 
@@ -191,7 +191,7 @@ fn a_refusal_at_each_step_compensates_exactly_the_earlier_steps_in_reverse() {
 
 #[test]
 fn every_definition_here_is_valid_and_a_step_that_cannot_be_undone_comes_last() {
-    for def in [order::definition(), shipment(), delivery()] {
+    for def in [order::definition(), shipment(), delivery(), trip()] {
         assert_eq!(def.validate(), Ok(()), "{}", def.saga_type);
     }
     let mut pivot_in_the_middle = shipment();
@@ -240,7 +240,7 @@ fn a_timeout_resends_the_same_step_with_the_next_attempt() {
     assert_eq!(t.state.steps[1].attempts, 2);
     assert_eq!(t.state.steps[1].state, S::Pending);
     assert_eq!(t.state.status, Status::Running);
-    assert_eq!(t.state.in_flight(), Some(action(1, 2)));
+    assert_eq!(t.state.flying(), Some(action(1, 2)));
     assert_eq!(note_kind(&t), Some("resent"));
 }
 
@@ -281,7 +281,7 @@ fn after_max_attempts_the_step_is_unknown_and_its_own_compensation_runs_first() 
     let mut history = vec![start(), ok(0)];
     history.extend(timeouts(max - 1));
     let saga = given(&def, &history);
-    assert_eq!(saga.state.in_flight(), Some(action(1, max)));
+    assert_eq!(saga.state.flying(), Some(action(1, max)));
 
     let due = saga.state.deadline.expect("a deadline");
     let t = saga.when(timeout());
@@ -308,7 +308,7 @@ fn after_max_attempts_the_step_is_unknown_and_its_own_compensation_runs_first() 
     // Then the earlier ones.
     history.extend([timeout(), undone(1)]);
     let saga = given(&def, &history);
-    assert_eq!(saga.state.in_flight(), Some(undo(0, 1)));
+    assert_eq!(saga.state.flying(), Some(undo(0, 1)));
 }
 
 #[test]
@@ -398,7 +398,7 @@ fn an_overdue_step_without_compensation_ends_with_its_outcome() {
     let def = order::definition();
     let (_, saga) = order_with_pivot_out_of_attempts();
     assert_eq!(
-        saga.state.in_flight(),
+        saga.state.flying(),
         Some(action(3, action_attempts(&def, 3) + 1))
     );
 
@@ -412,7 +412,7 @@ fn an_overdue_step_without_compensation_ends_with_its_outcome() {
     let t = saga.when(refused(3));
     assert_eq!(t.state.status, Status::Compensating);
     assert_eq!(t.state.failed_step, Some(3));
-    assert_eq!(t.state.in_flight(), Some(undo(2, 1)));
+    assert_eq!(t.state.flying(), Some(undo(2, 1)));
     assert!(
         t.state
             .reason
@@ -440,7 +440,7 @@ fn another_sagas_step_without_compensation_is_not_given_up_on_either() {
     let saga = given(&def, &history);
     assert_eq!(saga.state.status, Status::Running);
     assert_eq!(
-        saga.state.in_flight(),
+        saga.state.flying(),
         Some(action(2, action_attempts(&def, 2) + 4))
     );
     // Printed in the end: the saga completes.
@@ -482,7 +482,7 @@ fn a_compensation_timeout_resends_it_with_its_own_deadline() {
         vec![send_undo(0, 2), timer(due + undo_deadline(&def, 0))]
     );
     assert_eq!(t.state.steps[0].compensation_attempts, 2);
-    assert_eq!(t.state.in_flight(), Some(undo(0, 2)));
+    assert_eq!(t.state.flying(), Some(undo(0, 2)));
     assert_eq!(note_kind(&t), Some("resent"));
 }
 
@@ -504,7 +504,7 @@ fn order_with_refund_on_its_last_attempt() -> (Vec<Event>, Saga) {
 fn compensation_timeouts_exhausted_pause_the_saga_as_compensation_failed() {
     let (_, saga) = order_with_refund_on_its_last_attempt();
     let max = undo_attempts(&saga.def, 1);
-    assert_eq!(saga.state.in_flight(), Some(undo(1, max)));
+    assert_eq!(saga.state.flying(), Some(undo(1, max)));
 
     let t = saga.when(timeout());
 
@@ -527,7 +527,7 @@ fn compensation_timeouts_exhausted_pause_the_saga_as_compensation_failed() {
         ]
     );
     assert_eq!(t.state.deadline, None);
-    assert_eq!(t.state.in_flight(), None);
+    assert_eq!(t.state.flying(), None);
     assert_eq!(note_kind(&t), Some("compensation_failed"));
 }
 
@@ -570,7 +570,7 @@ fn a_late_compensation_success_resumes_a_paused_saga() {
     assert_eq!(t.state.status, Status::Compensating);
     assert_eq!(t.state.cursor, 0);
     assert_eq!(states(&t.state)[..2], [S::Compensating, S::Compensated]);
-    assert_eq!(t.state.in_flight(), Some(undo(0, 1)));
+    assert_eq!(t.state.flying(), Some(undo(0, 1)));
 
     // And it runs to the end.
     history.extend([undone(1), undone(0)]);
@@ -635,7 +635,7 @@ fn order_with_payment_unknown() -> Saga {
 #[test]
 fn a_late_success_of_a_timed_out_step_is_covered_by_its_compensation() {
     let saga = order_with_payment_unknown();
-    assert_eq!(saga.state.in_flight(), Some(undo(1, 1)));
+    assert_eq!(saga.state.flying(), Some(undo(1, 1)));
     saga.assert_ignores(ok(1));
 }
 
@@ -678,7 +678,7 @@ fn a_late_success_of_an_unknown_step_is_recorded() {
     assert_eq!(t.effects, vec![]);
     assert_eq!(t.state.steps[1].state, S::Succeeded);
     assert_eq!(t.state.status, Status::Compensating);
-    assert_eq!(t.state.in_flight(), Some(undo(0, 1)));
+    assert_eq!(t.state.flying(), Some(undo(0, 1)));
     assert_eq!(note_kind(&t), Some("late_outcome"));
 }
 
@@ -691,7 +691,7 @@ fn a_late_refusal_of_an_unknown_step_is_recorded() {
     assert_eq!(t.effects, vec![]);
     assert_eq!(t.state.steps[1].state, S::Refused);
     assert_eq!(t.state.steps[1].reason.as_deref(), Some("over the limit"));
-    assert_eq!(t.state.in_flight(), Some(undo(0, 1)));
+    assert_eq!(t.state.flying(), Some(undo(0, 1)));
     assert_eq!(note_kind(&t), Some("late_outcome"));
 }
 
@@ -713,7 +713,7 @@ fn a_compensating_saga_ignores_duplicates_of_what_it_has_seen() {
     let def = order::definition();
     let history = [start(), ok(0), ok(1), ok(2), refused(3), undone(2)];
     let saga = given(&def, &history);
-    assert_eq!(saga.state.in_flight(), Some(undo(1, 1)));
+    assert_eq!(saga.state.flying(), Some(undo(1, 1)));
     for event in history {
         saga.assert_ignores(event);
     }
@@ -724,7 +724,7 @@ fn a_compensating_saga_ignores_duplicates_of_what_it_has_seen() {
 fn assert_terminal_ignores_duplicates(def: &Definition, history: &[Event], status: Status) {
     let saga = given(def, history);
     assert_eq!(saga.state.status, status);
-    assert_eq!(saga.state.in_flight(), None);
+    assert_eq!(saga.state.flying(), None);
     for event in history.iter().cloned().chain([start()]) {
         saga.assert_ignores(event);
     }
@@ -804,7 +804,7 @@ fn a_retry_resends_the_failed_undo_as_a_new_command_with_a_fresh_budget() {
     assert_eq!(t.state.steps[1].state, S::Compensating);
     assert_eq!(t.state.steps[1].compensation_attempts, 1);
     assert_eq!(t.state.steps[1].compensation_generation, 1);
-    assert_eq!(t.state.in_flight(), Some(retried_undo(1, 1, 1)));
+    assert_eq!(t.state.flying(), Some(retried_undo(1, 1, 1)));
     // Compensating again: it reports why it compensates, not the pause.
     assert_eq!(t.state.failed_step, Some(2));
     assert_eq!(t.state.reason, undisturbed.state.reason);
@@ -828,7 +828,7 @@ fn a_retried_undo_that_succeeds_runs_the_rest_to_compensated() {
     let (mut history, _) = order_paused_on_refund();
     history.extend([retry(), undone(1)]);
     let saga = given(&order::definition(), &history);
-    assert_eq!(saga.state.in_flight(), Some(undo(0, 1)));
+    assert_eq!(saga.state.flying(), Some(undo(0, 1)));
 
     let t = saga.when(undone(0));
 
@@ -855,7 +855,7 @@ fn a_retry_before_the_fix_pauses_again_and_the_next_retry_is_the_next_generation
     // Still down: every attempt of the fresh budget times out.
     history.extend(timeouts(max - 1));
     let saga = given(&saga.def, &history);
-    assert_eq!(saga.state.in_flight(), Some(retried_undo(1, max, 1)));
+    assert_eq!(saga.state.flying(), Some(retried_undo(1, max, 1)));
     history.push(timeout());
     let paused = given(&saga.def, &history);
     assert_eq!(paused.state.status, Status::CompensationFailed);
@@ -871,7 +871,7 @@ fn a_retry_of_the_first_steps_undo_ends_compensated() {
     let def = order::definition();
     let saga = given(&def, &[start(), ok(0), refused(1), undo_refused(0)]);
     let t = saga.when(retry());
-    assert_eq!(t.state.in_flight(), Some(retried_undo(0, 1, 1)));
+    assert_eq!(t.state.flying(), Some(retried_undo(0, 1, 1)));
 
     let done = given(
         &def,
@@ -926,7 +926,7 @@ fn a_late_success_of_the_earlier_generation_counts_as_the_undo() {
     let t = saga.when(undone(1));
 
     assert_eq!(t.state.steps[1].state, S::Compensated);
-    assert_eq!(t.state.in_flight(), Some(undo(0, 1)));
+    assert_eq!(t.state.flying(), Some(undo(0, 1)));
 }
 
 #[test]
@@ -1141,7 +1141,276 @@ fn in_flight_carries_the_generation_of_a_retried_undo() {
     let saga = given(&order::definition(), &history);
     // What a restarted orchestrator re-sends: the retried command, not the
     // one the participant may have answered already.
-    assert_eq!(saga.state.in_flight(), Some(retried_undo(1, 2, 1)));
+    assert_eq!(saga.state.flying(), Some(retried_undo(1, 2, 1)));
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: a parallel group
+// ---------------------------------------------------------------------------
+
+/// The three bookings of the trip saga (steps 0, 1, 2) in flight.
+fn booking() -> Saga {
+    given(&trip(), &[start()])
+}
+
+fn flying(saga: &Saga) -> Vec<Command> {
+    saga.state.in_flight(&saga.def)
+}
+
+#[test]
+fn a_group_starts_all_its_steps_at_once_with_one_timer() {
+    let def = trip();
+    assert_eq!(def.stage(1), 0..3);
+    assert_eq!(def.stage(3), 3..4);
+    let t = given(&def, &[]).when(start());
+    // One timer, at the longest of the members' deadlines (book_hotel's).
+    assert_eq!(
+        t.effects,
+        vec![
+            send(0, 1),
+            send(1, 1),
+            send(2, 1),
+            timer(T0 + action_deadline(&def, 1))
+        ]
+    );
+    assert_eq!(t.state.cursor, 0);
+    assert_eq!(
+        t.state.in_flight(&def),
+        vec![action(0, 1), action(1, 1), action(2, 1)]
+    );
+    assert_eq!(
+        t.note.map(|n| n.detail).as_deref(),
+        Some("sent book_flight, book_hotel, book_car")
+    );
+}
+
+#[test]
+fn a_group_goes_on_once_every_member_succeeded_in_any_order() {
+    let def = trip();
+    let saga = booking();
+    let t = saga.when(ok(1));
+    // Waiting for the others: nothing sent, the timer stays.
+    assert_eq!(t.effects, vec![]);
+    assert_eq!(
+        t.note.map(|n| n.detail).as_deref(),
+        Some("book_hotel succeeded; waiting for book_flight, book_car")
+    );
+    assert_eq!(t.state.deadline, saga.state.deadline);
+    assert_eq!(t.state.in_flight(&def), vec![action(0, 1), action(2, 1)]);
+    for order in [[0, 1, 2], [2, 0, 1], [1, 2, 0]] {
+        let mut history = vec![start()];
+        history.extend(order.iter().map(|&i| ok(i)));
+        let saga = given(&def, &history);
+        assert_eq!(saga.state.flying(), Some(action(3, 1)), "{order:?}");
+        assert_eq!(saga.state.cursor, 3);
+    }
+    let done = given(&def, &[start(), ok(2), ok(0), ok(1), ok(3), ok(4), ok(5)]);
+    assert_eq!(done.state.status, Status::Completed);
+    // Repeats change nothing.
+    let half = given(&def, &[start(), ok(0)]);
+    half.assert_ignores(ok(0));
+}
+
+#[test]
+fn a_refusal_in_a_group_compensates_its_siblings_in_flight_and_done() {
+    let def = trip();
+    let saga = given(&def, &[start(), ok(0)]);
+
+    let t = saga.when(refused(1));
+
+    // book_car may be acting: unknown, and undone first (its participant
+    // then refuses the late booking); book_hotel did nothing; book_flight
+    // is undone after.
+    assert_eq!(
+        t.effects,
+        vec![send_undo(2, 1), timer(saga.now + undo_deadline(&def, 2))]
+    );
+    assert_eq!(t.state.status, Status::Compensating);
+    assert_eq!(t.state.failed_step, Some(1));
+    assert_eq!(
+        t.state.reason.as_deref(),
+        Some("book_hotel refused: over the limit")
+    );
+    assert_eq!(
+        states(&t.state)[..3],
+        [S::Succeeded, S::Refused, S::Compensating]
+    );
+    assert_eq!(
+        t.state.steps[2].reason.as_deref(),
+        Some("in flight when book_hotel was refused (outcome unknown)")
+    );
+    let history = [start(), ok(0), refused(1)];
+    let saga = given(&def, &history);
+    // The car's late answers are covered by its compensation.
+    saga.assert_ignores(ok(2));
+    saga.assert_ignores(refused(2));
+    let done = given(
+        &def,
+        &[history.to_vec(), vec![undone(2), undone(0)]].concat(),
+    );
+    assert_eq!(done.state.status, Status::Compensated);
+    assert_eq!(
+        states(&done.state),
+        [
+            S::Compensated,
+            S::Refused,
+            S::Compensated,
+            S::NotStarted,
+            S::NotStarted,
+            S::NotStarted
+        ]
+    );
+    assert_eq!(done.state.failed_step, Some(1));
+}
+
+#[test]
+fn a_sibling_unknown_when_the_group_failed_is_recorded_when_its_outcome_arrives() {
+    let def = trip();
+    // book_car refused first: flight and hotel in flight become unknown;
+    // the walk starts at the group's end: car (refused) is skipped, the
+    // hotel is compensated first, the flight waits.
+    let saga = given(&def, &[start(), refused(2)]);
+    assert_eq!(saga.state.flying(), Some(undo(1, 1)));
+    assert_eq!(
+        states(&saga.state)[..3],
+        [S::Unknown, S::Compensating, S::Refused]
+    );
+    // The flight's late answer arrives before its turn.
+    let t = saga.when(ok(0));
+    assert_eq!(note_kind(&t), Some("late_outcome"));
+    assert_eq!(t.state.steps[0].state, S::Succeeded);
+    let t = saga.when(refused(0));
+    assert_eq!(t.state.steps[0].state, S::Refused);
+    // Refused: nothing of it to undo, the saga is compensated after the
+    // hotel's undo.
+    let done = given(&def, &[start(), refused(2), refused(0), undone(1)]);
+    assert_eq!(done.state.status, Status::Compensated);
+    assert_eq!(
+        states(&done.state)[..3],
+        [S::Refused, S::Compensated, S::Refused]
+    );
+    // Never answered: it is compensated in its turn.
+    let t = given(&def, &[start(), refused(2)]).when(undone(1));
+    assert_eq!(t.state.flying(), Some(undo(0, 1)));
+}
+
+#[test]
+fn a_group_timer_resends_only_the_members_still_waiting() {
+    let def = trip();
+    let saga = given(&def, &[start(), ok(1)]);
+    let due = saga.state.deadline.expect("a deadline");
+    let t = saga.when(timeout());
+    // The flight and the car, again (attempt 2), one timer for both.
+    assert_eq!(
+        t.effects,
+        vec![
+            send(0, 2),
+            send(2, 2),
+            timer(due + action_deadline(&def, 0))
+        ]
+    );
+    assert_eq!(note_kind(&t), Some("resent"));
+    assert_eq!(t.state.steps[1].attempts, 1);
+}
+
+#[test]
+fn a_member_out_of_attempts_fails_the_group_like_a_refusal() {
+    let def = trip();
+    // The flight and the car have 2 attempts, the hotel 3: after two
+    // timers the flight is the first out of attempts.
+    let saga = given(&def, &[start(), ok(2), timeout()]);
+    let t = saga.when(timeout());
+    assert_eq!(note_kind(&t), Some("step_timed_out"));
+    assert_eq!(t.state.failed_step, Some(0));
+    assert_eq!(
+        t.state.reason.as_deref(),
+        Some("book_flight: no outcome after 2 attempts (outcome unknown)")
+    );
+    // Undone from the group's end: the car (done), the hotel (unknown),
+    // the flight (unknown).
+    assert_eq!(t.state.flying(), Some(undo(2, 1)));
+    assert_eq!(
+        states(&t.state)[..3],
+        [S::Unknown, S::Unknown, S::Compensating]
+    );
+    let done = given(
+        &def,
+        &[
+            start(),
+            ok(2),
+            timeout(),
+            timeout(),
+            undone(2),
+            undone(1),
+            undone(0),
+        ],
+    );
+    assert_eq!(done.state.status, Status::Compensated);
+    assert_eq!(done.state.failed_step, Some(0));
+}
+
+#[test]
+fn a_refusal_after_the_group_undoes_every_member_in_reverse() {
+    let def = trip();
+    let history = [start(), ok(0), ok(1), ok(2), refused(3)];
+    let saga = given(&def, &history);
+    assert_eq!(saga.state.flying(), Some(undo(2, 1)));
+    let saga = given(&def, &[history.to_vec(), vec![undone(2)]].concat());
+    assert_eq!(saga.state.flying(), Some(undo(1, 1)));
+    let done = given(
+        &def,
+        &[history.to_vec(), vec![undone(2), undone(1), undone(0)]].concat(),
+    );
+    assert_eq!(done.state.status, Status::Compensated);
+    assert_eq!(done.state.failed_step, Some(3));
+}
+
+#[test]
+fn a_cancel_of_a_group_in_flight_undoes_every_member_that_may_have_acted() {
+    let def = trip();
+    let saga = given(&def, &[start(), ok(1)]);
+    let t = saga.when(cancel());
+    assert_eq!(note_kind(&t), Some("cancel_requested"));
+    assert_eq!(t.state.failed_step, Some(0));
+    assert_eq!(
+        states(&t.state)[..3],
+        [S::Unknown, S::Succeeded, S::Compensating]
+    );
+    assert_eq!(t.state.flying(), Some(undo(2, 1)));
+    let done = given(
+        &def,
+        &[start(), ok(1), cancel(), undone(2), undone(1), undone(0)],
+    );
+    assert_eq!(done.state.status, Status::Compensated);
+    assert!(
+        done.state.reason.as_deref().is_some_and(
+            |r| r.starts_with("cancelled by an operator while book_flight was in flight")
+        ),
+        "{:?}",
+        done.state.reason
+    );
+}
+
+#[test]
+fn a_suspended_group_resumes_with_the_members_still_waiting() {
+    let def = trip();
+    let saga = given(&def, &[start(), ok(0), timeout(), suspend()]);
+    assert_eq!(flying(&saga), vec![]);
+    let t = saga.when(retry());
+    // The same commands, a fresh budget, one timer.
+    assert_eq!(
+        t.effects,
+        vec![
+            send(1, 1),
+            send(2, 1),
+            timer(saga.now + action_deadline(&def, 1))
+        ]
+    );
+    // A success of a member it was waiting for, meanwhile, is news.
+    assert!(matches!(
+        saga.try_when(ok(1)),
+        Err(Error::Suspended { step: 1, .. })
+    ));
 }
 
 // ---------------------------------------------------------------------------
@@ -1183,7 +1452,7 @@ fn an_actions_output_is_kept_with_its_step() {
             refused(1),
         ],
     );
-    assert_eq!(undoing.state.in_flight(), Some(undo(0, 1)));
+    assert_eq!(undoing.state.flying(), Some(undo(0, 1)));
     assert_eq!(
         undoing.state.steps[0].output,
         Some(serde_json::json!({"slot": "S-1"}))
@@ -1218,7 +1487,7 @@ fn delivery_notifying() -> (Vec<Event>, Saga) {
 fn forward_only_steps_run_after_the_pivot_and_the_saga_completes() {
     let def = delivery();
     let (_, saga) = delivery_notifying();
-    assert_eq!(saga.state.in_flight(), Some(action(3, 1)));
+    assert_eq!(saga.state.flying(), Some(action(3, 1)));
     let t = saga.when(ok(3));
     assert_eq!(
         t.effects,
@@ -1242,7 +1511,7 @@ fn a_refused_forward_only_step_suspends_the_saga_and_undoes_nothing() {
     assert_eq!(t.state.suspended_from, Some(Status::Running));
     assert_eq!(t.state.deadline, None);
     assert_eq!(t.state.failed_step, Some(3));
-    assert_eq!(t.state.in_flight(), None);
+    assert_eq!(t.state.flying(), None);
     assert_eq!(
         states(&t.state),
         [
@@ -1318,7 +1587,7 @@ fn a_retry_sends_the_refused_forward_only_step_as_a_new_command() {
     assert_eq!(t.state.steps[3].state, S::Pending);
     assert_eq!(t.state.steps[3].reason, None);
     assert_eq!(t.state.steps[3].action_generation, 1);
-    assert_eq!(t.state.in_flight(), Some(cmd));
+    assert_eq!(t.state.flying(), Some(cmd));
 
     // Fixed: it goes on to the end.
     history.extend([retry(), ok(3), ok(4)]);
@@ -1330,10 +1599,10 @@ fn a_retry_sends_the_refused_forward_only_step_as_a_new_command() {
     let mut again = history[..history.len() - 2].to_vec();
     again.extend([refused(3), retry()]);
     let saga = given(&def, &again);
-    assert_eq!(saga.state.in_flight(), Some(retried_action(3, 1, 2)));
+    assert_eq!(saga.state.flying(), Some(retried_action(3, 1, 2)));
     again.push(timeout());
     let saga = given(&def, &again);
-    assert_eq!(saga.state.in_flight(), Some(retried_action(3, 2, 2)));
+    assert_eq!(saga.state.flying(), Some(retried_action(3, 2, 2)));
 }
 
 #[test]
@@ -1365,7 +1634,7 @@ fn a_forward_only_step_out_of_attempts_is_resent_until_its_outcome_is_known() {
     assert_eq!(saga.state.status, Status::Running);
     assert_eq!(states(&saga.state)[3], S::Pending);
     assert_eq!(
-        saga.state.in_flight(),
+        saga.state.flying(),
         Some(action(3, action_attempts(&def, 3) + 3))
     );
     assert!(
@@ -1379,7 +1648,7 @@ fn a_forward_only_step_out_of_attempts_is_resent_until_its_outcome_is_known() {
     // Its late refusal suspends the saga; its late success carries on.
     assert_eq!(saga.when(refused(3)).state.status, Status::Suspended);
     let t = saga.when(ok(3));
-    assert_eq!(t.state.in_flight(), Some(action(4, 1)));
+    assert_eq!(t.state.flying(), Some(action(4, 1)));
     assert_eq!(t.state.reason, None);
 }
 
@@ -1409,7 +1678,7 @@ fn a_cancel_is_refused_once_the_pivot_may_have_acted() {
     // Before the pivot a cancel undoes as usual.
     let t = given(&def, &[start(), ok(0)]).when(cancel());
     assert_eq!(t.state.status, Status::Compensating);
-    assert_eq!(t.state.in_flight(), Some(undo(1, 1)));
+    assert_eq!(t.state.flying(), Some(undo(1, 1)));
 }
 
 #[test]
@@ -1417,7 +1686,7 @@ fn a_refused_pivot_still_undoes_the_steps_before_it() {
     let def = delivery();
     let t = given(&def, &[start(), ok(0), ok(1)]).when(refused(2));
     assert_eq!(t.state.status, Status::Compensating);
-    assert_eq!(t.state.in_flight(), Some(undo(1, 1)));
+    assert_eq!(t.state.flying(), Some(undo(1, 1)));
     let done = given(
         &def,
         &[start(), ok(0), ok(1), refused(2), undone(1), undone(0)],
@@ -1432,7 +1701,7 @@ fn an_engine_suspension_of_a_forward_only_step_resumes_with_the_same_command() {
     history.extend([timeout(), suspend()]);
     let saga = given(&delivery(), &history);
     let t = saga.when(retry());
-    assert_eq!(t.state.in_flight(), Some(action(3, 1)));
+    assert_eq!(t.state.flying(), Some(action(3, 1)));
     assert_eq!(t.state.steps[3].action_generation, 0);
 }
 
@@ -1452,7 +1721,7 @@ fn a_suspended_saga_has_nothing_in_flight_and_says_why() {
     assert_eq!(t.state.status, Status::Suspended);
     assert_eq!(t.state.suspended_from, Some(Status::Running));
     assert_eq!(t.state.deadline, None);
-    assert_eq!(t.state.in_flight(), None);
+    assert_eq!(t.state.flying(), None);
     assert_eq!(
         t.state.reason.as_deref(),
         Some(format!("suspended: {SUSPEND_REASON}").as_str())
@@ -1517,7 +1786,7 @@ fn a_retry_resumes_a_suspended_running_saga_with_its_command_sent_again() {
     assert_eq!(t.state.status, Status::Running);
     assert_eq!(t.state.suspended_from, None);
     assert_eq!(t.state.reason, None);
-    assert_eq!(t.state.in_flight(), Some(action(1, 1)));
+    assert_eq!(t.state.flying(), Some(action(1, 1)));
     // It goes on as if nothing happened.
     let done = given(
         &def,
@@ -1590,7 +1859,7 @@ fn a_state_suspended_at_row_level_resumes_from_what_its_steps_say() {
         state.deadline = None;
         let t = apply(&def, &state, &retry(), T0).expect("resumes");
         assert_eq!(t.state.status, resumes_in, "{history:?}");
-        assert!(t.state.in_flight().is_some());
+        assert!(t.state.flying().is_some());
     }
 }
 
@@ -1643,7 +1912,7 @@ fn in_flight_names_the_command_to_resend_after_a_restart() {
     ];
     for (name, history, expected) in cases {
         let saga = given(&def, &history);
-        assert_eq!(saga.state.in_flight(), expected, "{name}");
+        assert_eq!(saga.state.flying(), expected, "{name}");
         // What is in flight always has a timer pending.
         assert_eq!(saga.state.deadline.is_some(), expected.is_some(), "{name}");
     }

@@ -275,15 +275,45 @@ fn check_any(def: &Definition, input: &SagaState, event: &Event, now: Millis) {
             match t.effects.as_slice() {
                 // A late outcome, recorded.
                 [] => {}
-                [Effect::SendCommand(cmd), Effect::ScheduleTimeout { at }] => {
-                    // Persist before acting: the new state names what is sent.
-                    assert_eq!(t.state.in_flight(), Some(*cmd), "{ctx}");
+                [sends @ .., Effect::ScheduleTimeout { at }] if !sends.is_empty() => {
+                    let cmds: Vec<Command> = sends
+                        .iter()
+                        .map(|e| match e {
+                            Effect::SendCommand(cmd) => *cmd,
+                            other => panic!("{ctx}: malformed effects, {other:?} among sends"),
+                        })
+                        .collect();
+                    // Persist before acting: the new state names what is
+                    // sent; several commands only for one parallel group.
+                    assert_eq!(t.state.in_flight(def), cmds, "{ctx}");
                     assert_eq!(t.state.deadline, Some(*at), "{ctx}");
-                    let p = match cmd.kind {
-                        Kind::Action => def.steps[cmd.step].policy,
-                        Kind::Compensation => def.steps[cmd.step].compensation_policy,
+                    let stage = def.stage(cmds[0].step);
+                    assert!(cmds.iter().all(|c| stage.contains(&c.step)), "{ctx}");
+                    assert!(
+                        cmds.len() == 1 || cmds.iter().all(|c| c.kind == Kind::Action),
+                        "{ctx}"
+                    );
+                    let cmd = &cmds[0];
+                    let policy = |c: &Command| match c.kind {
+                        Kind::Action => def.steps[c.step].policy,
+                        Kind::Compensation => def.steps[c.step].compensation_policy,
                     };
-                    if cmd.attempt > p.max_attempts {
+                    let p = policy(cmd);
+                    let longest = cmds
+                        .iter()
+                        .map(|c| policy(c).deadline)
+                        .max()
+                        .unwrap_or_default();
+                    if cmds.len() > 1 {
+                        // A group's timer waits for its longest deadline,
+                        // and no member goes on past its attempts.
+                        assert_eq!(*at, after(now, longest), "{ctx}");
+                        assert!(
+                            cmds.iter()
+                                .all(|c| c.attempt >= 1 && c.attempt <= policy(c).max_attempts),
+                            "{ctx}"
+                        );
+                    } else if cmd.attempt > p.max_attempts {
                         // Only a step that cannot be undone goes on past its
                         // attempts, waiting 2x, 4x, ... up to 32x as long.
                         assert_eq!(cmd.kind, Kind::Action, "{ctx}");
@@ -354,6 +384,16 @@ fn check_any(def: &Definition, input: &SagaState, event: &Event, now: Millis) {
         }
         // Or an operator retries it (checked below).
         Status::CompensationFailed if t.note.is_some() && *event == retry() => {}
+        // A late action outcome of a step still unknown (a parallel
+        // group's member below the failed undo) is recorded, nothing more.
+        Status::CompensationFailed
+            if t.note.is_some()
+                && matches!(event, Event::Outcome { step, kind: Kind::Action, .. }
+                    if input.steps[*step].state == S::Unknown) =>
+        {
+            assert_eq!(t.effects, vec![], "{ctx}");
+            assert_eq!(t.state.status, Status::CompensationFailed, "{ctx}");
+        }
         Status::CompensationFailed if t.note.is_some() => {
             let cursor = input.cursor;
             assert_eq!(
@@ -437,7 +477,7 @@ fn check_operator_event(
             // Resumed where it stopped: its command again, same id, fresh
             // budget.
             assert_eq!(note_kind(t), Some("resumed"), "{ctx}");
-            assert!(sent.len() <= 1, "{ctx}");
+            assert!(sent.len() <= def.stage(cursor).len(), "{ctx}");
             match resumes_in {
                 Status::Compensating => {
                     assert!(
@@ -456,11 +496,25 @@ fn check_operator_event(
                 }
                 _ => {
                     assert_eq!(t.state.status, Status::Running, "{ctx}");
-                    // A refused action (a forward-only step) is sent as a
-                    // new command; anything else as the same one.
-                    let generation = input.steps[cursor].action_generation
-                        + u32::from(input.steps[cursor].state == S::Refused);
-                    assert_eq!(sent, vec![retried_action(cursor, 1, generation)], "{ctx}");
+                    // The stage's actions that have not succeeded (else the
+                    // cursor's). A refused action (a forward-only step) is
+                    // sent as a new command; anything else as the same one.
+                    let mut members: Vec<usize> = def
+                        .stage(cursor)
+                        .filter(|&i| input.steps[i].state != S::Succeeded)
+                        .collect();
+                    if members.is_empty() {
+                        members = vec![cursor];
+                    }
+                    let expected: Vec<Command> = members
+                        .iter()
+                        .map(|&i| {
+                            let generation = input.steps[i].action_generation
+                                + u32::from(input.steps[i].state == S::Refused);
+                            retried_action(i, 1, generation)
+                        })
+                        .collect();
+                    assert_eq!(sent, expected, "{ctx}");
                 }
             }
         }
@@ -478,14 +532,28 @@ fn check_operator_event(
                 matches!(t.state.status, Status::Compensating | Status::Compensated),
                 "{ctx}"
             );
+            let stage = def.stage(cursor);
             for cmd in &sent {
                 assert_eq!(cmd.kind, Kind::Compensation, "{ctx}");
-                assert!(cmd.step <= cursor, "{ctx}");
+                assert!(cmd.step < stage.end, "{ctx}");
                 assert!(def.steps[cmd.step].compensation.is_some(), "{ctx}");
             }
-            // The in-flight step is undone first.
-            if input.steps[cursor].state == S::Pending {
-                assert_eq!(sent.first().map(|c| c.step), Some(cursor), "{ctx}");
+            // The highest step of the stage in flight is undone first (a
+            // parallel group's members from its end down).
+            let in_flight = stage
+                .clone()
+                .rev()
+                .find(|&i| input.steps[i].state == S::Pending);
+            let acted_above = |i: usize| {
+                (i + 1..stage.end).any(|j| {
+                    matches!(input.steps[j].state, S::Succeeded | S::Unknown)
+                        && def.steps[j].compensation.is_some()
+                })
+            };
+            if let Some(i) = in_flight
+                && !acted_above(i)
+            {
+                assert_eq!(sent.first().map(|c| c.step), Some(i), "{ctx}");
             }
         }
         // Suspended going backward: it carries on backward.
@@ -606,7 +674,7 @@ fn hand_built_states(def: &Definition) -> Vec<SagaState> {
 
 #[test]
 fn every_status_step_state_and_event_is_handled() {
-    for def in [shipment(), delivery()] {
+    for def in [shipment(), delivery(), trip()] {
         let events = every_event(&def);
         let mut seen = HashSet::new();
         let mut applied = 0;
@@ -681,7 +749,13 @@ fn reachable_states(def: &Definition) -> Vec<SagaState> {
 /// What every reachable state looks like, by status.
 fn check_reachable_shape(def: &Definition, s: &SagaState) {
     let c = s.cursor;
-    let below_ok = s.steps[..c].iter().all(|r| r.state == S::Succeeded);
+    let stage = def.stage(c);
+    // Going backward through a parallel group, its members below the
+    // cursor may still be unknown (in flight when it failed), or refused.
+    let below_ok = s.steps[..c].iter().enumerate().all(|(i, r)| {
+        r.state == S::Succeeded
+            || (def.stage(i) == stage && matches!(r.state, S::Unknown | S::Refused))
+    });
     let above_done = s.steps[c + 1..].iter().all(|r| {
         matches!(
             r.state,
@@ -691,18 +765,33 @@ fn check_reachable_shape(def: &Definition, s: &SagaState) {
     let ctx = format!("{s:?}");
     match s.status {
         Status::Running => {
-            assert!(below_ok, "{ctx}");
+            assert_eq!(
+                c, stage.start,
+                "{ctx}: the cursor is its stage's first step"
+            );
             assert!(
-                s.steps[c + 1..].iter().all(|r| r.state == S::NotStarted),
+                s.steps[..c].iter().all(|r| r.state == S::Succeeded),
                 "{ctx}"
             );
             assert!(
-                matches!(s.steps[c].state, S::NotStarted | S::Pending),
+                s.steps[stage.end..]
+                    .iter()
+                    .all(|r| r.state == S::NotStarted),
                 "{ctx}"
+            );
+            assert!(
+                stage
+                    .clone()
+                    .all(|i| matches!(s.steps[i].state, S::NotStarted | S::Pending | S::Succeeded)),
+                "{ctx}"
+            );
+            assert!(
+                !stage.clone().all(|i| s.steps[i].state == S::Succeeded),
+                "{ctx}: a stage all done has handed over"
             );
             assert_eq!(
                 s.deadline.is_some(),
-                s.steps[c].state == S::Pending,
+                stage.clone().any(|i| s.steps[i].state == S::Pending),
                 "{ctx}"
             );
             // A running saga gives a reason only while a step that cannot
@@ -752,6 +841,8 @@ fn check_reachable_shape(def: &Definition, s: &SagaState) {
                     assert!(below_ok, "{ctx}");
                     match s.steps[c].state {
                         S::NotStarted | S::Pending => {}
+                        // A parallel group's member done, others waiting.
+                        S::Succeeded if stage.len() > 1 => {}
                         // A forward-only step refused: nothing undone.
                         S::Refused => {
                             assert!(def.steps[c].forward_only, "{ctx}");
@@ -794,8 +885,15 @@ fn check_reachable_shape(def: &Definition, s: &SagaState) {
     }
     // Nothing else is pending, and no step is left unknown.
     for (i, r) in s.steps.iter().enumerate() {
+        let forward = s.status == Status::Running
+            || (s.status == Status::Suspended && s.suspended_from == Some(Status::Running));
+        let pending_member = forward && stage.contains(&i) && r.state == S::Pending;
+        let unknown_member = stage.contains(&i) && i < c && r.state == S::Unknown;
         assert!(
-            i == c || !matches!(r.state, S::Pending | S::Compensating | S::Unknown),
+            i == c
+                || pending_member
+                || unknown_member
+                || !matches!(r.state, S::Pending | S::Compensating | S::Unknown),
             "{ctx}"
         );
         assert!(
@@ -805,7 +903,7 @@ fn check_reachable_shape(def: &Definition, s: &SagaState) {
         assert!(r.compensation_attempts <= undo_attempts(def, i), "{ctx}");
     }
     assert_eq!(
-        s.in_flight().is_some(),
+        !s.in_flight(def).is_empty(),
         !s.status.is_terminal() && s.deadline.is_some(),
         "{ctx}"
     );
@@ -822,9 +920,27 @@ fn order_with_two_attempts() -> Definition {
     def
 }
 
+/// The trip saga's shape, smaller: a group of two with two attempts each,
+/// then the charge and the pivot.
+fn small_trip() -> Definition {
+    let mut def = trip();
+    def.steps.remove(5);
+    def.steps.remove(2);
+    for step in &mut def.steps {
+        step.policy.max_attempts = 2;
+        step.compensation_policy.max_attempts = 2;
+    }
+    def
+}
+
 #[test]
 fn every_reachable_state_handles_every_event() {
-    for def in [shipment(), order_with_two_attempts(), delivery()] {
+    for def in [
+        shipment(),
+        order_with_two_attempts(),
+        delivery(),
+        small_trip(),
+    ] {
         let reachable = reachable_states(&def);
         assert!(
             reachable.len() > 100,
