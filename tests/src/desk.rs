@@ -27,7 +27,6 @@
 //!   reference it was given. For the traveller `verbose` it returns an
 //!   output over the limit, which the contract refuses to commit.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -496,52 +495,30 @@ async fn notify(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
 
 type Decide = for<'t> fn(&'t Tx<'t>, &'t Command) -> BoxFuture<'t, Result<Decision, Error>>;
 
-/// The desk's step RPCs by method name.
-fn routes() -> HashMap<&'static str, (Rpc, Decide)> {
-    HashMap::from([
-        (
-            "HoldSeat",
-            (
-                Rpc::action("HoldSeat", false),
-                (|tx, cmd| hold_seat(tx, cmd).boxed()) as Decide,
-            ),
-        ),
-        (
-            "ReleaseSeat",
-            (
-                Rpc::compensation("ReleaseSeat"),
-                (|tx, cmd| release_seat(tx, cmd).boxed()) as Decide,
-            ),
-        ),
-        (
-            "ReserveCar",
-            (
-                Rpc::action("ReserveCar", false),
-                (|tx, cmd| reserve_car(tx, cmd).boxed()) as Decide,
-            ),
-        ),
-        (
-            "ReturnCar",
-            (
-                Rpc::compensation("ReturnCar"),
-                (|tx, cmd| return_car(tx, cmd).boxed()) as Decide,
-            ),
-        ),
-        (
-            "Confirm",
-            (
-                Rpc::action("Confirm", false),
-                (|tx, cmd| confirm(tx, cmd).boxed()) as Decide,
-            ),
-        ),
-        (
-            "Notify",
-            (
-                Rpc::action("Notify", false),
-                (|tx, cmd| notify(tx, cmd).boxed()) as Decide,
-            ),
-        ),
-    ])
+/// The desk's step RPC of `method`, if it has one.
+fn route(method: &str) -> Option<(Rpc, Decide)> {
+    let (rpc, decide): (Rpc, Decide) = match method {
+        "HoldSeat" => (Rpc::action("HoldSeat", false), |tx, cmd| {
+            hold_seat(tx, cmd).boxed()
+        }),
+        "ReleaseSeat" => (Rpc::compensation("ReleaseSeat"), |tx, cmd| {
+            release_seat(tx, cmd).boxed()
+        }),
+        "ReserveCar" => (Rpc::action("ReserveCar", false), |tx, cmd| {
+            reserve_car(tx, cmd).boxed()
+        }),
+        "ReturnCar" => (Rpc::compensation("ReturnCar"), |tx, cmd| {
+            return_car(tx, cmd).boxed()
+        }),
+        "Confirm" => (Rpc::action("Confirm", false), |tx, cmd| {
+            confirm(tx, cmd).boxed()
+        }),
+        "Notify" => (Rpc::action("Notify", false), |tx, cmd| {
+            notify(tx, cmd).boxed()
+        }),
+        _ => return None,
+    };
+    Some((rpc, decide))
 }
 
 /// Serves every method of [`SERVICE`] by path, each a `StepCommand` in and
@@ -595,7 +572,7 @@ where
             .to_owned();
         let exec = self.exec.clone();
         async move {
-            let Some((rpc, decide)) = routes().remove(method.as_str()) else {
+            let Some((rpc, decide)) = route(&method) else {
                 return Ok(Status::unimplemented(format!("no method {method}")).into_http());
             };
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());

@@ -121,25 +121,31 @@ impl Driver {
     /// command spans under (else the saga's root).
     pub fn carry_out(&self, committed: &Committed, parent: Option<String>) {
         let ctx = &committed.ctx;
+        // Looked up once for every command sent (a parallel group's several).
+        let mut def = None;
         for effect in &committed.effects {
             match *effect {
                 Effect::SendCommand(cmd) => {
+                    let def = def.get_or_insert_with(|| {
+                        crate::definitions::find(&ctx.saga_type, ctx.definition_version)
+                    });
+                    let Some(def) = def.clone() else {
+                        tracing::error!(saga.id = %ctx.saga_id, "no definition for saga; command not sent");
+                        continue;
+                    };
                     // The command's input: the saga's, or what the step's
                     // mapping builds from it and earlier steps' outputs.
                     let mut ctx = ctx.clone();
-                    if let Some(def) =
-                        crate::definitions::find(&ctx.saga_type, ctx.definition_version)
-                        && let Some(input) = crate::saga::mapping::command_input(
-                            &def,
-                            &ctx.input,
-                            &committed.state,
-                            cmd.step,
-                            cmd.kind,
-                        )
-                    {
+                    if let Some(input) = crate::saga::mapping::command_input(
+                        &def,
+                        &ctx.input,
+                        &committed.state,
+                        cmd.step,
+                        cmd.kind,
+                    ) {
                         ctx.input = input;
                     }
-                    self.send(ctx, cmd, parent.clone())
+                    self.send(def, ctx, cmd, parent.clone())
                 }
                 Effect::ScheduleTimeout { at } => {
                     // Deadlines are on the database's clock: wait for the

@@ -25,9 +25,9 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::{Driver, command_id};
-use crate::definitions;
 use crate::metrics::{CallOutcome, Path};
 use crate::participants::SendError;
+use crate::saga::Definition;
 use crate::saga::{Command, Event, Kind, Outcome};
 use crate::store::{Applied, SagaContext};
 
@@ -36,17 +36,25 @@ const MAX_REASON: usize = 500;
 
 impl Driver {
     /// Send `cmd` in the background (or drop it when too many sends wait).
-    pub(super) fn send(&self, ctx: SagaContext, cmd: Command, parent: Option<String>) {
+    pub(super) fn send(
+        &self,
+        def: Arc<Definition>,
+        ctx: SagaContext,
+        cmd: Command,
+        parent: Option<String>,
+    ) {
         let Ok(slot) = self.inner.queued.clone().try_acquire_owned() else {
-            let participant = definitions::find(&ctx.saga_type, ctx.definition_version)
-                .and_then(|d| d.steps.get(cmd.step).map(|s| s.participant.clone()))
+            let participant = def
+                .steps
+                .get(cmd.step)
+                .map(|s| s.participant.clone())
                 .unwrap_or_default();
             self.dropped(&ctx, &cmd, &participant, "too many sends are waiting");
             return;
         };
         let this = self.clone();
         tokio::spawn(async move {
-            this.deliver(ctx, cmd, parent).await;
+            this.deliver(&def, ctx, cmd, parent).await;
             drop(slot);
         });
     }
@@ -76,11 +84,13 @@ impl Driver {
             .clone()
     }
 
-    async fn deliver(&self, ctx: SagaContext, cmd: Command, parent: Option<String>) {
-        let Some(def) = definitions::find(&ctx.saga_type, ctx.definition_version) else {
-            tracing::error!(saga.id = %ctx.saga_id, "no definition for saga; command not sent");
-            return;
-        };
+    async fn deliver(
+        &self,
+        def: &Definition,
+        ctx: SagaContext,
+        cmd: Command,
+        parent: Option<String>,
+    ) {
         let Some(step) = def.steps.get(cmd.step) else {
             tracing::error!(saga.id = %ctx.saga_id, saga.step = cmd.step, "no such step; command not sent");
             return;
