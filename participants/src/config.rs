@@ -11,28 +11,22 @@
 //! | `SAGAFLOW_ORDER_HTTP_LISTEN`       | `127.0.0.1:8081`: `/healthz`, `/readyz`, `/metrics` (`off`: none) |
 //! | `SAGAFLOW_PAYMENT_HTTP_LISTEN`     | `127.0.0.1:8082`                                          |
 //! | `SAGAFLOW_INVENTORY_HTTP_LISTEN`   | `127.0.0.1:8083`                                          |
-//! | `SAGAFLOW_DB_POOL_SIZE`            | `16` (1..=1000)                                           |
-//! | `SAGAFLOW_INBOX_RETENTION_SECS`    | `1296000` (15 days; 3600..=315360000)                     |
-//! | `SAGAFLOW_RETENTION_INTERVAL_SECS` | `3600` (1..=86400)                                        |
-//! | `SAGAFLOW_TLS_CERT`, `SAGAFLOW_TLS_KEY` | required: the participant's certificate and key (PEM)  |
-//! | `SAGAFLOW_TLS_CLIENT_CA`           | required: CA a client certificate must chain to (PEM)     |
-//! | `SAGAFLOW_ALLOWED_CLIENT`          | `sagaflow-orchestrator`: the one client identity accepted |
-//! | `SAGAFLOW_INSECURE`                | `false`; `true` serves plaintext to anyone (demo only)    |
+//!
+//! and the settings every participant shares
+//! ([`sagaflow_participant_kit::config`]).
 //!
 //! See docs/security.md for what each check refuses.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::time::Duration;
 
-use sagaflow_common::config::{self as env, Var, databases};
-use sagaflow_common::security::identity::{self, DEFAULT_CLIENT};
-use sagaflow_common::security::tls::{self, KeyPair, ServerTls};
-use sagaflow_common::security::{self, Required};
+use sagaflow_common::config::{Var, databases};
+use sagaflow_participant_kit::{Config, Defaults, Security};
 
-/// Every variable a participant reads (beyond
-/// [`sagaflow_common::config::COMMON_VARS`]), for `--help`.
+/// The variables of each participant this binary runs (beyond
+/// [`sagaflow_common::config::COMMON_VARS`] and
+/// [`sagaflow_participant_kit::config::SHARED_VARS`]), for `--help`.
 pub const VARS: &[Var] = &[
     Var {
         name: "SAGAFLOW_ORDER_DATABASE_URL",
@@ -80,54 +74,90 @@ pub const VARS: &[Var] = &[
         meaning: "the inventory participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
     },
     Var {
-        name: "SAGAFLOW_INBOX_RETENTION_SECS",
-        default: "1296000",
-        meaning: "inbox rows (handled command ids) older than this are deleted; keep it at least the orchestrator's SAGAFLOW_DEDUPE_RETENTION_SECS (3600..=315360000)",
+        name: "SAGAFLOW_FLIGHT_DATABASE_URL",
+        default: "postgres://postgres@127.0.0.1:5432/sagaflow_flight",
+        meaning: "the flight participant's database (created if missing)",
     },
     Var {
-        name: "SAGAFLOW_RETENTION_INTERVAL_SECS",
-        default: "3600",
-        meaning: "how often the inbox retention sweep runs (1..=86400)",
+        name: "SAGAFLOW_FLIGHT_LISTEN",
+        default: "127.0.0.1:50064",
+        meaning: "where the flight participant listens",
     },
     Var {
-        name: "SAGAFLOW_INSECURE",
-        default: "false",
-        meaning: "true: plaintext, anyone may call (local demos only; warns loudly)",
+        name: "SAGAFLOW_FLIGHT_HTTP_LISTEN",
+        default: "127.0.0.1:8084",
+        meaning: "the flight participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
     },
     Var {
-        name: "SAGAFLOW_TLS_CERT",
-        default: "required",
-        meaning: "the participant's server certificate (chain), PEM",
+        name: "SAGAFLOW_HOTEL_DATABASE_URL",
+        default: "postgres://postgres@127.0.0.1:5432/sagaflow_hotel",
+        meaning: "the hotel participant's database (created if missing)",
     },
     Var {
-        name: "SAGAFLOW_TLS_KEY",
-        default: "required",
-        meaning: "its private key, PEM",
+        name: "SAGAFLOW_HOTEL_LISTEN",
+        default: "127.0.0.1:50065",
+        meaning: "where the hotel participant listens",
     },
     Var {
-        name: "SAGAFLOW_TLS_CLIENT_CA",
-        default: "required",
-        meaning: "CA certificate(s) a client certificate must chain to",
+        name: "SAGAFLOW_HOTEL_HTTP_LISTEN",
+        default: "127.0.0.1:8085",
+        meaning: "the hotel participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
     },
     Var {
-        name: "SAGAFLOW_ALLOWED_CLIENT",
-        default: "sagaflow-orchestrator",
-        meaning: "the one client identity accepted (a DNS name in the client certificate)",
+        name: "SAGAFLOW_CAR_DATABASE_URL",
+        default: "postgres://postgres@127.0.0.1:5432/sagaflow_car",
+        meaning: "the car participant's database (created if missing)",
+    },
+    Var {
+        name: "SAGAFLOW_CAR_LISTEN",
+        default: "127.0.0.1:50066",
+        meaning: "where the car participant listens",
+    },
+    Var {
+        name: "SAGAFLOW_CAR_HTTP_LISTEN",
+        default: "127.0.0.1:8086",
+        meaning: "the car participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
+    },
+    Var {
+        name: "SAGAFLOW_TRIP_DATABASE_URL",
+        default: "postgres://postgres@127.0.0.1:5432/sagaflow_trip",
+        meaning: "the trip participant's database (created if missing)",
+    },
+    Var {
+        name: "SAGAFLOW_TRIP_LISTEN",
+        default: "127.0.0.1:50067",
+        meaning: "where the trip participant listens",
+    },
+    Var {
+        name: "SAGAFLOW_TRIP_HTTP_LISTEN",
+        default: "127.0.0.1:8087",
+        meaning: "the trip participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
     },
 ];
 
-const DAY: u64 = 24 * 3600;
-
-/// The three participant services this crate can run.
+/// The participant services this crate can run: the order saga's three,
+/// and the trip saga's four ([`crate::trip`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Order,
     Payment,
     Inventory,
+    Flight,
+    Hotel,
+    Car,
+    Trip,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Order, Kind::Payment, Kind::Inventory];
+    pub const ALL: [Kind; 7] = [
+        Kind::Order,
+        Kind::Payment,
+        Kind::Inventory,
+        Kind::Flight,
+        Kind::Hotel,
+        Kind::Car,
+        Kind::Trip,
+    ];
 
     /// The participant's name, as in events (`EventEnvelope.participant`),
     /// event types and the command line.
@@ -136,6 +166,10 @@ impl Kind {
             Kind::Order => "order",
             Kind::Payment => "payment",
             Kind::Inventory => "inventory",
+            Kind::Flight => "flight",
+            Kind::Hotel => "hotel",
+            Kind::Car => "car",
+            Kind::Trip => "trip",
         }
     }
 
@@ -145,6 +179,10 @@ impl Kind {
             Kind::Order => databases::ORDER,
             Kind::Payment => databases::PAYMENT,
             Kind::Inventory => databases::INVENTORY,
+            Kind::Flight => "sagaflow_flight",
+            Kind::Hotel => "sagaflow_hotel",
+            Kind::Car => "sagaflow_car",
+            Kind::Trip => "sagaflow_trip",
         }
     }
 
@@ -154,6 +192,10 @@ impl Kind {
             Kind::Order => 50061,
             Kind::Payment => 50062,
             Kind::Inventory => 50063,
+            Kind::Flight => 50064,
+            Kind::Hotel => 50065,
+            Kind::Car => 50066,
+            Kind::Trip => 50067,
         };
         SocketAddr::from(([127, 0, 0, 1], port))
     }
@@ -165,14 +207,10 @@ impl Kind {
             Kind::Order => "127.0.0.1:8081",
             Kind::Payment => "127.0.0.1:8082",
             Kind::Inventory => "127.0.0.1:8083",
-        }
-    }
-
-    fn env_prefix(self) -> &'static str {
-        match self {
-            Kind::Order => "SAGAFLOW_ORDER",
-            Kind::Payment => "SAGAFLOW_PAYMENT",
-            Kind::Inventory => "SAGAFLOW_INVENTORY",
+            Kind::Flight => "127.0.0.1:8084",
+            Kind::Hotel => "127.0.0.1:8085",
+            Kind::Car => "127.0.0.1:8086",
+            Kind::Trip => "127.0.0.1:8087",
         }
     }
 }
@@ -191,114 +229,36 @@ impl FromStr for Kind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
-                anyhow::anyhow!("unknown participant {s:?}: expected order, payment or inventory")
+                anyhow::anyhow!(
+                    "unknown participant {s:?}: expected order, payment, inventory, flight, hotel, car or trip"
+                )
             })
     }
 }
 
-/// Settings of one participant process.
-#[derive(Debug, Clone)]
-pub struct ParticipantConfig {
-    /// The participant's own database; it is created if missing and migrated
-    /// on start.
-    pub database_url: String,
-    /// Where the binary binds its gRPC listener ([`crate::serve`] takes an
-    /// already bound listener so tests can use port 0).
-    pub listen: SocketAddr,
-    /// The HTTP address of `/healthz`, `/readyz` and `/metrics`
-    /// (`SAGAFLOW_<KIND>_HTTP_LISTEN`); `None`: no HTTP server.
-    pub http_listen: Option<String>,
-    /// Most connections the pool opens. Each in-flight command holds one for
-    /// its transaction, so this bounds concurrent commands against Postgres.
-    pub pool_size: usize,
-    /// Inbox rows older than this are deleted.
-    pub inbox_retention: Duration,
-    /// Time between inbox retention sweeps.
-    pub retention_interval: Duration,
-    /// Who may call it, and over what.
-    pub security: Security,
-}
-
-/// How a participant's gRPC is protected.
-#[derive(Debug, Clone)]
-pub enum Security {
-    /// Mutual TLS: the handshake requires a client certificate from the
-    /// client CA, and every call of the participant's service must come from
-    /// `allowed_client` (gRPC health excepted).
-    Mutual {
-        tls: ServerTls,
-        allowed_client: String,
-    },
-    /// Plaintext, and anyone may call (`SAGAFLOW_INSECURE=true`).
-    Insecure,
-}
-
-impl Security {
-    /// From `SAGAFLOW_INSECURE`, or the TLS settings it then requires.
-    pub fn from_env() -> anyhow::Result<Self> {
-        if security::insecure_from_env()? {
-            return Ok(Security::Insecure);
-        }
-        let mut required = Required::new("sagaflow-participant");
-        let cert = required.var("SAGAFLOW_TLS_CERT");
-        let key = required.var("SAGAFLOW_TLS_KEY");
-        let ca = required.var("SAGAFLOW_TLS_CLIENT_CA");
-        required.check()?;
-        let (cert, key, ca) = (
-            cert.unwrap_or_default(),
-            key.unwrap_or_default(),
-            ca.unwrap_or_default(),
-        );
-        Ok(Security::Mutual {
-            tls: ServerTls {
-                identity: KeyPair::read(("SAGAFLOW_TLS_CERT", &cert), ("SAGAFLOW_TLS_KEY", &key))?,
-                client_ca_pem: Some(tls::read_pem("SAGAFLOW_TLS_CLIENT_CA", &ca, "CERTIFICATE")?),
-            },
-            allowed_client: identity::parse_identity(
-                "SAGAFLOW_ALLOWED_CLIENT",
-                &env::var_or("SAGAFLOW_ALLOWED_CLIENT", DEFAULT_CLIENT),
-            )?,
-        })
+impl Kind {
+    /// Its settings from the environment (`SAGAFLOW_<KIND>_*` and the
+    /// shared ones).
+    pub fn config_from_env(self) -> anyhow::Result<Config> {
+        Config::from_env(self.name(), &self.defaults())
     }
-}
 
-impl ParticipantConfig {
-    /// Defaults for `kind`, with its database at `database_url`, protected
-    /// as `security` says, and no HTTP address (a test's choice; from the
-    /// environment it has one by default).
-    pub fn new(kind: Kind, database_url: impl Into<String>, security: Security) -> Self {
-        Self {
-            database_url: database_url.into(),
-            listen: kind.default_listen(),
-            http_listen: None,
-            pool_size: 16,
-            inbox_retention: Duration::from_secs(15 * DAY),
-            retention_interval: Duration::from_secs(3600),
-            security,
+    /// Its default settings with its database at `database_url`, protected
+    /// as `security` says (a test's choice: no HTTP address).
+    pub fn config(self, database_url: impl Into<String>, security: Security) -> Config {
+        Config {
+            listen: self.default_listen(),
+            ..Config::new(database_url, security)
         }
     }
 
-    /// Read [`VARS`] for `kind`; unset or empty variables take their
-    /// defaults, and a bad value is an error naming its variable and rule.
-    pub fn from_env(kind: Kind) -> anyhow::Result<Self> {
-        let prefix = kind.env_prefix();
-        let default_url = env::default_database_url(kind.default_database());
-        Ok(Self {
-            database_url: env::var_or(&format!("{prefix}_DATABASE_URL"), &default_url),
-            listen: env::parse_or(&format!("{prefix}_LISTEN"), kind.default_listen())?,
-            http_listen: sagaflow_common::ops::listen_from_env(
-                &format!("{prefix}_HTTP_LISTEN"),
-                kind.default_http_listen(),
-            ),
-            pool_size: env::int_in("SAGAFLOW_DB_POOL_SIZE", 16, 1..=1000)?,
-            inbox_retention: env::secs_in(
-                "SAGAFLOW_INBOX_RETENTION_SECS",
-                15 * DAY,
-                3600..=3650 * DAY,
-            )?,
-            retention_interval: env::secs_in("SAGAFLOW_RETENTION_INTERVAL_SECS", 3600, 1..=DAY)?,
-            security: Security::from_env()?,
-        })
+    /// Where it listens and keeps its data unless told otherwise.
+    pub fn defaults(self) -> Defaults {
+        Defaults {
+            database: self.default_database().to_owned(),
+            listen: self.default_listen(),
+            http_listen: self.default_http_listen().to_owned(),
+        }
     }
 }
 
@@ -316,7 +276,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_design() {
-        let config = ParticipantConfig::new(Kind::Payment, "postgres://x/y", Security::Insecure);
+        let config = Kind::Payment.config("postgres://x/y", Security::Insecure);
         assert_eq!(config.listen.to_string(), "127.0.0.1:50062");
         assert_eq!(config.pool_size, 16);
         assert_eq!(Kind::Inventory.default_database(), "sagaflow_inventory");

@@ -7,28 +7,22 @@
 //!
 //! # Layout
 //!
-//! - [`command`]: the contract every step RPC shares. Parse and validate the
-//!   `StepCommand`, then in ONE transaction: dedupe on the command id
-//!   (`inbox`), run the service's decision, store the outcome event in the
-//!   inbox row and insert it into the outbox. A repeat re-emits the stored
-//!   event (same `event_id`) and answers `STATUS_DUPLICATE`.
+//! Each service is a [`Participant`](sagaflow_participant_kit::Participant)
+//! of the participant library (`sagaflow-participant-kit`), which does the
+//! contract every step RPC shares (inbox, outbox, repeats, trace, mutual
+//! TLS, metrics, health, `CommandLog`, retention); what is here is business
+//! logic:
+//!
 //! - [`order`], [`payment`], [`inventory`]: one module per service — its
-//!   migrations, its business rules and its tonic service.
-//! - [`command_log`]: the read-only `CommandLog` service every participant
-//!   serves: the commands it handled for a saga and their outcomes, from its
-//!   inbox, for reconciliation with the orchestrator's record.
-//! - [`error`]: the crate's one error type and its single conversion to
-//!   `tonic::Status` (invalid argument / unavailable / internal).
-//! - [`config`]: [`Kind`], [`ParticipantConfig`] and its [`Security`] from
-//!   the environment.
-//! - [`server`]: [`serve`] — migrate, then serve the service and gRPC health
-//!   until the shutdown token is cancelled: over mutual TLS, every call of
-//!   the service pinned to the orchestrator's identity
-//!   (`sagaflow_common::security`), unless configured insecure. Next to the
-//!   step service: `CommandLog` (read-only, for reconciliation), pinned too.
-//! - [`retention`]: forgetting inbox rows older than their retention.
-//! - [`metrics`]: what `/metrics` counts: commands by kind, method and
-//!   outcome (repeats among them), tombstones, and how long each took.
+//!   migrations, its business rules, its step functions (and the read-only
+//!   look-ups of payment and inventory).
+//! - [`trip`]: the trip saga's participants — flight, hotel and car rental
+//!   (one shape, [`trip::units`]) and the itinerary desk — and its
+//!   definition file.
+//! - [`input`]: the order saga's input as those steps read it, and a
+//!   payment's input mapped as JSON by a definition file.
+//! - [`config`]: [`Kind`] and its settings from the environment.
+//! - [`server`]: [`serve`] — the chosen participant, served by the library.
 //!
 //! # Races
 //!
@@ -78,23 +72,28 @@
 //!
 //! # Migrations
 //!
-//! Every participant applies, in order: `1 outbox` (shared, from
-//! `sagaflow_common::outbox`), `2 inbox` (shared, from [`command`]), then its
-//! own business tables (`3`) and seeds (`4`, payment and inventory only);
-//! payment then adds the customers' refund holds (`5`); and the index inbox
-//! retention walks (`10`, from [`retention`]).
+//! Every participant applies, in order, the library's `1 outbox` and
+//! `2 inbox`, then its own business tables (`3`) and seeds (`4`, payment
+//! and inventory only); payment then adds the customers' refund holds
+//! (`5`); then the library's inbox retention index (`10`) and outbox
+//! tuning (`11`).
 
-pub mod command;
-pub mod command_log;
 pub mod config;
-pub mod error;
+pub mod input;
 pub mod inventory;
-pub mod metrics;
 pub mod order;
 pub mod payment;
-pub mod retention;
 pub mod server;
+pub mod trip;
 
-pub use config::{Kind, ParticipantConfig, Security};
-pub use error::Error;
+pub use config::{Kind, VARS};
+pub use sagaflow_participant_kit::{Config, Error, Security};
 pub use server::serve;
+
+/// The answer of a generated service's step method: the library serves
+/// the step methods by path, so these are never reached.
+pub(crate) fn served_as_a_step(method: &str) -> tonic::Status {
+    tonic::Status::internal(format!(
+        "{method} is served by the participant library's step router"
+    ))
+}

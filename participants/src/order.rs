@@ -7,27 +7,26 @@
 //! | `ApproveOrder` | action (pivot) | `PENDING` → `APPROVED`; absent → refused `unknown_order`; `CANCELLED` → refused `order_cancelled` |
 
 use futures::FutureExt as _;
-use sagaflow_common::db::Migration;
-use sagaflow_common::outbox;
-use sagaflow_protos::participant::v1::order_service_server::{OrderService, OrderServiceServer};
-use sagaflow_protos::participant::v1::{CommandAck, OrderInput, StepCommand};
+use sagaflow_participant_kit::{
+    COMPENSATED_BEFORE_ACTION, Decision, Error, Migration, Participant, Tx,
+};
+use sagaflow_protos::participant::v1::OrderInput;
+use sagaflow_protos::participant::v1::order_service_server::SERVICE_NAME;
 use serde_json::json;
-use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::Error;
-use crate::command::{
-    COMPENSATED_BEFORE_ACTION, Decision, Executor, INBOX_MIGRATION, Rpc, Tx, lines,
-};
+use crate::input::{lines, order_input};
 
-/// Every migration of the order database, in order.
-pub const MIGRATIONS: [Migration; 5] = [
-    outbox::MIGRATION,
-    INBOX_MIGRATION,
-    ORDERS,
-    crate::retention::MIGRATION,
-    outbox::TUNING,
-];
+/// The order participant: its table and its three step RPCs.
+pub fn participant() -> Participant {
+    Participant::new(crate::Kind::Order.name(), SERVICE_NAME)
+        .migration(ORDERS)
+        .action("CreateOrder", |tx, cmd| {
+            async move { create(tx, cmd.saga_id, &order_input(cmd)?).await }.boxed()
+        })
+        .compensation("CancelOrder", |tx, cmd| cancel(tx, cmd.saga_id).boxed())
+        .action("ApproveOrder", |tx, cmd| approve(tx, cmd.saga_id).boxed())
+}
 
 /// A `CANCELLED` row with no customer or items is a tombstone: the order was
 /// cancelled before (or instead of) being created.
@@ -49,69 +48,6 @@ CREATE TABLE orders (
 );
 "#,
 };
-
-const CREATE: Rpc = Rpc::action("CreateOrder", true);
-const CANCEL: Rpc = Rpc::compensation("CancelOrder");
-const APPROVE: Rpc = Rpc::action("ApproveOrder", false);
-
-/// The order service; cheap to clone.
-#[derive(Clone)]
-pub struct OrderParticipant {
-    exec: Executor,
-}
-
-impl OrderParticipant {
-    pub fn new(
-        pool: deadpool_postgres::Pool,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
-    ) -> Self {
-        Self {
-            exec: Executor::new(
-                pool,
-                crate::Kind::Order.name(),
-                sagaflow_protos::participant::v1::order_service_server::SERVICE_NAME,
-                metrics,
-            ),
-        }
-    }
-
-    /// The tonic service.
-    pub fn into_server(self) -> OrderServiceServer<Self> {
-        OrderServiceServer::new(self)
-    }
-}
-
-#[tonic::async_trait]
-impl OrderService for OrderParticipant {
-    async fn create_order(
-        &self,
-        request: Request<StepCommand>,
-    ) -> Result<Response<CommandAck>, Status> {
-        self.exec
-            .handle(CREATE, request, |tx, cmd| {
-                async move { create(tx, cmd.saga_id, cmd.input()?).await }.boxed()
-            })
-            .await
-    }
-
-    async fn cancel_order(
-        &self,
-        request: Request<StepCommand>,
-    ) -> Result<Response<CommandAck>, Status> {
-        self.exec
-            .handle(CANCEL, request, |tx, cmd| cancel(tx, cmd.saga_id).boxed())
-            .await
-    }
-
-    async fn approve_order(
-        &self,
-        request: Request<StepCommand>,
-    ) -> Result<Response<CommandAck>, Status> {
-        self.exec
-            .handle(APPROVE, request, |tx, cmd| approve(tx, cmd.saga_id).boxed())
-            .await
-    }
-}
 
 async fn create(tx: &Tx<'_>, saga_id: Uuid, input: &OrderInput) -> Result<Decision, Error> {
     let insert = tx

@@ -21,33 +21,34 @@
 //! never waits for a customer.
 
 use futures::FutureExt as _;
-use sagaflow_common::db::Migration;
-use sagaflow_common::outbox;
+use sagaflow_participant_kit::{
+    COMPENSATED_BEFORE_ACTION, Decision, Error, Migration, Participant, Tx, key,
+};
 use sagaflow_protos::participant::v1::payment_service_server::{
-    PaymentService, PaymentServiceServer,
+    PaymentService, PaymentServiceServer, SERVICE_NAME,
 };
 use sagaflow_protos::participant::v1::{
-    CommandAck, Customer, GetCustomersRequest, GetCustomersResponse, OrderInput, StepCommand,
+    CommandAck, Customer, GetCustomersRequest, GetCustomersResponse, StepCommand,
 };
 use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::Error;
-use crate::command::{
-    COMPENSATED_BEFORE_ACTION, Decision, Executor, INBOX_MIGRATION, Rpc, Tx, key,
-};
+use crate::input::Charge;
 
-/// Every migration of the payment database, in order.
-pub const MIGRATIONS: [Migration; 7] = [
-    outbox::MIGRATION,
-    INBOX_MIGRATION,
-    TABLES,
-    SEEDS,
-    REFUND_HOLDS,
-    crate::retention::MIGRATION,
-    outbox::TUNING,
-];
+/// The payment participant: its tables and seeds, its two step RPCs, and
+/// `GetCustomers`.
+pub fn participant() -> Participant {
+    Participant::new(crate::Kind::Payment.name(), SERVICE_NAME)
+        .migration(TABLES)
+        .migration(SEEDS)
+        .migration(REFUND_HOLDS)
+        .action("ProcessPayment", |tx, cmd| {
+            async move { charge(tx, cmd.saga_id, &crate::input::charge(cmd)?).await }.boxed()
+        })
+        .compensation("RefundPayment", |tx, cmd| refund(tx, cmd.saga_id).boxed())
+        .other_methods(|pool| PaymentServiceServer::new(Lookups { pool }))
+}
 
 /// A `VOIDED` row with no customer is a tombstone: the refund arrived before
 /// (or instead of) the charge.
@@ -95,35 +96,13 @@ ALTER TABLE customers ADD COLUMN refunds_held boolean NOT NULL DEFAULT false;
 "#,
 };
 
-const PROCESS: Rpc = Rpc::action("ProcessPayment", true);
-const REFUND: Rpc = Rpc::compensation("RefundPayment");
-
-/// The payment service; cheap to clone.
+/// `GetCustomers`, over the participant's pool.
 #[derive(Clone)]
-pub struct PaymentParticipant {
-    exec: Executor,
+struct Lookups {
+    pool: deadpool_postgres::Pool,
 }
 
-impl PaymentParticipant {
-    pub fn new(
-        pool: deadpool_postgres::Pool,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
-    ) -> Self {
-        Self {
-            exec: Executor::new(
-                pool,
-                crate::Kind::Payment.name(),
-                sagaflow_protos::participant::v1::payment_service_server::SERVICE_NAME,
-                metrics,
-            ),
-        }
-    }
-
-    /// The tonic service.
-    pub fn into_server(self) -> PaymentServiceServer<Self> {
-        PaymentServiceServer::new(self)
-    }
-
+impl Lookups {
     async fn lookup(&self, ids: Vec<String>) -> Result<Vec<Customer>, Error> {
         if ids.len() > MAX_LOOKUP {
             return Err(Error::invalid(
@@ -134,7 +113,7 @@ impl PaymentParticipant {
         for (i, id) in ids.iter().enumerate() {
             key(&format!("customer_ids[{i}]"), id)?;
         }
-        let client = self.exec.pool().get().await?;
+        let client = self.pool.get().await?;
         let select = client
             .prepare_cached(
                 "SELECT customer_id FROM customers WHERE customer_id = ANY($1) ORDER BY customer_id",
@@ -154,25 +133,19 @@ impl PaymentParticipant {
 const MAX_LOOKUP: usize = 1000;
 
 #[tonic::async_trait]
-impl PaymentService for PaymentParticipant {
+impl PaymentService for Lookups {
     async fn process_payment(
         &self,
-        request: Request<StepCommand>,
+        _: Request<StepCommand>,
     ) -> Result<Response<CommandAck>, Status> {
-        self.exec
-            .handle(PROCESS, request, |tx, cmd| {
-                async move { charge(tx, cmd.saga_id, cmd.input()?).await }.boxed()
-            })
-            .await
+        Err(crate::served_as_a_step("ProcessPayment"))
     }
 
     async fn refund_payment(
         &self,
-        request: Request<StepCommand>,
+        _: Request<StepCommand>,
     ) -> Result<Response<CommandAck>, Status> {
-        self.exec
-            .handle(REFUND, request, |tx, cmd| refund(tx, cmd.saga_id).boxed())
-            .await
+        Err(crate::served_as_a_step("RefundPayment"))
     }
 
     async fn get_customers(
@@ -199,7 +172,7 @@ struct Payment {
     amount_cents: Option<i64>,
 }
 
-async fn charge(tx: &Tx<'_>, saga_id: Uuid, input: &OrderInput) -> Result<Decision, Error> {
+async fn charge(tx: &Tx<'_>, saga_id: Uuid, input: &Charge) -> Result<Decision, Error> {
     if let Some(existing) = lock_payment(tx, saga_id).await? {
         return Ok(already_decided(existing));
     }

@@ -138,12 +138,9 @@ async fn a_bad_saga_id_is_invalid_argument_naming_the_field() {
 #[tokio::test]
 async fn the_answer_says_since_when_the_participant_remembers() {
     let p = TestParticipant::start(Kind::Order).await;
-    let retention = sagaflow_participants::ParticipantConfig::new(
-        Kind::Order,
-        String::new(),
-        sagaflow_participants::config::Security::Insecure,
-    )
-    .inbox_retention;
+    let retention = Kind::Order
+        .config(String::new(), sagaflow_participants::Security::Insecure)
+        .inbox_retention;
 
     let answer = CommandLogClient::new(p.channel.clone())
         .list_command_outcomes(ListCommandOutcomesRequest {

@@ -226,7 +226,7 @@ async fn migrations_are_idempotent_across_restarts() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let declared: Vec<i32> = sagaflow_participants::payment::MIGRATIONS
+    let declared: Vec<i32> = sagaflow_participants::server::migrations(Kind::Payment)
         .iter()
         .map(|m| m.version)
         .collect();

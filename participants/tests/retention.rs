@@ -33,9 +33,10 @@ async fn old_inbox_rows_are_deleted_and_recent_ones_still_dedupe() {
         2,
     )
     .unwrap();
-    let deleted = sagaflow_participants::retention::sweep(&pool, Duration::from_secs(15 * 86_400))
-        .await
-        .expect("sweep");
+    let deleted =
+        sagaflow_participant_kit::retention::sweep(&pool, Duration::from_secs(15 * 86_400))
+            .await
+            .expect("sweep");
     assert_eq!(deleted, 1);
     assert!(p.inbox(&old.command_id).await.is_none(), "old row deleted");
     assert!(

@@ -17,6 +17,8 @@ pub struct Databases {
     pub payment: String,
     pub inventory: String,
     names: Vec<String>,
+    /// `sf_<prefix>_<uuid>`: what [`Databases::add`] names a database by.
+    stem: String,
     keep: bool,
 }
 
@@ -40,6 +42,7 @@ impl Databases {
             payment: url(2),
             inventory: url(3),
             names,
+            stem: format!("sf_{prefix}_{}", &id[..12]),
             keep: std::env::var_os("SAGAFLOW_KEEP_DATABASES").is_some(),
         })
     }
@@ -59,8 +62,20 @@ impl Databases {
             payment: url(2),
             inventory: url(3),
             names,
+            stem: "sagaflow".to_owned(),
             keep: true,
         })
+    }
+
+    /// One more database of this set, for service `svc`
+    /// (`sf_<prefix>_<uuid>_<svc>`, or `sagaflow_<svc>` for the defaults),
+    /// created if missing and dropped with the others.
+    pub async fn add(&mut self, svc: &str) -> anyhow::Result<String> {
+        let name = format!("{}_{svc}", self.stem);
+        let url = format!("{}/{name}", testkit::server_url());
+        db::ensure_database(&url).await?;
+        self.names.push(name);
+        Ok(url)
     }
 
     /// Keep the databases after the run (the demo does, for inspection).

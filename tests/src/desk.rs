@@ -1,10 +1,11 @@
 //! A participant the test serves itself, for saga types defined only by a
 //! file: the booking desk. It holds a seat (undone by releasing it),
 //! confirms the booking (the pivot: nothing undoes it) and notifies the
-//! traveller (forward-only). It runs the participants' real contract
-//! ([`Executor`]: the inbox claim, the decision, the outcome event in the
-//! outbox, in one transaction) over its own fresh database; its events
-//! reach the orchestrator through a relay and Pub/Sub like any other's.
+//! traveller (forward-only). It is a [`Participant`] of the participant
+//! library, served by it (the inbox claim, the decision, the outcome event
+//! in the outbox, in one transaction) over its own fresh database; its
+//! events reach the orchestrator through a relay and Pub/Sub like any
+//! other's.
 //!
 //! Its commands carry JSON inputs, built by the definition's mappings from
 //! the saga's input and earlier steps' outputs. Business rules, all
@@ -27,29 +28,20 @@
 //!   reference it was given. For the traveller `verbose` it returns an
 //!   output over the limit, which the contract refuses to commit.
 
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
 use futures::FutureExt as _;
-use futures::future::BoxFuture;
-use sagaflow_common::{db, outbox, testkit};
-use sagaflow_participants::Error;
-use sagaflow_participants::command::{
-    COMPENSATED_BEFORE_ACTION, Command, Decision, Executor, INBOX_MIGRATION, Rpc, Tx,
+use sagaflow_common::{db, testkit};
+use sagaflow_participant_kit::{
+    COMPENSATED_BEFORE_ACTION, Command, Config, Decision, Error, Participant, Security, Tx,
 };
-use sagaflow_participants::metrics::Metrics;
-use sagaflow_protos::participant::v1::{CommandAck, StepCommand};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::{Service, http};
-use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 /// The desk's gRPC service name: its methods are `/sagaflow.test.v1.Desk/*`.
 pub const SERVICE: &str = "sagaflow.test.v1.Desk";
 
 const TABLES: db::Migration = db::Migration {
-    version: 3,
+    version: 100,
     name: "desk",
     sql: r#"
 CREATE TABLE holds (
@@ -133,33 +125,19 @@ impl Desk {
         let name = format!("sf_{prefix}_{}_desk", &id[..12]);
         let database_url = testkit::create(&name).await?;
         let pool = db::pool(&database_url, 4)?;
-        db::migrate(
-            &pool,
-            &[outbox::MIGRATION, INBOX_MIGRATION, TABLES, outbox::TUNING],
-        )
-        .await?;
-        let mut registry = prometheus_client::registry::Registry::default();
-        let exec = Executor::new(
-            pool.clone(),
-            "desk",
-            SERVICE,
-            Metrics::register(&mut registry, "desk"),
-        );
+        // Migrated here too, so the desk's tables are there on return.
+        db::migrate(&pool, &participant().migrations()).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let shutdown = CancellationToken::new();
+        let mut config = Config::new(database_url.clone(), Security::Insecure);
+        config.pool_size = 4;
         let stop = shutdown.clone();
-        let service = DeskService {
-            exec: Arc::new(exec),
-        };
         tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled())
-                .await
+            if let Err(e) =
+                sagaflow_participant_kit::serve(participant(), config, listener, stop).await
             {
-                tracing::error!("the desk stopped: {e}");
+                tracing::error!("the desk stopped: {e:#}");
             }
         });
         Ok(Desk {
@@ -313,20 +291,14 @@ impl Drop for Desk {
 /// Field `name` of a command's JSON input; `required` makes its absence
 /// an invalid command.
 fn field(cmd: &Command, name: &str, required: bool) -> Result<Option<String>, Error> {
-    let input: serde_json::Value = serde_json::from_slice(&cmd.raw_input)
-        .map_err(|e| Error::invalid("input", format!("not JSON: {e}")))?;
-    match input.get(name) {
-        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-        None if !required => Ok(None),
-        _ => Err(Error::invalid(
-            format!("input.{name}"),
-            "missing, or not a string",
-        )),
+    match required {
+        true => cmd.required_text(name).map(Some),
+        false => cmd.text(name),
     }
 }
 
 fn traveller(cmd: &Command) -> Result<String, Error> {
-    Ok(field(cmd, "traveller", true)?.unwrap_or_default())
+    cmd.required_text("traveller")
 }
 
 /// A short code from the saga id.
@@ -493,91 +465,14 @@ async fn notify(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
     Ok(decision.with_output(json!({ "sent_to": who })))
 }
 
-type Decide = for<'t> fn(&'t Tx<'t>, &'t Command) -> BoxFuture<'t, Result<Decision, Error>>;
-
-/// The desk's step RPC of `method`, if it has one.
-fn route(method: &str) -> Option<(Rpc, Decide)> {
-    let (rpc, decide): (Rpc, Decide) = match method {
-        "HoldSeat" => (Rpc::action("HoldSeat", false), |tx, cmd| {
-            hold_seat(tx, cmd).boxed()
-        }),
-        "ReleaseSeat" => (Rpc::compensation("ReleaseSeat"), |tx, cmd| {
-            release_seat(tx, cmd).boxed()
-        }),
-        "ReserveCar" => (Rpc::action("ReserveCar", false), |tx, cmd| {
-            reserve_car(tx, cmd).boxed()
-        }),
-        "ReturnCar" => (Rpc::compensation("ReturnCar"), |tx, cmd| {
-            return_car(tx, cmd).boxed()
-        }),
-        "Confirm" => (Rpc::action("Confirm", false), |tx, cmd| {
-            confirm(tx, cmd).boxed()
-        }),
-        "Notify" => (Rpc::action("Notify", false), |tx, cmd| {
-            notify(tx, cmd).boxed()
-        }),
-        _ => return None,
-    };
-    Some((rpc, decide))
-}
-
-/// Serves every method of [`SERVICE`] by path, each a `StepCommand` in and
-/// a `CommandAck` out, through the executor.
-#[derive(Clone)]
-struct DeskService {
-    exec: Arc<Executor>,
-}
-
-impl tonic::server::NamedService for DeskService {
-    const NAME: &'static str = SERVICE;
-}
-
-/// One step RPC as a tonic unary service.
-struct Step {
-    exec: Arc<Executor>,
-    rpc: Rpc,
-    decide: Decide,
-}
-
-impl tonic::server::UnaryService<StepCommand> for Step {
-    type Response = CommandAck;
-    type Future = BoxFuture<'static, Result<Response<CommandAck>, Status>>;
-
-    fn call(&mut self, request: Request<StepCommand>) -> Self::Future {
-        let exec = self.exec.clone();
-        let (rpc, decide) = (self.rpc, self.decide);
-        async move { exec.handle(rpc, request, decide).await }.boxed()
-    }
-}
-
-impl<B> Service<http::Request<B>> for DeskService
-where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req
-            .uri()
-            .path()
-            .strip_prefix(&format!("/{SERVICE}/"))
-            .unwrap_or_default()
-            .to_owned();
-        let exec = self.exec.clone();
-        async move {
-            let Some((rpc, decide)) = route(&method) else {
-                return Ok(Status::unimplemented(format!("no method {method}")).into_http());
-            };
-            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-            Ok(grpc.unary(Step { exec, rpc, decide }, req).await)
-        }
-        .boxed()
-    }
+/// The desk, as the participant library serves it.
+fn participant() -> Participant {
+    Participant::new("desk", SERVICE)
+        .migration(TABLES)
+        .action("HoldSeat", |tx, cmd| hold_seat(tx, cmd).boxed())
+        .compensation("ReleaseSeat", |tx, cmd| release_seat(tx, cmd).boxed())
+        .action("ReserveCar", |tx, cmd| reserve_car(tx, cmd).boxed())
+        .compensation("ReturnCar", |tx, cmd| return_car(tx, cmd).boxed())
+        .action("Confirm", |tx, cmd| confirm(tx, cmd).boxed())
+        .action("Notify", |tx, cmd| notify(tx, cmd).boxed())
 }

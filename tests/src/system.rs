@@ -90,6 +90,10 @@ pub fn binary(bin: &str) -> anyhow::Result<Command> {
 /// The kinds of process a system runs.
 pub const PARTICIPANTS: [&str; 3] = ["order", "payment", "inventory"];
 
+/// The trip saga's own participants, run besides the others when
+/// [`Options::trip`] is set.
+pub const TRIP_PARTICIPANTS: [&str; 4] = ["flight", "hotel", "car", "trip"];
+
 #[derive(Default)]
 pub struct Options {
     /// Extra environment for every process.
@@ -107,6 +111,10 @@ pub struct Options {
     /// Run without TLS and tokens (`SAGAFLOW_INSECURE=true`), as a
     /// benchmark may.
     pub insecure: bool,
+    /// Also run the trip saga: its four participants (each with a fresh
+    /// database, published by the relays) and its shipped definition file
+    /// next to the order saga's.
+    pub trip: bool,
 }
 
 /// The name of relay number `n`: `relay`, then `relay-1`, `relay-2`, ...
@@ -145,6 +153,8 @@ pub struct System {
     /// `None` when insecure.
     pub(crate) credentials: Option<Credentials>,
     env: Vec<(String, String)>,
+    /// The participants this system runs.
+    participants: Vec<&'static str>,
     /// Extra environment of one process (by name), on top of `env`.
     process_env: HashMap<String, Vec<(String, String)>>,
     procs: HashMap<String, Proc>,
@@ -158,11 +168,19 @@ impl System {
     /// and every service, ready to take orders.
     pub async fn start(prefix: &str, options: Options) -> anyhow::Result<System> {
         let bins = bin_dir()?;
-        let dbs = if options.default_databases {
+        let mut dbs = if options.default_databases {
             Databases::defaults().await?
         } else {
             Databases::create(prefix).await?
         };
+        let mut participants = PARTICIPANTS.to_vec();
+        let mut trip_dbs = Vec::new();
+        if options.trip {
+            participants.extend(TRIP_PARTICIPANTS);
+            for p in TRIP_PARTICIPANTS {
+                trip_dbs.push((p, dbs.add(p).await?));
+            }
+        }
         let (emulator, emulator_host) = match std::env::var("PUBSUB_EMULATOR_HOST") {
             Ok(h) if !h.is_empty() => (None, h),
             _ => {
@@ -178,12 +196,12 @@ impl System {
         std::fs::create_dir_all(&log_dir)?;
         let credentials = match options.insecure {
             true => None,
-            false => Some(Credentials::generate(&log_dir.join("tls"), &PARTICIPANTS)?),
+            false => Some(Credentials::generate(&log_dir.join("tls"), &participants)?),
         };
         let scheme = if options.insecure { "http" } else { "https" };
         let mut addrs = HashMap::new();
-        for p in PARTICIPANTS {
-            addrs.insert(p.to_owned(), format!("127.0.0.1:{}", free_port()));
+        for p in &participants {
+            addrs.insert((*p).to_owned(), format!("127.0.0.1:{}", free_port()));
         }
         let mut env = vec![
             ("PUBSUB_EMULATOR_HOST".to_owned(), emulator_host.clone()),
@@ -207,7 +225,12 @@ impl System {
             ),
             (
                 "SAGAFLOW_RELAY_DATABASE_URLS".to_owned(),
-                format!("{},{},{}", dbs.order, dbs.payment, dbs.inventory),
+                [&dbs.order, &dbs.payment, &dbs.inventory]
+                    .into_iter()
+                    .chain(trip_dbs.iter().map(|(_, url)| url))
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
             ),
             // PostgreSQL allows 100 connections by default and two systems
             // may run at once: 8 per pool keeps both well under it.
@@ -217,20 +240,34 @@ impl System {
                 std::env::var("SAGAFLOW_TEST_LOG").unwrap_or_else(|_| "info".into()),
             ),
         ];
-        for p in PARTICIPANTS {
+        for p in &participants {
             let up = p.to_uppercase();
-            env.push((format!("SAGAFLOW_{up}_LISTEN"), addrs[p].clone()));
+            env.push((format!("SAGAFLOW_{up}_LISTEN"), addrs[*p].clone()));
+            // The order saga's three by their older names (still read).
+            let url_var = match PARTICIPANTS.contains(p) {
+                true => format!("SAGAFLOW_{up}_URL"),
+                false => format!("SAGAFLOW_PARTICIPANT_{up}_URL"),
+            };
+            env.push((url_var, format!("{scheme}://{}", addrs[*p])));
+        }
+        for (p, url) in &trip_dbs {
             env.push((
-                format!("SAGAFLOW_{up}_URL"),
-                format!("{scheme}://{}", addrs[p]),
+                format!("SAGAFLOW_{}_DATABASE_URL", p.to_uppercase()),
+                url.clone(),
             ));
         }
         if options.insecure {
             env.push(("SAGAFLOW_INSECURE".to_owned(), "true".to_owned()));
         }
-        if !options.policies.is_empty() {
+        if !options.policies.is_empty() || options.trip {
             let dir = log_dir.join("definitions");
             options.policies.write(&dir)?;
+            if options.trip {
+                std::fs::write(
+                    dir.join("trip.v1.yaml"),
+                    sagaflow_participants::trip::DEFINITION,
+                )?;
+            }
             env.push((
                 "SAGAFLOW_DEFINITIONS_DIR".to_owned(),
                 dir.display().to_string(),
@@ -247,14 +284,15 @@ impl System {
             log_dir,
             credentials,
             env,
+            participants: participants.clone(),
             process_env: HashMap::new(),
             procs: HashMap::new(),
             emulator,
         };
-        for p in PARTICIPANTS {
+        for p in &participants {
             system.spawn(p)?;
         }
-        for p in PARTICIPANTS {
+        for p in &participants {
             system.wait_ready(p).await?;
         }
         for n in 0..options.relays.max(1) {
@@ -267,6 +305,15 @@ impl System {
             system.wait_orchestrator(n).await?;
         }
         Ok(system)
+    }
+
+    /// The value of `var` in this system's environment (the last one set).
+    pub fn env_value(&self, var: &str) -> Option<String> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.clone())
     }
 
     /// Where this system's Pub/Sub is, for test-side clients.
@@ -327,7 +374,8 @@ impl System {
     /// A process of that name still running is SIGKILLed first.
     pub fn spawn(&mut self, name: &str) -> anyhow::Result<()> {
         self.kill(name);
-        let (bin, args): (&str, Vec<&str>) = if PARTICIPANTS.contains(&name) {
+        let participant = self.participants.contains(&name);
+        let (bin, args): (&str, Vec<&str>) = if participant {
             ("sagaflow-participant", vec![name])
         } else if name.starts_with("relay") {
             ("sagaflow-outbox-relay", vec![])
@@ -346,7 +394,7 @@ impl System {
             .entry(format!("{name}.http"))
             .or_insert_with(|| format!("127.0.0.1:{}", free_port()))
             .clone();
-        let http_var = if PARTICIPANTS.contains(&name) {
+        let http_var = if participant {
             format!("SAGAFLOW_{}_HTTP_LISTEN", name.to_uppercase())
         } else if name.starts_with("relay") {
             "SAGAFLOW_RELAY_HTTP_LISTEN".to_owned()

@@ -107,6 +107,16 @@ pub fn add(defs: Vec<Definition>) {
     *guard = Some(Arc::new(all));
 }
 
+/// Run `defs` too, besides whatever this process already runs (the
+/// built-in order saga when nothing was installed): for a tool that reads
+/// the stored versions, such as reconciliation.
+pub fn add_to_registry(defs: Vec<Definition>) {
+    if installed().is_none() {
+        install(registry().iter().map(|d| d.as_ref().clone()).collect());
+    }
+    add(defs);
+}
+
 /// Every definition this process runs, at every version still in use:
 /// those installed at start, else (code that runs without a start, such as
 /// unit tests) the built-in order saga. Instances keep the version they

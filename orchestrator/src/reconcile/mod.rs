@@ -74,6 +74,10 @@ pub async fn run(
     mut emit: impl FnMut(String),
 ) -> anyhow::Result<Summary> {
     let pool = sagaflow_common::db::pool(&config.database_url, 4)?;
+    // Every version any instance stored (each stores what it runs), so a
+    // saga type defined only by a file is compared like the built-in one.
+    let stored = definitions::stored::list(&pool, None).await?;
+    definitions::add_to_registry(stored.into_iter().map(|s| s.definition).collect());
     let tls = match &config.security {
         crate::Security::Secure(secured) => Some(&secured.participants_tls),
         crate::Security::Insecure => None,

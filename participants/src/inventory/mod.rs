@@ -9,28 +9,31 @@
 mod reservation;
 
 use futures::FutureExt as _;
-use sagaflow_common::db::Migration;
-use sagaflow_common::outbox;
+use sagaflow_participant_kit::{Error, Migration, Participant, key};
 use sagaflow_protos::participant::v1::inventory_service_server::{
-    InventoryService, InventoryServiceServer,
+    InventoryService, InventoryServiceServer, SERVICE_NAME,
 };
 use sagaflow_protos::participant::v1::{
     CatalogItem, CommandAck, GetItemsRequest, GetItemsResponse, StepCommand,
 };
 use tonic::{Request, Response, Status};
 
-use crate::Error;
-use crate::command::{Executor, INBOX_MIGRATION, Rpc, key};
+use crate::input::order_input;
 
-/// Every migration of the inventory database, in order.
-pub const MIGRATIONS: [Migration; 6] = [
-    outbox::MIGRATION,
-    INBOX_MIGRATION,
-    TABLES,
-    SEEDS,
-    crate::retention::MIGRATION,
-    outbox::TUNING,
-];
+/// The inventory participant: its tables and seeds, its two step RPCs, and
+/// `GetItems`.
+pub fn participant() -> Participant {
+    Participant::new(crate::Kind::Inventory.name(), SERVICE_NAME)
+        .migration(TABLES)
+        .migration(SEEDS)
+        .action("ReserveInventory", |tx, cmd| {
+            async move { reservation::reserve(tx, cmd.saga_id, &order_input(cmd)?).await }.boxed()
+        })
+        .compensation("ReleaseInventory", |tx, cmd| {
+            reservation::release(tx, cmd.saga_id).boxed()
+        })
+        .other_methods(|pool| InventoryServiceServer::new(Lookups { pool }))
+}
 
 /// A `VOIDED` row with no items is a tombstone: the release arrived before
 /// (or instead of) the reservation.
@@ -68,38 +71,16 @@ ON CONFLICT (sku) DO NOTHING;
 "#,
 };
 
-const RESERVE: Rpc = Rpc::action("ReserveInventory", true);
-const RELEASE: Rpc = Rpc::compensation("ReleaseInventory");
-
 /// Most skus one `GetItems` call may ask for.
 const MAX_LOOKUP: usize = 1000;
 
-/// The inventory service; cheap to clone.
+/// `GetItems`, over the participant's pool.
 #[derive(Clone)]
-pub struct InventoryParticipant {
-    exec: Executor,
+struct Lookups {
+    pool: deadpool_postgres::Pool,
 }
 
-impl InventoryParticipant {
-    pub fn new(
-        pool: deadpool_postgres::Pool,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
-    ) -> Self {
-        Self {
-            exec: Executor::new(
-                pool,
-                crate::Kind::Inventory.name(),
-                sagaflow_protos::participant::v1::inventory_service_server::SERVICE_NAME,
-                metrics,
-            ),
-        }
-    }
-
-    /// The tonic service.
-    pub fn into_server(self) -> InventoryServiceServer<Self> {
-        InventoryServiceServer::new(self)
-    }
-
+impl Lookups {
     async fn lookup(&self, skus: Vec<String>) -> Result<Vec<CatalogItem>, Error> {
         if skus.len() > MAX_LOOKUP {
             return Err(Error::invalid("skus", format!("more than {MAX_LOOKUP}")));
@@ -107,7 +88,7 @@ impl InventoryParticipant {
         for (i, sku) in skus.iter().enumerate() {
             key(&format!("skus[{i}]"), sku)?;
         }
-        let client = self.exec.pool().get().await?;
+        let client = self.pool.get().await?;
         let select = client
             .prepare_cached("SELECT sku, stock FROM items WHERE sku = ANY($1) ORDER BY sku")
             .await?;
@@ -123,27 +104,19 @@ impl InventoryParticipant {
 }
 
 #[tonic::async_trait]
-impl InventoryService for InventoryParticipant {
+impl InventoryService for Lookups {
     async fn reserve_inventory(
         &self,
-        request: Request<StepCommand>,
+        _: Request<StepCommand>,
     ) -> Result<Response<CommandAck>, Status> {
-        self.exec
-            .handle(RESERVE, request, |tx, cmd| {
-                async move { reservation::reserve(tx, cmd.saga_id, cmd.input()?).await }.boxed()
-            })
-            .await
+        Err(crate::served_as_a_step("ReserveInventory"))
     }
 
     async fn release_inventory(
         &self,
-        request: Request<StepCommand>,
+        _: Request<StepCommand>,
     ) -> Result<Response<CommandAck>, Status> {
-        self.exec
-            .handle(RELEASE, request, |tx, cmd| {
-                reservation::release(tx, cmd.saga_id).boxed()
-            })
-            .await
+        Err(crate::served_as_a_step("ReleaseInventory"))
     }
 
     async fn get_items(

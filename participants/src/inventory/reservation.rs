@@ -11,8 +11,9 @@ use sagaflow_protos::participant::v1::OrderInput;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::Error;
-use crate::command::{COMPENSATED_BEFORE_ACTION, Decision, Line, Tx, lines};
+use sagaflow_participant_kit::{COMPENSATED_BEFORE_ACTION, Decision, Error, Tx};
+
+use crate::input::{Line, lines};
 
 /// A reservation row as locked by [`lock_reservation`].
 struct Reservation {

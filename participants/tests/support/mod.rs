@@ -18,7 +18,7 @@ use sagaflow_common::security::identity::DEFAULT_CLIENT;
 use sagaflow_common::security::pki::{Issued, Pki};
 use sagaflow_common::security::tls::{ClientTls, ServerTls};
 use sagaflow_common::{db, testkit};
-use sagaflow_participants::{Kind, ParticipantConfig, Security, serve};
+use sagaflow_participants::{Kind, Security, serve};
 use sagaflow_protos::events::v1::EventEnvelope;
 use sagaflow_protos::participant::v1::{OrderInput, OrderItem, StepCommand};
 use tokio::task::JoinHandle;
@@ -100,7 +100,7 @@ impl TestParticipant {
             },
             allowed_client: DEFAULT_CLIENT.to_owned(),
         };
-        let mut config = ParticipantConfig::new(kind, url.clone(), security);
+        let mut config = kind.config(url.clone(), security);
         config.pool_size = 8;
         let server = tokio::spawn(serve(kind, config, listener, shutdown.clone()));
         let channel = channel_to(addr, Caller::Orchestrator);
@@ -127,11 +127,7 @@ impl TestParticipant {
 
     /// Wait (with a deadline) for gRPC health to report the service SERVING.
     async fn wait_until_serving(&mut self) {
-        let service = match self.kind {
-            Kind::Order => "sagaflow.participant.v1.OrderService",
-            Kind::Payment => "sagaflow.participant.v1.PaymentService",
-            Kind::Inventory => "sagaflow.participant.v1.InventoryService",
-        };
+        let service = sagaflow_participants::server::participant(self.kind).service();
         let mut health = HealthClient::new(self.channel.clone());
         let started = tokio::time::Instant::now();
         loop {

@@ -87,8 +87,8 @@ mod tests {
             step: 1,
             step_name: "process_payment".into(),
             attempt: 1,
-            input: None,
-            raw_input: Vec::new(),
+            saga_type: "order".into(),
+            input: Vec::new(),
         };
         let refused = Decision::refused("credit_limit_exceeded", json!({}));
         let event = build(

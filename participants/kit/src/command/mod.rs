@@ -27,7 +27,7 @@ use serde_json::Value;
 pub use envelope::{event_type, kind_name, outcome_name};
 pub use executor::Executor;
 pub use inbox::MIGRATION as INBOX_MIGRATION;
-pub use parse::{Command, Line, MAX_KEY_LEN, MAX_LINES, MAX_UNITS, key, lines};
+pub use parse::{Command, MAX_KEY_LEN, key};
 pub use sagaflow_protos::events::v1::{CommandKind, Outcome};
 
 /// A participant's transaction, with its prepared-statement cache.
@@ -40,38 +40,35 @@ pub type DecisionFuture<'t> = BoxFuture<'t, Result<Decision, crate::Error>>;
 /// Static description of one step RPC.
 #[derive(Debug, Clone, Copy)]
 pub struct Rpc {
-    /// The gRPC method name, for spans and logs ("CreateOrder").
+    /// The gRPC method name, for spans, logs and metrics ("CreateOrder").
     pub method: &'static str,
     /// Whether the RPC does a step or undoes one.
     pub kind: CommandKind,
-    /// Whether `StepCommand.input` must decode as a valid `OrderInput`.
-    pub needs_input: bool,
 }
 
 impl Rpc {
-    /// An action RPC that reads the saga input.
-    pub const fn action(method: &'static str, needs_input: bool) -> Self {
+    /// An action RPC.
+    pub const fn action(method: &'static str) -> Self {
         Self {
             method,
             kind: CommandKind::Action,
-            needs_input,
         }
     }
 
-    /// A compensation RPC; compensations undo from what was stored, so they
-    /// never need the input.
+    /// A compensation RPC.
     pub const fn compensation(method: &'static str) -> Self {
         Self {
             method,
             kind: CommandKind::Compensation,
-            needs_input: false,
         }
     }
 }
 
 /// The participant's answer to a command, before it becomes an event.
 #[derive(Debug, Clone, PartialEq)]
+#[must_use]
 pub struct Decision {
+    /// Succeeded or refused.
     pub outcome: Outcome,
     /// Empty on success; a refusal code (optionally `code: detail`) otherwise.
     pub reason: String,
@@ -85,6 +82,8 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The step was done; `payload` describes what was done (saga
+    /// history shows it).
     pub fn succeeded(payload: Value) -> Self {
         Self {
             outcome: Outcome::Succeeded,
@@ -102,6 +101,9 @@ impl Decision {
         }
     }
 
+    /// The step was refused: a business decision, final for this command.
+    /// `reason` is a stable code, optionally followed by `: detail`
+    /// (`no_seats: LH-400`).
     pub fn refused(reason: impl Into<String>, payload: Value) -> Self {
         Self {
             outcome: Outcome::Refused,

@@ -1,31 +1,74 @@
-//! Turning a wire `StepCommand` into a validated [`Command`], before anything
-//! is written. Every problem names the offending field.
+//! The order saga's input, as the order, payment and inventory steps read
+//! it: an encoded `OrderInput` (what PlaceOrder and StartSaga store for the
+//! order saga), checked the same way by every RPC that reads it.
+//! Quantities and amounts are bounded so that sums cannot overflow.
+//!
+//! A payment step of another saga type gets JSON instead, built by its
+//! definition's mapping ([`charge`]).
 
 use std::collections::BTreeMap;
 
 use prost::Message as _;
-use sagaflow_protos::participant::v1::{OrderInput, StepCommand};
+use sagaflow_participant_kit::{Command, Error, key};
+use sagaflow_protos::participant::v1::OrderInput;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use crate::Error;
+/// The order input of `cmd` (decoded and checked).
+pub fn order_input(cmd: &Command) -> Result<OrderInput, Error> {
+    parse_input(&cmd.input)
+}
 
-/// A validated step command.
-#[derive(Debug, Clone)]
-pub struct Command {
-    /// Inbox key, stable across re-sends.
-    pub command_id: Uuid,
-    pub saga_id: Uuid,
-    /// Step index in the saga definition (fits the inbox's `integer`).
-    pub step: i32,
-    pub step_name: String,
-    /// Which send this is (1 = first); for logs only.
-    pub attempt: u32,
-    /// The decoded saga input, for RPCs that need it.
-    pub input: Option<OrderInput>,
-    /// The saga input as sent: an encoded `OrderInput` for the order saga,
-    /// the canonical JSON input for a saga type defined by a file.
-    pub raw_input: Vec<u8>,
+/// What a charge needs: who pays, how much, in what currency.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Charge {
+    pub customer_id: String,
+    pub amount_cents: i64,
+    #[serde(default = "euro")]
+    pub currency: String,
+}
+
+fn euro() -> String {
+    "EUR".to_owned()
+}
+
+/// The charge `cmd` asks for: from the order saga's `OrderInput`, or, when
+/// the input is a JSON object (a saga type defined by a file maps it, as
+/// `{customer_id, amount_cents, currency}`; the currency is EUR when
+/// absent), from that object, checked by the same rules.
+pub fn charge(cmd: &Command) -> Result<Charge, Error> {
+    if cmd.input.first() != Some(&b'{') {
+        let input = order_input(cmd)?;
+        return Ok(Charge {
+            customer_id: input.customer_id,
+            amount_cents: input.amount_cents,
+            currency: input.currency,
+        });
+    }
+    let charge: Charge = cmd.json()?;
+    if charge.customer_id.trim().is_empty() {
+        return Err(Error::invalid("input.customer_id", "empty"));
+    }
+    key("input.customer_id", &charge.customer_id)?;
+    if !(1..MAX_UNITS).contains(&charge.amount_cents) {
+        return Err(Error::invalid(
+            "input.amount_cents",
+            "not positive or too large",
+        ));
+    }
+    currency(&charge.currency)?;
+    Ok(charge)
+}
+
+fn currency(code: &str) -> Result<(), Error> {
+    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "input.currency",
+            "not three upper-case letters",
+        ))
+    }
 }
 
 /// One order line, merged by sku; the JSON shape stored in `items` columns.
@@ -33,40 +76,6 @@ pub struct Command {
 pub struct Line {
     pub sku: String,
     pub quantity: i64,
-}
-
-impl Command {
-    /// Validate `raw`; `needs_input` requires a valid `OrderInput`.
-    pub fn parse(raw: StepCommand, needs_input: bool) -> Result<Self, Error> {
-        let command_id = parse_uuid("command_id", &raw.command_id)?;
-        let saga_id = parse_uuid("saga_id", &raw.saga_id)?;
-        let step = i32::try_from(raw.step).map_err(|_| Error::invalid("step", "out of range"))?;
-        if raw.step_name.trim().is_empty() {
-            return Err(Error::invalid("step_name", "empty"));
-        }
-        key("step_name", &raw.step_name)?;
-        let input = if needs_input {
-            Some(parse_input(&raw.input)?)
-        } else {
-            None
-        };
-        Ok(Self {
-            command_id,
-            saga_id,
-            step,
-            step_name: raw.step_name,
-            attempt: raw.attempt,
-            input,
-            raw_input: raw.input,
-        })
-    }
-
-    /// The saga input of an RPC declared with `needs_input`.
-    pub fn input(&self) -> Result<&OrderInput, Error> {
-        self.input
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("input was not decoded for this RPC").into())
-    }
 }
 
 /// The input's items merged by sku, in sku order (the lock order). A
@@ -99,32 +108,6 @@ pub fn lines(input: &OrderInput) -> Result<Vec<Line>, Error> {
 pub const MAX_UNITS: i64 = 1 << 48;
 /// Most lines in one order.
 pub const MAX_LINES: usize = 100;
-/// Longest key-like string (customer id, sku, step name).
-pub const MAX_KEY_LEN: usize = 200;
-
-/// A key-like string: at most [`MAX_KEY_LEN`] bytes, no control characters
-/// (a NUL would reach Postgres as an encoding error).
-pub fn key<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
-    if value.len() > MAX_KEY_LEN {
-        return Err(Error::invalid(
-            field,
-            format!("longer than {MAX_KEY_LEN} bytes"),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "contains control characters"));
-    }
-    Ok(value)
-}
-
-fn parse_uuid(field: &str, value: &str) -> Result<Uuid, Error> {
-    match Uuid::parse_str(value) {
-        Ok(id) if id.is_nil() => Err(Error::invalid(field, "nil UUID")),
-        Ok(id) => Ok(id),
-        Err(_) => Err(Error::invalid(field, "not a UUID")),
-    }
-}
-
 /// Decode and check the order input: the same input travels with every
 /// command of a saga, so it is checked the same way by every RPC that reads
 /// it. Quantities and amounts are bounded so that sums cannot overflow.
@@ -175,7 +158,10 @@ fn parse_input(bytes: &[u8]) -> Result<OrderInput, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sagaflow_participant_kit::MAX_KEY_LEN;
     use sagaflow_protos::participant::v1::OrderItem;
+    use sagaflow_protos::participant::v1::StepCommand;
+    use uuid::Uuid;
 
     fn input(items: Vec<(&str, i64)>) -> OrderInput {
         OrderInput {
@@ -204,44 +190,88 @@ mod tests {
         }
     }
 
-    fn problem(raw: StepCommand, needs_input: bool) -> String {
-        Command::parse(raw, needs_input).unwrap_err().to_string()
+    fn problem(raw: StepCommand) -> String {
+        order_input(&Command::parse(raw).unwrap())
+            .unwrap_err()
+            .to_string()
+    }
+
+    fn json(input: &str) -> Result<Charge, String> {
+        let raw = StepCommand {
+            input: input.as_bytes().to_vec(),
+            ..command(&OrderInput::default())
+        };
+        charge(&Command::parse(raw).unwrap()).map_err(|e| e.to_string())
     }
 
     #[test]
-    fn a_valid_command_parses() {
-        let cmd = Command::parse(command(&input(vec![("sku-a", 1)])), true).unwrap();
-        assert_eq!(cmd.step, 1);
-        assert_eq!(cmd.input().unwrap().customer_id, "cust-alice");
+    fn a_valid_input_decodes() {
+        let cmd = Command::parse(command(&input(vec![("sku-a", 1)]))).unwrap();
+        assert_eq!(order_input(&cmd).unwrap().customer_id, "cust-alice");
+        assert_eq!(charge(&cmd).unwrap().amount_cents, 100);
     }
 
     #[test]
-    fn each_field_is_named_in_its_error() {
-        let good = command(&input(vec![("sku-a", 1)]));
-        let bad_id = StepCommand {
-            command_id: "42".into(),
-            ..good.clone()
-        };
-        assert_eq!(problem(bad_id, false), "command_id: not a UUID");
-        let nil_saga = StepCommand {
-            saga_id: Uuid::nil().to_string(),
-            ..good.clone()
-        };
-        assert_eq!(problem(nil_saga, false), "saga_id: nil UUID");
+    fn each_input_field_is_named_in_its_error() {
         let garbage = StepCommand {
             input: vec![0xff, 0xff, 0xff],
-            ..good.clone()
+            ..command(&input(vec![("sku-a", 1)]))
         };
-        assert!(problem(garbage.clone(), true).starts_with("input: not an OrderInput"));
-        assert!(
-            Command::parse(garbage, false).is_ok(),
-            "compensations ignore input"
-        );
+        assert!(problem(garbage).starts_with("input: not an OrderInput"));
         let zero = command(&input(vec![("sku-a", 0)]));
         assert_eq!(
-            problem(zero, true),
+            problem(zero),
             "input.items[0].quantity: not positive or too large"
         );
+    }
+
+    #[test]
+    fn a_charge_mapped_as_json_is_checked_by_the_same_rules() {
+        assert_eq!(
+            json(r#"{"customer_id":"cust-bob","amount_cents":250}"#),
+            Ok(Charge {
+                customer_id: "cust-bob".into(),
+                amount_cents: 250,
+                currency: "EUR".into()
+            })
+        );
+        for (bad, why) in [
+            (
+                r#"{"customer_id":"","amount_cents":1}"#,
+                "input.customer_id: empty",
+            ),
+            (
+                r#"{"customer_id":"a\u0000b","amount_cents":1}"#,
+                "input.customer_id: contains control characters",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":0}"#,
+                "input.amount_cents: not positive or too large",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":281474976710656}"#,
+                "input.amount_cents: not positive or too large",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":1,"currency":"eur"}"#,
+                "input.currency: not three upper-case letters",
+            ),
+        ] {
+            assert_eq!(json(bad).unwrap_err(), why, "{bad}");
+        }
+        for bad in [
+            r#"{"customer_id":"c","amount_cents":1e99}"#,
+            r#"{"customer_id":"c","amount_cents":1,"tip":5}"#,
+            r#"{"customer_id":"c"}"#,
+            "{",
+        ] {
+            assert!(
+                json(bad)
+                    .unwrap_err()
+                    .starts_with("input: not the JSON this step takes:"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -279,7 +309,7 @@ mod tests {
             ),
         ];
         for (bad, message) in cases {
-            assert_eq!(problem(command(&bad), true), message);
+            assert_eq!(problem(command(&bad)), message);
         }
     }
 

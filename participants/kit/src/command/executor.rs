@@ -84,15 +84,14 @@ impl Executor {
             let _ = span.set_parent(parent);
         }
         let raw = request.into_inner();
-        let saga_type = raw.saga_type.clone();
         let started = std::time::Instant::now();
         async move {
-            let result = match Command::parse(raw, rpc.needs_input) {
+            let result = match Command::parse(raw) {
                 Ok(cmd) => {
                     let span = tracing::Span::current();
                     span.set_attribute("saga.id", cmd.saga_id.to_string());
-                    if !saga_type.is_empty() {
-                        span.set_attribute("saga.type", saga_type);
+                    if !cmd.saga_type.is_empty() {
+                        span.set_attribute("saga.type", cmd.saga_type.clone());
                     }
                     span.set_attribute("saga.step", cmd.step_name.clone());
                     span.set_attribute("saga.step.index", i64::from(cmd.step));
