@@ -62,7 +62,7 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
             // and nothing is built twice.
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "--workspace", "--bins"]);
+            cmd.args(["build", "--quiet", "--workspace", "--bins", "--examples"]);
             if profile == "release" {
                 cmd.arg("--release");
             }

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! It serves `/example.v1.Bikes/Rent` (input `{"rider": "…"}`; output
-//! `{"bike": "B-<n>"}`, refused `no_bikes` when the fleet is out) and
+//! `{"bike": "B-<n>", "fare": 500}`, refused `no_bikes` when the fleet of
+//! three is out) and
 //! `/example.v1.Bikes/GiveBack`, on `SAGAFLOW_BIKES_LISTEN`
 //! (127.0.0.1:50070) with its database at `SAGAFLOW_BIKES_DATABASE_URL`
 //! (`sagaflow_bikes` on the local server, created if missing). A saga
@@ -40,6 +41,9 @@ CREATE TABLE rentals (
 "#,
 };
 
+/// What a ride costs, in cents.
+const FARE_CENTS: i64 = 500;
+
 async fn rent(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
     let rider = cmd.required_text("rider")?;
     // The fleet row is the lock: one rental decides at a time.
@@ -62,7 +66,9 @@ async fn rent(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
         return Ok(Decision::refused(COMPENSATED_BEFORE_ACTION, json!({})));
     }
     tx.execute("UPDATE fleet SET out = out + 1", &[]).await?;
-    Ok(Decision::succeeded(json!({ "rider": rider })).with_output(json!({ "bike": bike })))
+    // What later steps may use: the bike, and the fare to charge.
+    Ok(Decision::succeeded(json!({ "rider": rider }))
+        .with_output(json!({ "bike": bike, "fare": FARE_CENTS })))
 }
 
 async fn give_back(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
