@@ -10,6 +10,15 @@ pub const DEFAULT_NAMES: [&str; 4] = [
     "sagaflow_inventory",
 ];
 
+/// The trip participants' default databases (a system started with
+/// `Options::trip` on the default databases).
+pub const TRIP_NAMES: [&str; 4] = [
+    "sagaflow_flight",
+    "sagaflow_hotel",
+    "sagaflow_car",
+    "sagaflow_trip",
+];
+
 /// The four databases of one system. Dropped (best effort) on drop.
 pub struct Databases {
     pub orchestrator: String,

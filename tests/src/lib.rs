@@ -50,6 +50,7 @@ pub mod paused;
 pub mod placer;
 pub mod reconcile;
 pub mod system;
+pub mod trips;
 
 use std::time::{Duration, Instant};
 

@@ -28,6 +28,9 @@ pub enum Expect {
     PaymentRefused,
     /// Stock short (payment refunded).
     StockShort,
+    /// Another step refused (a trip's reservation or its pivot): everything
+    /// that may have acted is undone.
+    Refused,
 }
 
 /// The `i`-th order of a mixed batch: mostly good orders, one in seven over

@@ -51,7 +51,7 @@ impl std::fmt::Display for Outcomes {
 pub fn clean(expect: Expect) -> &'static str {
     match expect {
         Expect::Completed => "COMPLETED",
-        Expect::PaymentRefused | Expect::StockShort => "COMPENSATED",
+        Expect::PaymentRefused | Expect::StockShort | Expect::Refused => "COMPENSATED",
     }
 }
 

@@ -340,6 +340,7 @@ fn every_variable_is_documented() {
         .iter()
         .chain(sagaflow_orchestrator_vars())
         .chain(sagaflow_participant_vars())
+        .chain(sagaflow_participant_kit::config::SHARED_VARS)
         .chain(sagaflow_relay_vars())
         .map(|v| v.name)
         .filter(|name| !page.contains(&format!("`{name}`")))

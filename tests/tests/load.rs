@@ -61,7 +61,7 @@ async fn five_hundred_concurrent_sagas() -> anyhow::Result<()> {
     for ((id, expect), saga) in placed.iter().zip(&done) {
         let want = match expect {
             Expect::Completed => SagaState::Completed,
-            Expect::PaymentRefused | Expect::StockShort => SagaState::Compensated,
+            Expect::PaymentRefused | Expect::StockShort | Expect::Refused => SagaState::Compensated,
         };
         if saga.state != want as i32 {
             wrong.push(format!(

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sagaflow_protos::orchestrator::v1::{Saga, SagaState, StartSagaRequest};
-use sagaflow_tests::reconcile;
 use sagaflow_tests::system::{Options, System};
+use sagaflow_tests::{reconcile, trips};
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -48,30 +48,11 @@ const fn trip(
 }
 
 fn input(t: &Trip) -> String {
-    serde_json::json!({
-        "traveller": t.traveller,
-        "customer_id": t.customer,
-        "flight": t.flight,
-        "hotel": t.hotel,
-        "car_location": t.car,
-        "amount_cents": 25_000,
-    })
-    .to_string()
+    trips::input(t.traveller, t.customer, t.flight, t.hotel, t.car)
 }
 
 async fn connect(url: &str) -> anyhow::Result<Client> {
     sagaflow_common::db::connect(url).await
-}
-
-/// The status of a saga's reservation in one of the three, if any.
-async fn reservation(db: &Client, saga_id: uuid::Uuid) -> anyhow::Result<Option<String>> {
-    Ok(db
-        .query_opt(
-            "SELECT status FROM reservations WHERE saga_id = $1",
-            &[&saga_id],
-        )
-        .await?
-        .map(|r| r.get(0)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,77 +146,31 @@ async fn trips_book_everything_or_nothing_and_reconcile() -> anyhow::Result<()> 
     assert!(seat.starts_with("SF-100/"), "{seat}");
     assert!(itinerary.starts_with("IT-"), "{itinerary}");
 
-    // Per saga: what each participant holds matches the saga's end.
-    let url = |name: &str| {
-        system
-            .env_value(&format!("SAGAFLOW_{}_DATABASE_URL", name.to_uppercase()))
-            .unwrap_or_default()
-    };
-    let flight = connect(&url("flight")).await?;
-    let hotel = connect(&url("hotel")).await?;
-    let car = connect(&url("car")).await?;
-    let desk = connect(&url("trip")).await?;
-    let payment = connect(&system.dbs.payment).await?;
-    for (t, saga) in trips.iter().zip(&ended) {
-        let id: uuid::Uuid = saga.saga_id.parse()?;
-        let held = [
-            reservation(&flight, id).await?,
-            reservation(&hotel, id).await?,
-            reservation(&car, id).await?,
-        ];
-        let charged: Option<String> = payment
-            .query_opt("SELECT status FROM payments WHERE saga_id = $1", &[&id])
-            .await?
-            .map(|r| r.get(0));
-        let itineraries: Option<(String, String)> = desk
-            .query_opt(
-                "SELECT seat, itinerary FROM itineraries WHERE saga_id = $1",
-                &[&id],
-            )
-            .await?
-            .map(|r| (r.get(0), r.get(1)));
-        let notices: i64 = desk
-            .query_one("SELECT count(*) FROM notices WHERE saga_id = $1", &[&id])
-            .await?
-            .get(0);
-        let who = t.traveller;
-        if state(who) == SagaState::Completed {
-            assert!(
-                held.iter().all(|h| h.as_deref() == Some("RESERVED")),
-                "{who}: {held:?}"
-            );
-            assert_eq!(charged.as_deref(), Some("CHARGED"), "{who}");
-            let (seat, it) = itineraries.unwrap_or_default();
-            assert!(seat.starts_with(&format!("{}/", t.flight)), "{who}: {seat}");
-            assert!(it.starts_with("IT-"), "{who}");
-            assert_eq!(notices, 1, "{who}");
-        } else {
-            assert!(
-                held.iter().all(|h| h.as_deref() != Some("RESERVED")),
-                "{who}: still holds {held:?}"
-            );
-            assert_ne!(charged.as_deref(), Some("CHARGED"), "{who}");
-            assert_eq!(itineraries, None, "{who}");
-            assert_eq!(notices, 0, "{who}");
-        }
-    }
-
-    // Per resource: units taken equal reservations held; and the seats of
-    // SF-SMALL equal its confirmed trips.
-    for (name, db) in [("flight", &flight), ("hotel", &hotel), ("car", &car)] {
-        let rows = db
-            .query(
-                "SELECT r.id, r.taken, count(v.saga_id) FILTER (WHERE v.status = 'RESERVED')
-                 FROM resources r LEFT JOIN reservations v ON v.resource = r.id
-                 GROUP BY r.id, r.taken",
-                &[],
-            )
-            .await?;
-        for row in rows {
-            let (id, taken, held): (String, i32, i64) = (row.get(0), row.get(1), row.get(2));
-            assert_eq!(i64::from(taken), held, "{name} {id}");
-        }
-    }
+    // Per saga: what each participant holds matches the saga's end; per
+    // resource: units taken equal reservations held.
+    let report = trips::check(&system, &ended).await?;
+    assert!(report.ok(), "{:?}", report.violations);
+    assert_eq!(report.sagas, trips.len());
+    let flight = connect(
+        &system
+            .env_value("SAGAFLOW_FLIGHT_DATABASE_URL")
+            .unwrap_or_default(),
+    )
+    .await?;
+    let desk = connect(
+        &system
+            .env_value("SAGAFLOW_TRIP_DATABASE_URL")
+            .unwrap_or_default(),
+    )
+    .await?;
+    let noticed: i64 = desk
+        .query_one(
+            "SELECT count(*) FROM notices WHERE itinerary = $1",
+            &[&itinerary],
+        )
+        .await?
+        .get(0);
+    assert_eq!(noticed, 1, "ann's notice names her itinerary");
     let small_taken: i32 = flight
         .query_one("SELECT taken FROM resources WHERE id = 'SF-SMALL'", &[])
         .await?

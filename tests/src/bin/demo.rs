@@ -23,11 +23,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use sagaflow_protos::orchestrator::v1::{GetSagaRequest, PlaceOrderRequest, SagaState};
-use sagaflow_tests::databases::DEFAULT_NAMES;
-use sagaflow_tests::invariants;
+use sagaflow_protos::orchestrator::v1::{
+    GetSagaRequest, PlaceOrderRequest, SagaState, StartSagaRequest,
+};
+use sagaflow_tests::databases::{DEFAULT_NAMES, TRIP_NAMES};
 use sagaflow_tests::orders::{Expect, mixed, order};
 use sagaflow_tests::system::{self, Client, Options, System};
+use sagaflow_tests::{invariants, trips};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -62,7 +64,7 @@ The system runs INSECURE (no TLS, no tokens) on 127.0.0.1 only, so the CLI and t
 need no certificates. Never expose it.\n\n\
 It needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth) and the Google Cloud \
 CLI's Pub/Sub emulator. The databases sagaflow_orchestrator, sagaflow_order, \
-sagaflow_payment and sagaflow_inventory are created if missing and kept afterwards, unless \
+sagaflow_payment, sagaflow_inventory and the trip saga's sagaflow_flight, sagaflow_hotel, sagaflow_car and sagaflow_trip are created if missing and kept afterwards, unless \
 --drop-databases; `sagaflow-demo clean` drops them.",
     after_help = "Environment:\n  \
 SAGAFLOW_SERVER_URL    the PostgreSQL server (default postgres://postgres@127.0.0.1:5432)\n  \
@@ -113,7 +115,7 @@ async fn clean() -> anyhow::Result<ExitCode> {
     if dropped.is_empty() {
         println!(
             "None of the demo's databases ({}) is on {}: nothing to drop.",
-            DEFAULT_NAMES.join(", "),
+            [&DEFAULT_NAMES[..], &TRIP_NAMES[..]].concat().join(", "),
             databases::server()
         );
     } else {
@@ -166,13 +168,15 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
     println!(
-        "Starting Sagaflow: Pub/Sub emulator, 3 participants (order, payment, inventory), \
-         outbox relay, orchestrator ..."
+        "Starting Sagaflow: Pub/Sub emulator, 7 participants (order, payment, inventory; \
+         flight, hotel, car, trip), outbox relay, orchestrator ..."
     );
     let t0 = Instant::now();
     let options = Options {
         default_databases: true,
         insecure: true,
+        // The trip saga runs side by side with the orders.
+        trip: true,
         ..Options::default()
     };
     let mut sys = tokio::select! {
@@ -198,13 +202,14 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     println!("Up in {:.1}s.", t0.elapsed().as_secs_f64());
     let created: Vec<&str> = DEFAULT_NAMES
         .iter()
+        .chain(&TRIP_NAMES)
         .copied()
         .filter(|n| !before.contains(n))
         .collect();
     println!(
         "Databases on {}: {} ({}).",
         databases::server(),
-        DEFAULT_NAMES.join(", "),
+        [&DEFAULT_NAMES[..], &TRIP_NAMES[..]].concat().join(", "),
         match (created.len(), before.len()) {
             (0, _) => "all there from an earlier run, used as they are".to_owned(),
             (_, 0) => "created now".to_owned(),
@@ -235,7 +240,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         println!(
             "Kept the databases {} for inspection (psql -h 127.0.0.1 -U postgres sagaflow_orchestrator). \
              Drop them with `{DEMO} clean`, or pass --drop-databases next time.",
-            DEFAULT_NAMES.join(", ")
+            [&DEFAULT_NAMES[..], &TRIP_NAMES[..]].concat().join(", ")
         );
     }
     Ok(match ending? {
@@ -284,7 +289,14 @@ async fn session(sys: &mut System, stop: &mut Stop, orders: Option<u32>) -> anyh
     let n = orders.unwrap_or(SAMPLE);
     let sample: Vec<(PlaceOrderRequest, Expect)> = (0..n as usize).map(sample_order).collect();
     let requests: Vec<PlaceOrderRequest> = sample.iter().map(|(r, _)| r.clone()).collect();
-    let table = Table::fitting(&requests);
+    // Half as many trips, started between the orders.
+    let key = uuid::Uuid::new_v4().simple().to_string();
+    let trip_sample: Vec<(StartSagaRequest, Expect)> = (0..(n as usize).div_ceil(2))
+        .map(|i| trips::mixed(&key[..8], i))
+        .collect();
+    let n = n as usize + trip_sample.len();
+    let trip_requests: Vec<StartSagaRequest> = trip_sample.iter().map(|(r, _)| r.clone()).collect();
+    let table = Table::fitting(&requests, &trip_requests);
     let client = sys.client().await?;
     let (mut watch, snapshot) = Watch::open(client.clone()).await?;
     let earlier: i64 = snapshot.counts.iter().map(|c| c.count).sum();
@@ -293,9 +305,13 @@ async fn session(sys: &mut System, stop: &mut Stop, orders: Option<u32>) -> anyh
             "sagaflow_orchestrator already holds {earlier} sagas from earlier runs; below are the new ones as they end."
         );
     }
-    println!("\nPlacing {n} orders; each row appears as its saga ends:\n");
+    println!(
+        "\nStarting {n} sagas ({} orders, {} trips); each row appears as its saga ends:\n",
+        sample.len(),
+        trip_sample.len()
+    );
     println!("{}", table.header());
-    let mut placer = tokio::spawn(place(client.clone(), sample));
+    let mut placer = tokio::spawn(place(client.clone(), sample, trip_sample));
     let mut placed: Option<(Vec<(String, Expect)>, Duration)> = None;
     let mut ended: HashMap<String, Saga> = HashMap::new();
     let mut sweep = false;
@@ -360,6 +376,10 @@ async fn session(sys: &mut System, stop: &mut Stop, orders: Option<u32>) -> anyh
     println!(
         "  a new order    {cli} place --customer cust-alice --item sku-widget:2 --amount 12.50"
     );
+    println!(
+        "  a new trip     {cli} start trip '{}'",
+        trips::input("ann", "cust-alice", "SF-100", "H-PARK", "AIRPORT")
+    );
     println!("Sagas that end from now on (placed from the CLI or the console) appear below.\n");
     println!("{}", table.header());
     loop {
@@ -391,16 +411,27 @@ fn sample_order(i: usize) -> (PlaceOrderRequest, Expect) {
     }
 }
 
-/// Place the orders one after another; their saga ids and how long it took.
+/// Place the orders one after another, a trip after every second one;
+/// their saga ids and how long it took.
 async fn place(
     mut client: Client,
     sample: Vec<(PlaceOrderRequest, Expect)>,
+    trip_sample: Vec<(StartSagaRequest, Expect)>,
 ) -> anyhow::Result<(Vec<(String, Expect)>, Duration)> {
     let start = Instant::now();
-    let mut ids = Vec::with_capacity(sample.len());
-    for (request, expect) in sample {
+    let mut ids = Vec::with_capacity(sample.len() + trip_sample.len());
+    let mut trip_sample = trip_sample.into_iter();
+    for (i, (request, expect)) in sample.into_iter().enumerate() {
         let response = client.place_order(request).await?.into_inner();
         ids.push((response.saga_id, expect));
+        if i % 2 == 1
+            && let Some((trip, expect)) = trip_sample.next()
+        {
+            ids.push((client.start_saga(trip).await?.into_inner().saga_id, expect));
+        }
+    }
+    for (trip, expect) in trip_sample {
+        ids.push((client.start_saga(trip).await?.into_inner().saga_id, expect));
     }
     Ok((ids, start.elapsed()))
 }
@@ -442,14 +473,18 @@ async fn summarize(
         .iter()
         .filter(|(state, expect)| match expect {
             Expect::Completed => *state != SagaState::Completed as i32,
-            Expect::PaymentRefused | Expect::StockShort => *state != SagaState::Compensated as i32,
+            Expect::PaymentRefused | Expect::StockShort | Expect::Refused => {
+                *state != SagaState::Compensated as i32
+            }
         })
         .count();
     let report = invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
+    let batch: Vec<Saga> = ids.iter().map(|(id, _)| ended[id].clone()).collect();
+    let trip_report = trips::check(sys, &batch).await?;
     let n = ids.len();
     if let Some(placing) = placing {
         println!(
-            "\nPlaced {n} orders in {:.2}s ({:.1} ms per PlaceOrder call).",
+            "\nStarted {n} sagas in {:.2}s ({:.1} ms per PlaceOrder or StartSaga call).",
             placing.as_secs_f64(),
             placing.as_secs_f64() * 1000.0 / n.max(1) as f64
         );
@@ -459,13 +494,16 @@ async fn summarize(
          invariants across the databases: {}",
         count(SagaState::Completed),
         count(SagaState::Compensated),
-        if report.ok() {
+        if report.ok() && trip_report.ok() {
             "ok".to_owned()
         } else {
-            format!("FAILED {:?}", report.violations)
+            format!(
+                "FAILED {:?}",
+                [&report.violations[..], &trip_report.violations[..]].concat()
+            )
         }
     );
-    Ok(report.ok() && unexpected == 0 && paused == 0)
+    Ok(report.ok() && trip_report.ok() && unexpected == 0 && paused == 0)
 }
 
 /// Fail when a process exited by itself (unless a stop signal explains

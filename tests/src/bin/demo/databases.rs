@@ -1,11 +1,13 @@
 //! The demo's databases: `sagaflow_orchestrator`, `sagaflow_order`,
-//! `sagaflow_payment`, `sagaflow_inventory` (the services' defaults).
+//! `sagaflow_payment`, `sagaflow_inventory`, and the trip saga's
+//! `sagaflow_flight`, `sagaflow_hotel`, `sagaflow_car`, `sagaflow_trip`
+//! (the services' defaults).
 //! Kept after a run so the sagas and the business rows can be looked at;
 //! `--drop-databases` drops them at the end, `sagaflow-demo clean` at any
 //! time.
 
 use sagaflow_common::{db, testkit};
-use sagaflow_tests::databases::DEFAULT_NAMES;
+use sagaflow_tests::databases::{DEFAULT_NAMES, TRIP_NAMES};
 
 /// The Postgres server, without a password, for messages.
 pub fn server() -> String {
@@ -20,7 +22,7 @@ async fn admin() -> anyhow::Result<tokio_postgres::Client> {
 pub async fn existing() -> anyhow::Result<Vec<&'static str>> {
     let admin = admin().await?;
     let mut found = Vec::new();
-    for name in DEFAULT_NAMES {
+    for name in DEFAULT_NAMES.into_iter().chain(TRIP_NAMES) {
         let row = admin
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
             .await?;

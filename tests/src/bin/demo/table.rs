@@ -7,7 +7,7 @@
 //! as the CLI prints it ("EUR 12.50").
 
 use sagaflow_cli::render;
-use sagaflow_protos::orchestrator::v1::{PlaceOrderRequest, Saga};
+use sagaflow_protos::orchestrator::v1::{PlaceOrderRequest, Saga, StartSagaRequest};
 use sagaflow_protos::participant::v1::OrderInput;
 
 /// A saga id: a UUID.
@@ -24,11 +24,18 @@ pub struct Table {
 }
 
 impl Table {
-    /// A table whose order column fits `sample`.
-    pub fn fitting(sample: &[PlaceOrderRequest]) -> Table {
+    /// A table whose order column fits `sample` and `others` (sagas of
+    /// other types).
+    pub fn fitting(sample: &[PlaceOrderRequest], others: &[StartSagaRequest]) -> Table {
         let widest = sample
             .iter()
-            .map(|r| describe(&input_of(r)).chars().count())
+            .map(|r| describe(&input_of(r)))
+            .chain(
+                others
+                    .iter()
+                    .map(|r| describe_input(&r.saga_type, &r.input)),
+            )
+            .map(|d| d.chars().count())
             .max()
             .unwrap_or(0);
         Table {
@@ -37,12 +44,15 @@ impl Table {
     }
 
     pub fn header(&self) -> String {
-        self.line("saga", "order", "took", "result", "reason")
+        self.line("saga", "what", "took", "result", "reason")
     }
 
     /// The row of a saga that ended (or paused).
     pub fn row(&self, saga: &Saga) -> String {
-        let order = saga.order.as_ref().map(describe).unwrap_or_default();
+        let order = match &saga.order {
+            Some(order) => describe(order),
+            None => describe_input(&saga.saga_type, &saga.input_json),
+        };
         self.line(
             &saga.saga_id,
             &order,
@@ -66,6 +76,28 @@ impl Table {
 /// get` and `sagaflow list` show it.
 fn describe(order: &OrderInput) -> String {
     render::clean(&render::order(order))
+}
+
+/// A saga of another type by its input: "trip ann: SF-100, H-PARK,
+/// AIRPORT; EUR 250.00" for a trip.
+fn describe_input(saga_type: &str, input_json: &str) -> String {
+    let input: serde_json::Value = serde_json::from_str(input_json).unwrap_or_default();
+    let text = |field: &str| input[field].as_str().unwrap_or("?").to_owned();
+    let line = match saga_type {
+        "trip" => format!(
+            "trip {}: {}, {}, {}; {}",
+            text("traveller"),
+            text("flight"),
+            text("hotel"),
+            text("car_location"),
+            sagaflow_cli::money::format(
+                input["amount_cents"].as_i64().unwrap_or(0),
+                input["currency"].as_str().unwrap_or("EUR")
+            )
+        ),
+        other => format!("{other} {input_json}"),
+    };
+    render::clean(&line)
 }
 
 /// What the orchestrator stores of a request.
@@ -110,7 +142,7 @@ mod tests {
             order("cust-bob", &[("sku-rare", 2)], 25_000),
             order("cust-alice", &[("sku-widget", 2), ("sku-gadget", 1)], 1_100),
         ];
-        let table = Table::fitting(&sample);
+        let table = Table::fitting(&sample, &[]);
         let long = order(
             "cust-alice",
             &[
