@@ -131,7 +131,9 @@ async fn the_library_example_runs_in_a_saga_defined_by_a_file() -> anyhow::Resul
 
     // Cannot pay: the bike comes back.
     let broke = start("broke", "cust-broke").await?;
-    let ended = system.wait_terminal(&[broke.clone()], WAIT).await?;
+    let ended = system
+        .wait_terminal(std::slice::from_ref(&broke), WAIT)
+        .await?;
     assert_eq!(
         ended[0].state,
         SagaState::Compensated as i32,
