@@ -7,6 +7,10 @@
 //! - [`books`](crate::books): each order saga's final state against its
 //!   business rows;
 //! - [`invariants`](crate::invariants): the totals across the databases;
+//!   and, when the system runs the trip saga, [`trips`](crate::trips): each
+//!   trip's end against its seat, room, car, payment and itinerary, and
+//!   every resource's count (its violations are counted among the
+//!   invariants');
 //! - [`audit`](crate::audit): history gap-free, no transition recorded twice.
 //!
 //! `double_applied` in the tests' summary lines is the number of sagas the
@@ -23,6 +27,7 @@ use crate::books::{self, Books};
 use crate::invariants::{self, Report};
 use crate::reconcile::{self, Reconciled};
 use crate::system::System;
+use crate::trips;
 
 #[derive(Debug)]
 pub struct Checks {
@@ -35,12 +40,18 @@ pub struct Checks {
 impl Checks {
     /// Read everything (the sagas should have settled).
     pub async fn run(sys: &System) -> anyhow::Result<Checks> {
+        let mut invariants =
+            invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
+        if sys.runs_trips() {
+            invariants
+                .violations
+                .extend(trips::check_all(sys).await?.violations);
+        }
         Ok(Checks {
             audit: audit::audit(&sys.dbs).await?,
             reconciled: reconcile::run(sys, &[]).await?,
             books: books::check(&sys.dbs).await?,
-            invariants: invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory)
-                .await?,
+            invariants,
         })
     }
 

@@ -307,6 +307,12 @@ impl System {
         Ok(system)
     }
 
+    /// Whether this system runs the trip saga's participants
+    /// ([`Options::trip`]).
+    pub fn runs_trips(&self) -> bool {
+        self.participants.contains(&"trip")
+    }
+
     /// The value of `var` in this system's environment (the last one set).
     pub fn env_value(&self, var: &str) -> Option<String> {
         self.env

@@ -79,6 +79,35 @@ impl Report {
     }
 }
 
+/// [`check`] over every trip saga the orchestrator holds (read from its
+/// database; sagas not ended are skipped).
+pub async fn check_all(system: &System) -> anyhow::Result<Report> {
+    let orchestrator = db::connect(&system.dbs.orchestrator).await?;
+    let sagas: Vec<Saga> = orchestrator
+        .query(
+            "SELECT saga_id, status FROM sagas WHERE saga_type = 'trip'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let id: uuid::Uuid = row.get(0);
+            let state = match row.get::<_, String>(1).as_str() {
+                "COMPLETED" => SagaState::Completed,
+                "COMPENSATED" => SagaState::Compensated,
+                _ => SagaState::Unspecified,
+            };
+            Saga {
+                saga_id: id.to_string(),
+                saga_type: "trip".into(),
+                state: state as i32,
+                ..Saga::default()
+            }
+        })
+        .collect();
+    check(system, &sagas).await
+}
+
 /// Check each ended trip saga in `sagas` (others are skipped) against the
 /// participants' tables, and each resource's count:
 /// - a completed trip holds its seat, room and car (`RESERVED`), is charged

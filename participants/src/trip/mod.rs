@@ -5,7 +5,7 @@
 //!
 //! | RPC               | kind    | effect |
 //! |-------------------|---------|--------|
-//! | `ConfirmTrip`     | action (pivot, never undone) | input `{traveller, seat, room, car}`: records the itinerary, output `{"itinerary": "IT-…"}`; refused `traveller_blocked: <traveller>` for a traveller in `blocked_travellers`, `incomplete: <field>` when a reservation is missing |
+//! | `ConfirmTrip`     | action (pivot, never undone) | input `{traveller, seat, room, car}`: records the itinerary, output `{"itinerary": "IT-<saga id>"}`; refused `traveller_blocked: <traveller>` for a traveller in `blocked_travellers`, `incomplete: <field>` when a reservation is missing |
 //! | `NotifyTraveller` | action (forward-only) | input `{traveller, itinerary}`: records one notice per command; refused `mailbox_closed: <traveller>` while the traveller is in `closed_mailboxes` |
 //!
 //! The saga itself is the file `trip.v1.yaml` next to this module: the
@@ -82,7 +82,9 @@ async fn confirm(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
             json!({}),
         ));
     }
-    let itinerary = format!("IT-{}", &cmd.saga_id.simple().to_string()[..10]);
+    // The whole id: a v7 id begins with its time, shared by sagas of one
+    // millisecond.
+    let itinerary = format!("IT-{}", cmd.saga_id.simple());
     tx.execute(
         "INSERT INTO itineraries (saga_id, traveller, seat, room, car, itinerary)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (saga_id) DO NOTHING",

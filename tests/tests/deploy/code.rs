@@ -57,9 +57,14 @@ pub fn binary(command: &[String]) -> Result<Binary, String> {
         ["sagaflow-participant", kind] => {
             let kind: Kind = kind.parse().map_err(|e| format!("{command:?}: {e:#}"))?;
             let upper = kind.name().to_uppercase();
+            let vars = [
+                sagaflow_participants::config::VARS,
+                sagaflow_participant_kit::config::SHARED_VARS,
+            ]
+            .concat();
             let mut b = with(
                 "sagaflow-participant",
-                sagaflow_participants::config::VARS,
+                &vars,
                 format!("SAGAFLOW_{upper}_HTTP_LISTEN"),
                 Some(format!("SAGAFLOW_{upper}_LISTEN")),
             );
@@ -81,7 +86,8 @@ pub fn binary(command: &[String]) -> Result<Binary, String> {
         )),
         _ => Err(format!(
             "{command:?} is no service command (sagaflow-orchestrator, \
-             sagaflow-participant order|payment|inventory, sagaflow-outbox-relay)"
+             sagaflow-participant order|payment|inventory|flight|hotel|car|trip, \
+             sagaflow-outbox-relay)"
         )),
     }
 }
@@ -92,6 +98,7 @@ pub fn every_var() -> BTreeSet<&'static str> {
         .iter()
         .chain(sagaflow_orchestrator::config::VARS)
         .chain(sagaflow_participants::config::VARS)
+        .chain(sagaflow_participant_kit::config::SHARED_VARS)
         .chain(outbox_relay::config::VARS)
         .map(|v| v.name)
         .collect()
