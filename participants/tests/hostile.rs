@@ -202,3 +202,77 @@ async fn order_refuses_a_forged_input_and_writes_no_order() {
     refused(client.create_order(raw).await, "input.items[0].sku");
     nothing_written(&p, &["orders"]).await;
 }
+
+/// A call of `method` on the library-served `service`, with `input`.
+async fn by_path(
+    p: &TestParticipant,
+    path: &'static str,
+    input: &[u8],
+    saga_id: &str,
+) -> Result<sagaflow_protos::participant::v1::CommandAck, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(p.channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let command = StepCommand {
+        command_id: Uuid::now_v7().to_string(),
+        saga_id: saga_id.to_owned(),
+        step: 0,
+        step_name: "reserve_flight".into(),
+        attempt: 1,
+        saga_type: "trip".into(),
+        input: input.to_vec(),
+    };
+    grpc.unary(
+        tonic::Request::new(command),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn forged_commands_to_a_library_participant_write_nothing() {
+    let p = TestParticipant::start(Kind::Flight).await;
+    const RESERVE: &str = "/sagaflow.trip.v1.FlightService/Reserve";
+    let saga = Uuid::now_v7().to_string();
+    let long = format!(r#"{{"traveller":"ann","flight":"{}"}}"#, "F".repeat(5000));
+    for (input, field) in [
+        (&b"\x0a\x03abc"[..], "input"),
+        (b"{", "input"),
+        (b"[]", "input"),
+        (br#"{"flight":"SF-100"}"#, "input.traveller"),
+        (
+            br#"{"traveller":"a\u0000b","flight":"SF-100"}"#,
+            "input.traveller",
+        ),
+        (br#"{"traveller":"ann","flight":1e308}"#, "input.flight"),
+        (long.as_bytes(), "input.flight"),
+    ] {
+        refused(by_path(&p, RESERVE, input, &saga).await, field);
+    }
+    refused(
+        by_path(
+            &p,
+            RESERVE,
+            br#"{"traveller":"ann","flight":"SF-100"}"#,
+            "0",
+        )
+        .await,
+        "saga_id",
+    );
+    let unknown = by_path(&p, "/sagaflow.trip.v1.FlightService/Drop", b"{}", &saga)
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented, "{unknown:?}");
+    for table in ["inbox", "outbox", "reservations"] {
+        assert_eq!(p.count(table).await, 0, "{table}");
+    }
+    let taken: i64 =
+        p.db.query_one("SELECT sum(taken)::bigint FROM resources", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(taken, 0);
+}
