@@ -81,15 +81,16 @@ mod tests {
 
     #[test]
     fn event_type_names_participant_step_kind_and_outcome() {
-        let cmd = Command {
-            command_id: Uuid::now_v7(),
-            saga_id: Uuid::now_v7(),
+        let cmd = Command::parse(sagaflow_protos::participant::v1::StepCommand {
+            command_id: Uuid::now_v7().to_string(),
+            saga_id: Uuid::now_v7().to_string(),
             step: 1,
             step_name: "process_payment".into(),
             attempt: 1,
             saga_type: "order".into(),
             input: Vec::new(),
-        };
+        })
+        .unwrap();
         let refused = Decision::refused("credit_limit_exceeded", json!({}));
         let event = build(
             Uuid::now_v7(),

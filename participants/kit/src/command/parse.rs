@@ -3,7 +3,9 @@
 
 use sagaflow_protos::participant::v1::StepCommand;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::Error;
@@ -29,6 +31,9 @@ pub struct Command {
     /// [`Command::json`]); for the built-in order saga, an encoded
     /// `OrderInput`.
     pub input: Vec<u8>,
+    /// The input as a JSON object, read once on the first field asked for.
+    /// (`Err`: why it is none, for an invalid `input`.)
+    object: OnceLock<Result<Map<String, Value>, String>>,
 }
 
 impl Command {
@@ -51,6 +56,7 @@ impl Command {
             step_name: raw.step_name,
             attempt: raw.attempt,
             input: raw.input,
+            object: OnceLock::new(),
         })
     }
 
@@ -65,11 +71,17 @@ impl Command {
     /// Field `name` of the JSON input, `None` when absent or `null` (a
     /// mapping leaves out a value that was never known, such as the output
     /// of a step whose outcome is unknown).
-    pub fn field(&self, name: &str) -> Result<Option<Value>, Error> {
-        let input: Value = self.json()?;
-        match input {
-            Value::Object(mut fields) => Ok(fields.remove(name).filter(|v| !v.is_null())),
-            _ => Err(Error::invalid("input", "not a JSON object")),
+    pub fn field(&self, name: &str) -> Result<Option<&Value>, Error> {
+        let object =
+            self.object
+                .get_or_init(|| match serde_json::from_slice::<Value>(&self.input) {
+                    Ok(Value::Object(fields)) => Ok(fields),
+                    Ok(_) => Err("not a JSON object".to_owned()),
+                    Err(e) => Err(format!("not the JSON this step takes: {e}")),
+                });
+        match object {
+            Ok(fields) => Ok(fields.get(name).filter(|v| !v.is_null())),
+            Err(problem) => Err(Error::invalid("input", problem.clone())),
         }
     }
 
@@ -79,8 +91,8 @@ impl Command {
         match self.field(name)? {
             None => Ok(None),
             Some(Value::String(s)) => {
-                key(&format!("input.{name}"), &s)?;
-                Ok(Some(s))
+                key(&format!("input.{name}"), s)?;
+                Ok(Some(s.clone()))
             }
             Some(_) => Err(Error::invalid(format!("input.{name}"), "not a string")),
         }
@@ -186,7 +198,7 @@ mod tests {
         assert_eq!(cmd.required_text("who").unwrap(), "ann");
         assert_eq!(cmd.text("gone").unwrap(), None);
         assert_eq!(cmd.text("absent").unwrap(), None);
-        assert_eq!(cmd.field("n").unwrap(), Some(serde_json::json!(3)));
+        assert_eq!(cmd.field("n").unwrap(), Some(&serde_json::json!(3)));
         assert_eq!(
             cmd.text("n").unwrap_err().to_string(),
             "input.n: not a string"
