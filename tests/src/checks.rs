@@ -35,6 +35,9 @@ pub struct Checks {
     pub reconciled: Reconciled,
     pub books: Books,
     pub invariants: Report,
+    /// Trip sagas whose end was checked against the trip participants
+    /// (0 when the system runs no trips).
+    pub trips: usize,
 }
 
 impl Checks {
@@ -42,16 +45,18 @@ impl Checks {
     pub async fn run(sys: &System) -> anyhow::Result<Checks> {
         let mut invariants =
             invariants::check(&sys.dbs.order, &sys.dbs.payment, &sys.dbs.inventory).await?;
+        let mut trips_checked = 0;
         if sys.runs_trips() {
-            invariants
-                .violations
-                .extend(trips::check_all(sys).await?.violations);
+            let trips = trips::check_all(sys).await?;
+            trips_checked = trips.sagas;
+            invariants.violations.extend(trips.violations);
         }
         Ok(Checks {
             audit: audit::audit(&sys.dbs).await?,
             reconciled: reconcile::run(sys, &[]).await?,
             books: books::check(&sys.dbs).await?,
             invariants,
+            trips: trips_checked,
         })
     }
 
@@ -95,7 +100,7 @@ impl Checks {
     /// One line with the counts, for the logs.
     pub fn describe(&self) -> String {
         format!(
-            "checks: reconciled finished={} in_flight={} mismatched={}; books checked={} skipped={} wrong={}; invariants {}; advanced_twice={} history_gaps={}",
+            "checks: reconciled finished={} in_flight={} mismatched={}; books checked={} skipped={} wrong={}; invariants {} (trips checked={}); advanced_twice={} history_gaps={}",
             self.reconciled.finished,
             self.reconciled.in_flight,
             self.reconciled.wrong.len(),
@@ -103,6 +108,7 @@ impl Checks {
             self.books.skipped,
             self.books.wrong.len(),
             self.invariants_word(),
+            self.trips,
             self.audit.advanced_twice.len(),
             self.audit.history_gaps.len(),
         )

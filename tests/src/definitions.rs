@@ -68,10 +68,16 @@ impl Policies {
 
     /// The order saga's shipped file with these policies as its defaults.
     pub fn order_file(&self) -> anyhow::Result<String> {
-        let mut file: Value = serde_yaml_ng::from_str(ORDER_FILE)?;
+        self.apply(ORDER_FILE)
+    }
+
+    /// The definition file `text` with these policies as its defaults
+    /// (its own values kept where a policy is `None`).
+    pub fn apply(&self, text: &str) -> anyhow::Result<String> {
+        let mut file: Value = serde_yaml_ng::from_str(text)?;
         let root = file
             .as_mapping_mut()
-            .ok_or_else(|| anyhow::anyhow!("the order file is not a mapping"))?;
+            .ok_or_else(|| anyhow::anyhow!("the definition file is not a mapping"))?;
         let defaults = root
             .entry("defaults".into())
             .or_insert_with(|| Value::Mapping(Mapping::new()));
@@ -137,6 +143,15 @@ mod tests {
             assert_eq!(s.policy.backoff_cap, Duration::from_millis(500));
             // The compensation follows the action's deadline, not its attempts.
             assert_eq!(s.compensation_policy.deadline, Duration::from_millis(1500));
+            assert_eq!(s.compensation_policy.max_attempts, 40);
+        }
+        let trip = p.apply(sagaflow_participants::trip::DEFINITION).unwrap();
+        let trip =
+            sagaflow_orchestrator::definitions::file::parse("trip.v1.yaml", &trip, None).unwrap();
+        assert_eq!(trip.steps.len(), 6);
+        for s in &trip.steps {
+            assert_eq!(s.policy.deadline, Duration::from_millis(1500));
+            assert_eq!(s.policy.max_attempts, 7);
             assert_eq!(s.compensation_policy.max_attempts, 40);
         }
         let shipped = sagaflow_orchestrator::definitions::order::definition();

@@ -16,7 +16,7 @@ use sagaflow_common::db;
 
 use crate::faults::{Fault, Overlay, Plan, Target};
 use crate::paused;
-use crate::system::{PARTICIPANTS, System};
+use crate::system::{PARTICIPANTS, System, TRIP_PARTICIPANTS};
 
 /// A fault that was carried out.
 #[derive(Debug, Clone)]
@@ -209,7 +209,10 @@ async fn overlay_begins(sys: &mut System, o: &Overlay) -> anyhow::Result<()> {
     match o {
         Overlay::Outage { name, stop, .. } => {
             anyhow::ensure!(
-                PARTICIPANTS.contains(&name.as_str()),
+                PARTICIPANTS
+                    .iter()
+                    .chain(&TRIP_PARTICIPANTS)
+                    .any(|p| p == name),
                 "outage of {name}: participants only"
             );
             if *stop {

@@ -1,15 +1,35 @@
-//! Placing many orders while orchestrators come and go: each order is
-//! retried (same idempotency key, so at most one saga per order) against
-//! the next orchestrator until one accepts it.
+//! Placing many sagas while orchestrators come and go: each one is retried
+//! (same idempotency key, so at most one saga per request) against the
+//! next orchestrator until one accepts it. Orders go through `PlaceOrder`,
+//! other saga types (a trip) through `StartSaga`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sagaflow_protos::orchestrator::v1::PlaceOrderRequest;
+use sagaflow_protos::orchestrator::v1::{PlaceOrderRequest, StartSagaRequest};
 use tokio::sync::Semaphore;
 
 use crate::clients::Client;
 use crate::orders::Expect;
+
+/// A saga to start: an order, or a saga of any type by its input.
+#[derive(Debug, Clone)]
+pub enum Start {
+    Order(PlaceOrderRequest),
+    Saga(StartSagaRequest),
+}
+
+impl From<PlaceOrderRequest> for Start {
+    fn from(r: PlaceOrderRequest) -> Self {
+        Start::Order(r)
+    }
+}
+
+impl From<StartSagaRequest> for Start {
+    fn from(r: StartSagaRequest) -> Self {
+        Start::Saga(r)
+    }
+}
 
 /// One accepted order.
 #[derive(Debug, Clone)]
@@ -46,14 +66,14 @@ impl Default for Pace {
     }
 }
 
-/// Place `orders` through `clients`, one per orchestrator, lazily
-/// connected (`System::orchestrator_clients`: an orchestrator that is down
+/// Start `orders` (orders or other sagas, [`Start`]) through `clients`,
+/// one per orchestrator, lazily connected (`System::orchestrator_clients`: an orchestrator that is down
 /// now is retried later). Order `i` starts with client `i % clients.len()`
 /// and moves to the next one after a failed call. Returns the accepted
 /// orders in batch order.
-pub async fn place_all(
+pub async fn place_all<R: Into<Start>>(
     clients: &[Client],
-    orders: Vec<(PlaceOrderRequest, Expect)>,
+    orders: Vec<(R, Expect)>,
     pace: Pace,
 ) -> anyhow::Result<Vec<Placed>> {
     anyhow::ensure!(!clients.is_empty(), "no orchestrator to place orders with");
@@ -72,6 +92,7 @@ pub async fn place_all(
         let permit = permits.clone().acquire_owned().await?;
         let clients = clients.clone();
         let pace = pace.clone();
+        let req = req.into();
         tasks.spawn(async move {
             let placed = place_one(&clients, index, req, expect, &pace).await;
             drop(permit);
@@ -89,7 +110,7 @@ pub async fn place_all(
 async fn place_one(
     clients: &[Client],
     index: usize,
-    req: PlaceOrderRequest,
+    req: Start,
     expect: Expect,
     pace: &Pace,
 ) -> anyhow::Result<Placed> {
@@ -98,31 +119,42 @@ async fn place_one(
     loop {
         let mut client = clients[(index + calls as usize) % clients.len()].clone();
         calls += 1;
-        let last =
-            match tokio::time::timeout(pace.call_timeout, client.place_order(req.clone())).await {
-                Ok(Ok(resp)) => {
-                    let saga_id = uuid::Uuid::parse_str(&resp.into_inner().saga_id)?;
-                    return Ok(Placed {
-                        index,
-                        saga_id,
-                        expect,
-                        calls,
-                    });
-                }
-                // Bad input, or a token refused, will not get better.
-                Ok(Err(s))
-                    if matches!(
-                        s.code(),
-                        tonic::Code::InvalidArgument
-                            | tonic::Code::Unauthenticated
-                            | tonic::Code::PermissionDenied
-                    ) =>
-                {
-                    anyhow::bail!("order {index} refused: {s}")
-                }
-                Ok(Err(s)) => format!("{}: {}", s.code(), s.message()),
-                Err(_) => format!("no answer within {:?}", pace.call_timeout),
-            };
+        let call = async {
+            match &req {
+                Start::Order(r) => client
+                    .place_order(r.clone())
+                    .await
+                    .map(|r| r.into_inner().saga_id),
+                Start::Saga(r) => client
+                    .start_saga(r.clone())
+                    .await
+                    .map(|r| r.into_inner().saga_id),
+            }
+        };
+        let last = match tokio::time::timeout(pace.call_timeout, call).await {
+            Ok(Ok(saga_id)) => {
+                let saga_id = uuid::Uuid::parse_str(&saga_id)?;
+                return Ok(Placed {
+                    index,
+                    saga_id,
+                    expect,
+                    calls,
+                });
+            }
+            // Bad input, or a token refused, will not get better.
+            Ok(Err(s))
+                if matches!(
+                    s.code(),
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                ) =>
+            {
+                anyhow::bail!("order {index} refused: {s}")
+            }
+            Ok(Err(s)) => format!("{}: {}", s.code(), s.message()),
+            Err(_) => format!("no answer within {:?}", pace.call_timeout),
+        };
         if start.elapsed() > pace.give_up_after {
             anyhow::bail!("order {index} not accepted after {calls} calls: {last}");
         }

@@ -98,9 +98,10 @@ pub const TRIP_PARTICIPANTS: [&str; 4] = ["flight", "hotel", "car", "trip"];
 pub struct Options {
     /// Extra environment for every process.
     pub env: Vec<(String, String)>,
-    /// Step policies for the order saga (shorter deadlines, more
-    /// attempts): written as a definitions directory in the log directory,
-    /// which the orchestrators read. Empty: the shipped definition.
+    /// Step policies for the order saga, and for the trip saga when
+    /// [`trip`](Self::trip) is set (shorter deadlines, more attempts):
+    /// written as a definitions directory in the log directory, which the
+    /// orchestrators read. Empty: the shipped definitions.
     pub policies: Policies,
     /// Use the default database names (kept) instead of fresh ones.
     pub default_databases: bool,
@@ -263,10 +264,12 @@ impl System {
             let dir = log_dir.join("definitions");
             options.policies.write(&dir)?;
             if options.trip {
-                std::fs::write(
-                    dir.join("trip.v1.yaml"),
-                    sagaflow_participants::trip::DEFINITION,
-                )?;
+                let trip = sagaflow_participants::trip::DEFINITION;
+                let trip = match options.policies.is_empty() {
+                    true => trip.to_owned(),
+                    false => options.policies.apply(trip)?,
+                };
+                std::fs::write(dir.join("trip.v1.yaml"), trip)?;
             }
             env.push((
                 "SAGAFLOW_DEFINITIONS_DIR".to_owned(),

@@ -85,7 +85,7 @@ pub async fn check_all(system: &System) -> anyhow::Result<Report> {
     let orchestrator = db::connect(&system.dbs.orchestrator).await?;
     let sagas: Vec<Saga> = orchestrator
         .query(
-            "SELECT saga_id, status FROM sagas WHERE saga_type = 'trip'",
+            "SELECT saga_id, status, input FROM sagas WHERE saga_type = 'trip'",
             &[],
         )
         .await?
@@ -101,6 +101,8 @@ pub async fn check_all(system: &System) -> anyhow::Result<Report> {
                 saga_id: id.to_string(),
                 saga_type: "trip".into(),
                 state: state as i32,
+                // Stored as canonical JSON text.
+                input_json: String::from_utf8_lossy(row.get::<_, &[u8]>(2)).into_owned(),
                 ..Saga::default()
             }
         })
@@ -111,7 +113,8 @@ pub async fn check_all(system: &System) -> anyhow::Result<Report> {
 /// Check each ended trip saga in `sagas` (others are skipped) against the
 /// participants' tables, and each resource's count:
 /// - a completed trip holds its seat, room and car (`RESERVED`), is charged
-///   once, has its itinerary naming those units, and one notice at least;
+///   once the amount its input names (`input_json`), has its itinerary
+///   naming those units, and one notice at least;
 /// - a compensated trip holds none of them, is not charged, and has no
 ///   itinerary and no notice;
 /// - per flight, hotel and car location, units taken equal reservations
@@ -148,7 +151,9 @@ pub async fn check(system: &System, sagas: &[Saga]) -> anyhow::Result<Report> {
         let holds: Vec<Option<&(String, Option<String>)>> = ["flight", "hotel", "car"]
             .map(|n| held[n].get(&id))
             .to_vec();
-        let charged: Option<(String, i64)> = payment
+        // A refund that came before its charge left a tombstone (VOIDED,
+        // no amount).
+        let charged: Option<(String, Option<i64>)> = payment
             .query_opt(
                 "SELECT status, amount_cents FROM payments WHERE saga_id = $1",
                 &[&id],
@@ -179,8 +184,14 @@ pub async fn check(system: &System, sagas: &[Saga]) -> anyhow::Result<Report> {
                 if units.iter().any(Option::is_none) {
                     wrong(format!("completed but holds {holds:?}"));
                 }
-                if charged.as_ref().map(|c| c.0.as_str()) != Some("CHARGED") {
-                    wrong(format!("completed but its payment is {charged:?}"));
+                let price: Option<i64> =
+                    serde_json::from_str::<serde_json::Value>(&saga.input_json)
+                        .ok()
+                        .and_then(|input| input["amount_cents"].as_i64());
+                if charged != Some(("CHARGED".to_owned(), price)) || price.is_none() {
+                    wrong(format!(
+                        "completed but its payment is {charged:?}, not CHARGED {price:?} as its input says"
+                    ));
                 }
                 match &itinerary {
                     Some((seat, room, car))

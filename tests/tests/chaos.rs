@@ -2,18 +2,23 @@
 //! SIGKILLed, stopped and restarted under them, and while a participant
 //! refuses to undo for a while.
 //!
-//! `sagas_survive_a_seeded_fault_schedule` places at least 1,000 mixed
-//! orders at a steady rate under a seeded schedule:
+//! `sagas_survive_a_seeded_fault_schedule` starts at least 1,000 sagas of
+//! both types at a steady rate, every fifth a trip (mixed orders and mixed
+//! trips: full flights, customers who cannot pay, travellers refused at
+//! the pivot), under a seeded schedule:
 //!
 //! - sequential faults: SIGKILL and restart the orchestrator, the relay,
-//!   each participant and the Pub/Sub emulator (which loses every topic,
-//!   subscription and unacked message), one at a time, down up to 3 s;
-//! - overlapping them, each participant unreachable for longer than an
-//!   action's attempt budget (3 attempts of 2 s here): SIGKILLed and kept
-//!   down, or SIGSTOPped; two of them at once. In-flight actions are given
-//!   up on (outcome UNKNOWN) and compensated; compensations that reach a
-//!   participant before their actions leave tombstones; the pivot is
-//!   re-sent past its attempts;
+//!   each participant (the trip saga's four too) and the Pub/Sub emulator
+//!   (which loses every topic, subscription and unacked message), one at a
+//!   time, down up to 3 s;
+//! - overlapping them, the order saga's participants and the flight
+//!   participant (a member of the trip's parallel group) unreachable for
+//!   longer than an action's attempt budget (3 attempts of 2 s here, for
+//!   both saga types): SIGKILLed and kept down, or SIGSTOPped; two of them
+//!   at once. In-flight actions are given up on (outcome UNKNOWN) and
+//!   compensated, a trip's siblings still deciding included; compensations
+//!   that reach a participant before their actions leave tombstones; the
+//!   pivot is re-sent past its attempts;
 //! - the payment participant refusing the refunds of `cust-alice` for a
 //!   while (the customer's refunds held): the sagas that must refund her
 //!   pause in COMPENSATION_FAILED; when the hold is lifted, and again at the
@@ -28,10 +33,13 @@
 //! (none may stay paused), every saga whose history shows no fault path
 //! must end exactly as a clean run ends it (the others are counted), the
 //! per-saga reconciliation and books must find no saga wrong, the business
-//! invariants must hold, and no process may have died by itself. It ends
-//! with one line:
+//! invariants must hold (for each trip: a completed one holds its seat,
+//! room and car, is charged once and has its itinerary; a compensated one
+//! holds and is charged nothing; per flight, hotel and car location, units
+//! taken equal reservations held), and no process may have died by
+//! itself. It ends with one line:
 //!
-//! `chaos: seed=S sagas=N terminal=N lost=N double_applied=N faults=N invariants=ok|FAILED settle_s=X unknown=N tombstones=N paused=N retried=N`
+//! `chaos: seed=S sagas=N trips=N terminal=N lost=N double_applied=N faults=N invariants=ok|FAILED settle_s=X unknown=N tombstones=N paused=N retried=N`
 //!
 //! In the default form (none of the variables below set) unknown,
 //! tombstones, paused and retried must each be above 0: the paths are
@@ -61,9 +69,9 @@ use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::duplicator::{self, Duplicator};
 use sagaflow_tests::faults::{self, OverlayTiming, Plan, Target, Timing};
 use sagaflow_tests::orders::{Expect, mixed};
-use sagaflow_tests::placer::{Pace, place_all};
-use sagaflow_tests::system::{Options, PARTICIPANTS, System};
-use sagaflow_tests::{injector, invariants, outcomes, paused, wait_for};
+use sagaflow_tests::placer::{Pace, Start, place_all};
+use sagaflow_tests::system::{Options, PARTICIPANTS, System, TRIP_PARTICIPANTS};
+use sagaflow_tests::{injector, invariants, outcomes, paused, trips, wait_for};
 
 /// The schedule test's step policies. Actions: 3 attempts of 2 s, so an
 /// outage of a participant longer than 6 s makes in-flight actions UNKNOWN.
@@ -209,6 +217,7 @@ async fn sagas_survive_a_seeded_fault_schedule() -> anyhow::Result<()> {
         Options {
             env: chaos_env(),
             policies: chaos_policies(),
+            trip: true,
             ..Options::default()
         },
     )
@@ -225,11 +234,25 @@ async fn sagas_survive_a_seeded_fault_schedule() -> anyhow::Result<()> {
     )
     .await?;
 
-    let orders: Vec<_> = (0..sagas).map(mixed).collect();
+    // Every fifth saga a trip.
+    let is_trip = |i: usize| i % 5 == 4;
+    let orders: Vec<(Start, Expect)> = (0..sagas)
+        .map(|i| match is_trip(i) {
+            true => {
+                let (req, expect) = trips::mixed("chaos", i / 5);
+                (req.into(), expect)
+            }
+            false => {
+                let (req, expect) = mixed(i);
+                (req.into(), expect)
+            }
+        })
+        .collect();
     let clients = sys.orchestrator_clients()?;
     let mut targets: Vec<Target> = ["orchestrator-0", "relay"]
         .into_iter()
         .chain(PARTICIPANTS)
+        .chain(TRIP_PARTICIPANTS)
         .map(|n| Target::Process(n.to_owned()))
         .collect();
     targets.push(Target::Emulator);
@@ -238,7 +261,7 @@ async fn sagas_survive_a_seeded_fault_schedule() -> anyhow::Result<()> {
     let window = duration.unwrap_or(Duration::from_secs_f64(sagas as f64 / rate));
     let overlays = faults::overlays(
         seed,
-        &PARTICIPANTS,
+        &["order", "payment", "inventory", "flight"],
         "cust-alice",
         OverlayTiming {
             window,
@@ -373,9 +396,11 @@ async fn sagas_survive_a_seeded_fault_schedule() -> anyhow::Result<()> {
         audit.tombstones,
         audit.sagas_with("compensation_failed"),
     );
+    let trips_placed = placed.iter().filter(|p| is_trip(p.index)).count();
     println!(
-        "chaos: seed={seed} sagas={} terminal={terminal} lost={lost} double_applied={} faults={} invariants={} settle_s={:.1} unknown={unknown} tombstones={tombstones} paused={paused} retried={retried}",
+        "chaos: seed={seed} sagas={} trips={} terminal={terminal} lost={lost} double_applied={} faults={} invariants={} settle_s={:.1} unknown={unknown} tombstones={tombstones} paused={paused} retried={retried}",
         ids.len(),
+        checks.trips,
         checks.double_applied(),
         report.done.len(),
         checks.invariants_word(),
@@ -388,6 +413,7 @@ async fn sagas_survive_a_seeded_fault_schedule() -> anyhow::Result<()> {
     assert!(outcomes.wrong.is_empty(), "{:?}", outcomes.wrong);
     assert!(unexpected_exits.is_empty(), "{unexpected_exits:?}");
     assert!(ids.len() >= sagas, "placed {} of {sagas}", ids.len());
+    assert_eq!(checks.trips, trips_placed, "every trip checked per saga");
     if default_form {
         assert!(unknown > 0, "no action was given up on (UNKNOWN)");
         assert!(tombstones > 0, "no compensation overtook its action");
