@@ -33,9 +33,38 @@ export function isFinished(state: SagaState): boolean {
   return state === SagaState.COMPLETED || state === SagaState.COMPENSATED;
 }
 
+/** The fields of a saga's input the list shows, whatever its type. */
+interface ListedInput {
+  customerId?: string;
+  amountCents?: bigint;
+  currency?: string;
+}
+
+/**
+ * The customer and amount of a saga: an order's, or for another type the
+ * `customer_id`, `amount_cents` and `currency` of its JSON input when it has
+ * them (a trip does). Anything else in the input is left to the saga page.
+ */
+export function listedInput(saga: { order?: OrderInput; inputJson: string }): ListedInput {
+  if (saga.order) return saga.order;
+  if (!saga.inputJson) return {};
+  try {
+    const input: unknown = JSON.parse(saga.inputJson);
+    if (typeof input !== "object" || input === null) return {};
+    const { customer_id, amount_cents, currency } = input as Record<string, unknown>;
+    return {
+      customerId: typeof customer_id === "string" ? customer_id : undefined,
+      amountCents: Number.isSafeInteger(amount_cents) ? BigInt(amount_cents as number) : undefined,
+      currency: typeof currency === "string" ? currency : undefined,
+    };
+  } catch {
+    return {};
+  }
+}
+
 /** "EUR 12.50": amount_cents is in hundredths of the currency, as everywhere in Sagaflow. */
-export function formatMoney(order: OrderInput | undefined): string {
-  if (!order) return "";
+export function formatMoney(order: ListedInput | undefined): string {
+  if (!order || order.amountCents === undefined) return "";
   const cents = order.amountCents;
   const negative = cents < 0n;
   const abs = negative ? -cents : cents;

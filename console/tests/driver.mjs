@@ -98,7 +98,18 @@ function observerScript() {
       connectionLabel: document.querySelector('[data-testid="connection"]')?.textContent?.trim() ?? null,
       sagaState: attr(document.querySelector('[data-testid="saga-state"]'), "data-state"),
       steps: all('[data-testid="step"]').map((el) => [attr(el, "data-name"), attr(el, "data-status")]),
-      rows: all('[data-testid="saga-row"]').map((el) => [attr(el, "data-saga-id"), attr(el, "data-state")]),
+      // The step names of each stage, in order: a parallel group's share one.
+      stages: all('[data-testid="stage"]').map((st) =>
+        Array.from(st.querySelectorAll('[data-testid="step"]')).map((el) => attr(el, "data-name")),
+      ),
+      // [id, state, saga type, customer cell, amount cell]
+      rows: all('[data-testid="saga-row"]').map((el) => [
+        attr(el, "data-saga-id"),
+        attr(el, "data-state"),
+        attr(el, "data-saga-type"),
+        el.cells[2]?.textContent?.trim() ?? "",
+        el.cells[3]?.textContent?.trim() ?? "",
+      ]),
       counts: Object.fromEntries(
         all('[data-testid^="count-"]').map((el) => [attr(el, "data-testid").slice(6), el.textContent.trim()]),
       ),
@@ -219,7 +230,7 @@ async function screenshot(page, label) {
   if (!screenshotDir) return;
   mkdirSync(screenshotDir, { recursive: true });
   await new Promise((r) => setTimeout(r, 600)); // let colour transitions settle
-  const path = join(screenshotDir, `${scenario}-${label}.png`);
+  const path = join(screenshotDir, `${process.env.SCREENSHOT_PREFIX || scenario}-${label}.png`);
   await page.screenshot({ path, fullPage: true });
   emit("screenshot", { path });
 }
@@ -249,7 +260,12 @@ async function openSaga(page, id) {
   await page.goto(sagaUrl(id));
   const s = await waitFor(`the saga page of ${id}`, (s) => (s.sagaState || s.sagaError ? s : null));
   if (s.sagaError) throw new Error(`saga page: ${s.sagaError.text}`);
-  emit("saga-open", { id, state: s.sagaState, steps: s.steps.map(([name, status]) => ({ name, status })) });
+  emit("saga-open", {
+    id,
+    state: s.sagaState,
+    steps: s.steps.map(([name, status]) => ({ name, status })),
+    stages: s.stages,
+  });
   return s;
 }
 
@@ -262,6 +278,7 @@ async function sagaFinal(page, id, wanted) {
     id,
     state: s.sagaState,
     steps: s.steps.map(([name, status]) => ({ name, status })),
+    stages: s.stages,
     ...summary,
   });
   await screenshot(page, "final");
@@ -330,10 +347,10 @@ const run = {
     }
     const done = new Set();
     await waitFor(`${wanted.size} sagas in ${final.join("|")}`, (s) => {
-      for (const [id, state] of s.rows) {
+      for (const [id, state, type, customer, amount] of s.rows) {
         if (wanted.has(id) && !done.has(id) && final.includes(state)) {
           done.add(id);
-          emit("saga-final", { id, state });
+          emit("saga-final", { id, state, type, customer, amount });
         }
       }
       return done.size === wanted.size ? s : null;

@@ -147,6 +147,7 @@ pub(crate) fn saga_of(row: &tokio_postgres::Row) -> pb::Saga {
                     compensation_generation: s.compensation_generation,
                     action_generation: s.action_generation,
                     output_json: s.output.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+                    group: sd.and_then(|d| d.group.clone()).unwrap_or_default(),
                 }
             })
             .collect();

@@ -3,12 +3,16 @@
 //! gRPC-Web (TLS, tokens) on its gRPC port; `console/tests/driver.mjs` drives
 //! the page and reports what it shows, one JSON line per observation.
 //!
-//! One system, four scenarios in turn:
-//! - list: the list is open before the orders are placed; every saga
-//!   appears and reaches its final state without a reload, and the counts
-//!   by state end as the database has them;
+//! One system running both saga types, five scenarios in turn:
+//! - list: the list is open before the orders and trips are started; every
+//!   saga appears and reaches its final state without a reload, with its
+//!   type, customer and amount (a trip's from its input), and the counts by
+//!   state end as the database has them;
 //! - saga: a saga stalled at process_payment is opened; once payment is back
 //!   its steps turn green on the open page;
+//! - trip: a trip stalled in its parallel group (the hotel down) is opened;
+//!   the three reservations share one stage, and once the hotel is back the
+//!   rest turn green on the open page;
 //! - restart: the orchestrator is killed and started again under an open
 //!   saga page; the page reconnects, resumes after the last seq it shows and
 //!   shows every history entry exactly once;
@@ -28,7 +32,7 @@ use sagaflow_protos::orchestrator::v1::{GetSagaRequest, Saga, SagaState};
 use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::orders::{mixed, order};
 use sagaflow_tests::system::{Client, Options, System};
-use sagaflow_tests::{wait_for, wait_for_port};
+use sagaflow_tests::{trips, wait_for, wait_for_port};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -91,8 +95,6 @@ async fn build_console(out: &Path) -> anyhow::Result<()> {
 
 /// Shortened deadlines and attempts (as in operator.rs): a refund that
 /// cannot be delivered pauses its saga after three sends.
-/// Shortened deadlines and attempts (as in operator.rs): a refund that
-/// cannot be delivered pauses its saga after three sends.
 fn policies() -> Policies {
     Policies::one_second(3)
 }
@@ -118,6 +120,17 @@ struct Driver {
 
 impl Driver {
     fn start(sys: &System, url: &str, scenario: &str, ids: &str) -> anyhow::Result<Driver> {
+        Driver::start_as(sys, url, scenario, ids, scenario)
+    }
+
+    /// [`start`](Self::start), its screenshots named `<shots>-<label>.png`.
+    fn start_as(
+        sys: &System,
+        url: &str,
+        scenario: &str,
+        ids: &str,
+        shots: &str,
+    ) -> anyhow::Result<Driver> {
         let src = console_src();
         let mut cmd = Command::new("node");
         cmd.arg(src.join("tests/driver.mjs"))
@@ -127,6 +140,7 @@ impl Driver {
             .env("IGNORE_HTTPS_ERRORS", "1")
             .env("TIMEOUT_MS", "90000")
             .env("SCREENSHOT_DIR", sys.log_dir.join("screenshots"))
+            .env("SCREENSHOT_PREFIX", shots)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -283,6 +297,7 @@ async fn the_console_shows_sagas_live_in_a_browser() -> anyhow::Result<()> {
         Options {
             env: env(&dist),
             policies: policies(),
+            trip: true,
             ..Options::default()
         },
     )
@@ -300,6 +315,13 @@ async fn the_console_shows_sagas_live_in_a_browser() -> anyhow::Result<()> {
         let (req, _) = mixed(i);
         ids.push(client.clone().place_order(req).await?.into_inner().saga_id);
     }
+    // Three trips among them: two go through, one finds its flight full.
+    let mut trip_ids = Vec::new();
+    for i in 0..3 {
+        let (req, _) = trips::mixed("console", i);
+        trip_ids.push(client.clone().start_saga(req).await?.into_inner().saga_id);
+    }
+    ids.extend(trip_ids.iter().cloned());
     d.say(&ids.join(",")).await?;
     let got = d.finish().await?;
     let said = events(&got, "ids");
@@ -311,17 +333,37 @@ async fn the_console_shows_sagas_live_in_a_browser() -> anyhow::Result<()> {
     );
     let done = sys.wait_terminal(&ids, SETTLE).await?;
     for saga in &done {
-        let shown = events(&got, "saga-final")
+        let row = events(&got, "saga-final")
             .into_iter()
             .find(|e| e["id"] == saga.saga_id.as_str())
-            .map(|e| e["state"].clone());
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(
-            shown,
-            Some(Value::from(short_name(saga.state))),
-            "saga {} in the list",
+            row["state"],
+            Value::from(short_name(saga.state)),
+            "saga {} in the list: {row}",
             saga.saga_id
         );
+        assert_eq!(row["type"], saga.saga_type.as_str(), "{row}");
+        if trip_ids.contains(&saga.saga_id) {
+            // Read from the trip's input: the first three of
+            // trips::mixed charge cust-alice the trip price.
+            assert_eq!(row["customer"], "cust-alice", "a trip's customer: {row}");
+            assert_eq!(row["amount"], "EUR 250.00", "a trip's amount: {row}");
+        } else {
+            assert!(
+                row["customer"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("cust-")),
+                "an order's customer in the list: {row}"
+            );
+        }
     }
+    let trips_shown = events(&got, "saga-final")
+        .iter()
+        .filter(|e| e["type"] == "trip")
+        .count();
+    assert_eq!(trips_shown, trip_ids.len());
     assert_eq!(events(&got, "no-reload")[0]["documents"], 1);
     let counts = &events(&got, "counts")[0]["counts"];
     let stored = sys.count_by_state().await?;
@@ -361,6 +403,60 @@ async fn the_console_shows_sagas_live_in_a_browser() -> anyhow::Result<()> {
     assert_eq!(fin["state"], "COMPLETED");
     assert_eq!(shown_seqs(fin), stored_seqs(&get(&client, &id).await?));
     println!("console: saga ok: {turned:?} turned green live");
+
+    // ---- trip: a parallel group is one stage, and it turns green live.
+    sys.kill("hotel");
+    let id = client
+        .clone()
+        .start_saga(trips::mixed("console-open", 0).0)
+        .await?
+        .into_inner()
+        .saga_id;
+    wait_saga(
+        &client,
+        &id,
+        "flight and car reserved, the hotel not",
+        |s| {
+            step_is(s, "reserve_flight", "SUCCEEDED")
+                && step_is(s, "reserve_car", "SUCCEEDED")
+                && step_is(s, "reserve_hotel", "PENDING")
+        },
+    )
+    .await?;
+    let mut d = Driver::start_as(&sys, &url, "saga", &id, "trip")?;
+    let opened = d.until("saga-open").await?;
+    let stages = |e: &Value| -> Vec<Vec<String>> {
+        serde_json::from_value(e["stages"].clone()).unwrap_or_default()
+    };
+    let trip_stages = vec![
+        vec!["reserve_flight", "reserve_hotel", "reserve_car"],
+        vec!["charge"],
+        vec!["confirm_trip"],
+        vec!["notify"],
+    ];
+    assert_eq!(stages(&opened), trip_stages, "the trip's stages: {opened}");
+    sys.restart("hotel").await?;
+    let got = d.finish().await?;
+    let opened_at = got
+        .iter()
+        .position(|e| e["event"] == "saga-open")
+        .unwrap_or(0);
+    let turned: Vec<&str> = got[opened_at..]
+        .iter()
+        .filter(|e| e["event"] == "step" && e["status"] == "SUCCEEDED")
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for step in ["reserve_hotel", "charge", "confirm_trip", "notify"] {
+        assert!(
+            turned.contains(&step),
+            "{step} should turn green while the page is open: {turned:?}"
+        );
+    }
+    let fin = events(&got, "saga-final")[0];
+    assert_eq!(fin["state"], "COMPLETED");
+    assert_eq!(stages(fin), trip_stages);
+    assert_eq!(shown_seqs(fin), stored_seqs(&get(&client, &id).await?));
+    println!("console: trip ok: the group is one stage; {turned:?} turned green live");
 
     // ---- restart: the page comes back and shows each entry once.
     let id = place_stalled(&mut sys, &client, "sku-widget").await?;

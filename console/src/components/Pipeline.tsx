@@ -1,11 +1,25 @@
 import type { StepStatus } from "../gen/sagaflow/orchestrator/v1/orchestrator_pb";
 
+/** Steps run one after another; a parallel group's steps share one stage. */
+export interface Stage {
+  /** The parallel group's name; empty for a step that runs on its own. */
+  group: string;
+  steps: StepStatus[];
+}
+
 /**
- * The steps as stages run one after another. Every step is its own stage
- * today; steps that run in parallel will share a stage (side by side).
+ * The steps as stages run one after another: the consecutive steps of one
+ * parallel group (the definition's `group`) share a stage, stacked; every
+ * other step is a stage of its own.
  */
-export function stagesOf(steps: readonly StepStatus[]): StepStatus[][] {
-  return [...steps].sort((a, b) => a.index - b.index).map((s) => [s]);
+export function stagesOf(steps: readonly StepStatus[]): Stage[] {
+  const stages: Stage[] = [];
+  for (const step of [...steps].sort((a, b) => a.index - b.index)) {
+    const last = stages[stages.length - 1];
+    if (step.group && last && last.group === step.group) last.steps.push(step);
+    else stages.push({ group: step.group, steps: [step] });
+  }
+  return stages;
 }
 
 const COMPENSATION_STATUSES = new Set(["COMPENSATING", "COMPENSATED", "NOT_COMPENSATED", "COMPENSATION_FAILED"]);
@@ -60,8 +74,19 @@ export function Pipeline(props: { steps: readonly StepStatus[]; failedStep: stri
   return (
     <ol class="pipeline" aria-label="Steps">
       {stages.map((stage, i) => (
-        <li key={i} class={`stage ${stage.length > 1 ? "parallel" : ""}`}>
-          {stage.map((step) => (
+        <li
+          key={i}
+          class={`stage ${stage.steps.length > 1 ? "parallel" : ""}`}
+          data-testid="stage"
+          data-group={stage.group}
+          aria-label={stage.group ? `Run at once (group ${stage.group})` : undefined}
+        >
+          {stage.group && (
+            <p class="stage-label" title="These steps run at once">
+              at once · {stage.group}
+            </p>
+          )}
+          {stage.steps.map((step) => (
             <StepCard key={step.index} step={step} failed={step.name === props.failedStep} />
           ))}
         </li>

@@ -2,7 +2,7 @@ import { Code } from "@connectrpc/connect";
 import { useEffect, useRef, useState } from "preact/hooks";
 import type { CallError, SagaClient } from "../api";
 import { setLink } from "../connection";
-import { formatMoney, formatTime, SAGA_STATES, shortId, stateLabel, stateName } from "../format";
+import { formatMoney, formatTime, listedInput, SAGA_STATES, shortId, stateLabel, stateName } from "../format";
 import type { SagaState, WatchSagasResponse } from "../gen/sagaflow/orchestrator/v1/orchestrator_pb";
 import { applyListMessage, emptyList, type ListView } from "../model";
 import { listHref, sagaHref } from "../route";
@@ -128,6 +128,7 @@ export function SagaList(props: {
                 class={knownIds.current && !knownIds.current.has(s.sagaId) ? "fresh" : ""}
                 data-testid="saga-row"
                 data-saga-id={s.sagaId}
+                data-saga-type={s.sagaType}
                 data-state={stateName(s.state)}
                 onClick={(e) => {
                   if (!(e.target instanceof HTMLAnchorElement)) location.hash = sagaHref(s.sagaId);
@@ -139,8 +140,8 @@ export function SagaList(props: {
                   </a>
                 </td>
                 <td>{s.sagaType}</td>
-                <td>{s.order?.customerId ?? ""}</td>
-                <td class="num">{formatMoney(s.order)}</td>
+                <td>{listedInput(s).customerId ?? ""}</td>
+                <td class="num">{formatMoney(listedInput(s))}</td>
                 <td>
                   <StateBadge state={s.state} />
                 </td>
