@@ -4,14 +4,15 @@
 # manifests (deploy/k8s) pick the binary with their command:
 #
 #   sagaflow-orchestrator
-#   sagaflow-participant order|payment|inventory
+#   sagaflow-participant order|payment|inventory|flight|hotel|car|trip
 #   sagaflow-outbox-relay
 #   sagaflow ...                      (docs/cli.md)
 #
 #   docker build -t sagaflow:local .
 #
 # tests/tests/deploy.rs checks this file against the code: the packages and
-# binaries named here, the user, the console's path.
+# binaries named here, the user, the console's path, the saga definitions
+# and the ports.
 
 # The web console: the TypeScript client is generated from the protos.
 FROM node:20-bookworm AS console
@@ -50,9 +51,20 @@ RUN apt-get update \
 COPY --from=build /out/ /usr/local/bin/
 COPY --from=console /src/console/dist /usr/share/sagaflow/console
 ENV SAGAFLOW_CONSOLE_DIR=/usr/share/sagaflow/console
+# The saga definitions shipped with the code, for SAGAFLOW_DEFINITIONS_DIR:
+# the trip saga, which exists only as a file, and the order saga, which the
+# directory must hold too (when set, it replaces the built-in order saga).
+# The variable is left unset here: an orchestrator pointed at this
+# directory refuses to start until every participant the files name has a
+# URL, so the deployments that run the trip participants set it.
+COPY orchestrator/definitions/order.v1.yaml participants/src/trip/trip.v1.yaml \
+     /usr/share/sagaflow/definitions/
 # Numeric, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
 USER 10001:10001
-# gRPC: orchestrator 50051, participants 50061-50063. HTTP (health, metrics;
-# the orchestrator's also serves the console): 8080-8084.
-EXPOSE 50051 50061 50062 50063 8080 8081 8082 8083 8084
+# The binaries' default ports. gRPC: orchestrator 50051, participants
+# 50061-50067 (order, payment, inventory, flight, hotel, car, trip). HTTP
+# (health, metrics; the orchestrator's also serves the console): 8080, the
+# participants 8081-8087, the relay 8084 (flight's too: each container runs
+# one binary).
+EXPOSE 50051 50061 50062 50063 50064 50065 50066 50067 8080 8081 8082 8083 8084 8085 8086 8087
 CMD ["sagaflow-orchestrator"]

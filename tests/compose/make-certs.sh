@@ -9,7 +9,9 @@
 # EXTRA_SAN (e.g. DNS:my-host or IP:10.0.0.5) is added to every server
 # certificate. Made in DIR:
 #   ca.crt ca.key                     the CA (keep ca.key private)
-#   order.crt payment.crt inventory.crt (+ .key)   participants' server certificates
+#   order.crt payment.crt inventory.crt flight.crt hotel.crt car.crt trip.crt
+#                          (+ .key)   participants' server certificates,
+#                                     DNS:NAME, DNS:sagaflow-NAME, localhost
 #   orchestrator-api.crt (+ .key)     the orchestrator's API certificate
 #   orchestrator-client.crt (+ .key)  the orchestrator's client certificate,
 #                                     DNS:sagaflow-orchestrator (the pinned identity)
@@ -41,7 +43,7 @@ issue() {
   rm -f "$1.csr" "$1.ext"
 }
 
-for p in order payment inventory; do
+for p in order payment inventory flight hotel car trip; do
   issue "$p" "DNS:$p,DNS:sagaflow-$p,DNS:localhost,IP:127.0.0.1$extra"
 done
 issue orchestrator-api "DNS:orchestrator,DNS:localhost,IP:127.0.0.1$extra"

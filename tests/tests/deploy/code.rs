@@ -1,7 +1,8 @@
 //! What the code says, for the deployment files to be checked against: the
 //! service binaries with their arguments and variables, the cargo `[[bin]]`
-//! targets, the HTTP paths the binaries serve, the shutdown bound, and the
-//! certificates `tests/compose/make-certs.sh` makes.
+//! targets, the HTTP paths the binaries serve, the shutdown bound, the
+//! participants the orchestrator reaches and the saga definitions the code
+//! ships, and the certificates `tests/compose/make-certs.sh` makes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,12 +30,32 @@ pub const SHUTDOWN_BOUND: Duration = sagaflow_common::pubsub::SHUTDOWN_GRACE;
 pub struct Binary {
     /// The binary's name, as installed in the image.
     pub name: String,
-    /// Every variable this command reads.
+    /// Every variable this command reads; a name with `<KEY>` in it stands
+    /// for a family (`SAGAFLOW_PARTICIPANT_<KEY>_URL`).
     pub vars: BTreeSet<&'static str>,
     /// The variable naming its HTTP address (health, readiness, metrics).
     pub http_var: String,
     /// The variable naming its gRPC address, when it serves gRPC.
     pub grpc_var: Option<String>,
+}
+
+impl Binary {
+    /// Whether this command reads `var`: one of its names, or one of a
+    /// family's (`<KEY>` standing for upper-case letters, digits and `_`).
+    pub fn reads(&self, var: &str) -> bool {
+        self.vars.iter().any(|name| match name.split_once("<KEY>") {
+            None => *name == var,
+            Some((prefix, suffix)) => var
+                .strip_prefix(prefix)
+                .and_then(|v| v.strip_suffix(suffix))
+                .is_some_and(|key| {
+                    !key.is_empty()
+                        && key
+                            .chars()
+                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                }),
+        })
+    }
 }
 
 /// The service binary `command` runs, or why it is none: a binary with
@@ -90,6 +111,78 @@ pub fn binary(command: &[String]) -> Result<Binary, String> {
              sagaflow-outbox-relay)"
         )),
     }
+}
+
+/// The participants an orchestrator with environment `env` reaches, as
+/// its configuration reads them: key → (the variable, the URL). A key's
+/// variable is `SAGAFLOW_PARTICIPANT_<KEY>_URL`, or the alias the
+/// orchestrator documents for it (`SAGAFLOW_ORDER_URL`). The orchestrator's
+/// own fallbacks (127.0.0.1) are left out: no deployment runs a participant
+/// in the orchestrator's container.
+pub fn participant_urls(env: &BTreeMap<String, String>) -> BTreeMap<String, (String, String)> {
+    let mut urls = BTreeMap::new();
+    for (var, url) in env {
+        let key = match var
+            .strip_prefix("SAGAFLOW_PARTICIPANT_")
+            .and_then(|k| k.strip_suffix("_URL"))
+        {
+            Some(key) if !key.is_empty() => key.to_ascii_lowercase(),
+            _ => match var
+                .strip_prefix("SAGAFLOW_")
+                .and_then(|k| k.strip_suffix("_URL"))
+                .map(str::to_ascii_lowercase)
+            {
+                Some(key) if is_alias(var, &key) => key,
+                _ => continue,
+            },
+        };
+        urls.insert(key, (var.clone(), url.trim().to_owned()));
+    }
+    urls
+}
+
+/// Whether the orchestrator reads `var` as another name of participant
+/// `key`'s URL variable.
+fn is_alias(var: &str, key: &str) -> bool {
+    let canonical = sagaflow_orchestrator::config::participant_var(key);
+    sagaflow_orchestrator::config::VARS
+        .iter()
+        .any(|v| v.name == var && v.meaning.ends_with(&format!("alias of {canonical}")))
+}
+
+/// One saga definition file the code ships.
+#[derive(Debug)]
+pub struct Shipped {
+    /// Its saga type (`order`, `trip`).
+    pub saga_type: String,
+    /// The file's text, as the code has it.
+    pub text: &'static str,
+    /// The participant keys its steps name.
+    pub participants: BTreeSet<String>,
+}
+
+/// The saga definitions the code ships: the order saga's file (built into
+/// the orchestrator) and the trip saga's (only a file). A deployment that
+/// runs their participants runs them.
+pub fn shipped_definitions() -> Vec<Shipped> {
+    [
+        (
+            sagaflow_orchestrator::definitions::order::FILE_NAME,
+            sagaflow_orchestrator::definitions::order::FILE,
+        ),
+        ("trip.v1.yaml", sagaflow_participants::trip::DEFINITION),
+    ]
+    .into_iter()
+    .map(|(name, text)| {
+        let d = sagaflow_orchestrator::definitions::file::parse(name, text, None)
+            .unwrap_or_else(|e| panic!("the shipped definition {name}: {e}"));
+        Shipped {
+            saga_type: d.saga_type,
+            text,
+            participants: d.steps.into_iter().map(|s| s.participant).collect(),
+        }
+    })
+    .collect()
 }
 
 /// Every variable some service binary reads.

@@ -1,8 +1,9 @@
 //! compose.yaml: the services that run the Sagaflow image, checked against
 //! the binaries, the image and the certificates make-certs.sh makes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use sagaflow_participants::Kind;
 use serde_json::Value;
 
 use super::code::{self, Certs};
@@ -94,7 +95,7 @@ fn compose_runs_the_binaries_as_they_are() {
         }
         let env = environment(s);
         for var in env.keys() {
-            if !binary.vars.contains(var.as_str()) {
+            if !binary.reads(var) {
                 problems.push(format!("{name}: {} does not read {var}", command.join(" ")));
             }
         }
@@ -142,14 +143,26 @@ fn compose_runs_the_binaries_as_they_are() {
         }
         running.insert(name.clone(), (command.join(" "), binary, env));
     }
-    for (name, command) in [
-        ("orchestrator", "sagaflow-orchestrator"),
-        ("order", "sagaflow-participant order"),
-        ("payment", "sagaflow-participant payment"),
-        ("inventory", "sagaflow-participant inventory"),
-        ("outbox-relay", "sagaflow-outbox-relay"),
-    ] {
-        if running.get(name).map(|r| r.0.as_str()) != Some(command) {
+    // Every participant the code has (both saga types'), under its own
+    // name, beside the orchestrator and the relay.
+    let mut wanted = vec![
+        (
+            "orchestrator".to_owned(),
+            "sagaflow-orchestrator".to_owned(),
+        ),
+        (
+            "outbox-relay".to_owned(),
+            "sagaflow-outbox-relay".to_owned(),
+        ),
+    ];
+    for kind in Kind::ALL {
+        wanted.push((
+            kind.name().to_owned(),
+            format!("sagaflow-participant {kind}"),
+        ));
+    }
+    for (name, command) in &wanted {
+        if running.get(name).map(|r| &r.0) != Some(command) {
             problems.push(format!(
                 "compose.yaml has no service {name} running `{command}`"
             ));
@@ -178,22 +191,57 @@ fn compose_runs_the_binaries_as_they_are() {
             .and_then(|p| p.strip_prefix("/certs/"))
             .map(|f| certs.dns_names(f))
             .unwrap_or_default();
-        for kind in ["ORDER", "PAYMENT", "INVENTORY"] {
-            let url_var = format!("SAGAFLOW_{kind}_URL");
-            let Some((host, port)) = env.get(&url_var).and_then(|u| code::host_port(u)) else {
-                problems.push(format!("orchestrator: {url_var} is not set"));
+        let urls = code::participant_urls(env);
+        // The saga definitions it runs: in the image, every one the code
+        // ships, each participant they name with a URL.
+        let (definition_problems, named) = image::check_definitions(
+            &image,
+            env.get("SAGAFLOW_DEFINITIONS_DIR").map(String::as_str),
+            &urls.keys().cloned().collect(),
+        );
+        // Every participant is called by some saga it runs (once the
+        // definitions load at all).
+        let loaded = definition_problems.is_empty();
+        problems.extend(
+            definition_problems
+                .into_iter()
+                .map(|p| format!("orchestrator: {p}")),
+        );
+        for kind in Kind::ALL {
+            if loaded && !named.contains(kind.name()) {
+                problems.push(format!(
+                    "orchestrator: no saga it runs calls the {kind} participant"
+                ));
+            }
+        }
+        let waits_for = &services["orchestrator"]["depends_on"];
+        for (key, (url_var, url)) in &urls {
+            let Some((host, port)) = code::host_port(url) else {
+                problems.push(format!("orchestrator: {url_var}={url:?} has no host:port"));
                 continue;
             };
-            let Some((_, participant, penv)) = running.get(&host) else {
+            let Some((command, participant, penv)) = running.get(&host) else {
                 problems.push(format!("orchestrator: {url_var} names no service {host}"));
                 continue;
             };
+            let upper = key.to_ascii_uppercase();
             let listen = participant.grpc_var.as_ref().and_then(|v| penv.get(v));
-            if listen.and_then(|a| code::host_port(a)).map(|hp| hp.1) != Some(port)
-                || participant.grpc_var.as_deref() != Some(&format!("SAGAFLOW_{kind}_LISTEN"))
+            if *command != format!("sagaflow-participant {key}") {
+                problems.push(format!(
+                    "orchestrator: {url_var} leads to {host}, which runs `{command}`, not the {key} participant"
+                ));
+            } else if listen.and_then(|a| code::host_port(a)).map(|hp| hp.1) != Some(port)
+                || participant.grpc_var.as_deref() != Some(&format!("SAGAFLOW_{upper}_LISTEN"))
             {
                 problems.push(format!(
                     "orchestrator: {url_var} is not where {host} listens"
+                ));
+            }
+            if text_at(waits_for, &format!("/{host}/condition")).as_deref()
+                != Some("service_healthy")
+            {
+                problems.push(format!(
+                    "orchestrator: does not wait for {host} to be healthy"
                 ));
             }
             let cert = penv
@@ -209,6 +257,59 @@ fn compose_runs_the_binaries_as_they_are() {
             if !client_cert.contains(&pinned) {
                 problems.push(format!("{host} pins {pinned:?}: the orchestrator's client certificate names {client_cert:?}"));
             }
+        }
+    }
+
+    // Each participant on a database of its own, made by
+    // create-databases.sql, whose outbox the relay publishes: an event left
+    // in an outbox no relay reads never reaches the orchestrator, and its
+    // saga waits out its deadlines.
+    let created: BTreeSet<String> =
+        std::fs::read_to_string(root().join("tests/compose/create-databases.sql"))
+            .expect("create-databases.sql")
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("CREATE DATABASE ")
+                    .map(|d| d.trim_end_matches(';').trim().to_owned())
+            })
+            .collect();
+    let relayed: BTreeSet<&str> = running
+        .get("outbox-relay")
+        .and_then(|(_, _, env)| env.get("SAGAFLOW_RELAY_DATABASE_URLS"))
+        .map(|urls| urls.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let mut databases: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, (command, _, env)) in &running {
+        for (var, value) in env {
+            if !var.ends_with("_DATABASE_URL") {
+                continue;
+            }
+            let database = value.rsplit('/').next().unwrap_or_default();
+            if !created.contains(database) {
+                problems.push(format!(
+                    "{name}: {var}: create-databases.sql does not create {database}"
+                ));
+            }
+            if !command.starts_with("sagaflow-participant ") {
+                continue;
+            }
+            if let Some(other) = databases.insert(value, name) {
+                problems.push(format!("{name} and {other} share the database {value}"));
+            }
+            if !relayed.contains(value.as_str()) {
+                problems.push(format!(
+                    "outbox-relay: SAGAFLOW_RELAY_DATABASE_URLS lacks {name}'s database {value}: \
+                     its events would never be published"
+                ));
+            }
+        }
+    }
+    for url in &relayed {
+        if !databases.contains_key(url) {
+            problems.push(format!(
+                "outbox-relay: SAGAFLOW_RELAY_DATABASE_URLS has {url}, no participant's database"
+            ));
         }
     }
 

@@ -2,6 +2,7 @@
 //! checked against the workspace.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use super::{code, root};
 
@@ -87,6 +88,97 @@ pub struct Image {
     pub env: BTreeMap<String, String>,
     /// Debian packages installed in the runtime stage.
     pub packages: BTreeSet<String>,
+    /// Files copied from the build context: path in the image → the file
+    /// in the repository.
+    pub files: BTreeMap<String, PathBuf>,
+    /// The ports it `EXPOSE`s.
+    pub exposed: BTreeSet<u16>,
+    /// Where `COPY --from=console` puts the built console.
+    pub console_dir: Option<String>,
+}
+
+impl Image {
+    /// Whether the image has the directory `dir` (the console's, or one
+    /// that files were copied into): a path a container may be pointed at
+    /// without mounting anything there.
+    pub fn has_dir(&self, dir: &str) -> bool {
+        let dir = dir.trim_end_matches('/');
+        self.console_dir.as_deref() == Some(dir) || self.files_in(dir).next().is_some()
+    }
+
+    /// The files copied directly into `dir`: (path in the image, the file
+    /// in the repository).
+    pub fn files_in<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a str, &'a PathBuf)> {
+        self.files.iter().filter_map(move |(path, source)| {
+            let (parent, _) = path.rsplit_once('/')?;
+            (parent == dir.trim_end_matches('/')).then_some((path.as_str(), source))
+        })
+    }
+}
+
+/// What an orchestrator pointed at `dir` (its `SAGAFLOW_DEFINITIONS_DIR`)
+/// in this image would load, checked as it checks it at start against the
+/// participant keys it has URLs for, and against the definitions the code
+/// ships: the problems, and the participants the files name.
+pub fn check_definitions(
+    image: &Image,
+    dir: Option<&str>,
+    participants: &BTreeSet<String>,
+) -> (Vec<String>, BTreeSet<String>) {
+    let mut problems = Vec::new();
+    let mut named = BTreeSet::new();
+    let shipped = code::shipped_definitions();
+    let types = || {
+        shipped
+            .iter()
+            .map(|d| d.saga_type.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(dir) = dir else {
+        problems.push(format!(
+            "SAGAFLOW_DEFINITIONS_DIR is not set: only the built-in order saga runs, \
+             not every saga the code ships ({})",
+            types()
+        ));
+        return (problems, named);
+    };
+    let known: BTreeMap<String, String> = participants
+        .iter()
+        .map(|k| (k.clone(), String::new()))
+        .collect();
+    let mut texts = Vec::new();
+    for (path, source) in image.files_in(dir) {
+        if !(path.ends_with(".yaml") || path.ends_with(".yml")) {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(source).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        // What the orchestrator does at start: a file naming a participant
+        // with no URL stops it. (Only the order saga's three have a
+        // fallback, 127.0.0.1, which is wrong in any deployment.)
+        match sagaflow_orchestrator::definitions::file::parse(path, &text, Some(&known)) {
+            Ok(d) => named.extend(d.steps.into_iter().map(|s| s.participant)),
+            Err(e) => problems.push(format!("loading its definitions: {e}")),
+        }
+        texts.push(text);
+    }
+    if texts.is_empty() {
+        problems.push(format!(
+            "SAGAFLOW_DEFINITIONS_DIR={dir}: the image has no definition files there"
+        ));
+        return (problems, named);
+    }
+    for d in &shipped {
+        if !texts.iter().any(|t| t == d.text) {
+            problems.push(format!(
+                "SAGAFLOW_DEFINITIONS_DIR={dir}: the image has no copy of the {} saga's \
+                 definition there, so the orchestrator does not run it",
+                d.saga_type
+            ));
+        }
+    }
+    (problems, named)
 }
 
 /// The runtime image, read from the Dockerfile; panics naming what it
@@ -102,12 +194,33 @@ pub fn runtime() -> Image {
             .unwrap_or_else(|| panic!("COPY --from={from}: no such stage"))
     };
     let mut binaries = BTreeSet::new();
+    let mut files = BTreeMap::new();
+    let mut console_dir = None;
     for copy in runtime.all("COPY") {
         let words: Vec<&str> = copy.split_whitespace().collect();
+        let dest = words.last().expect("COPY has a destination");
         let Some(from) = words.iter().find_map(|w| w.strip_prefix("--from=")) else {
+            // From the build context: each source into the destination
+            // directory (a lone source to a path without `/` is renamed).
+            let sources: Vec<&str> = words[..words.len() - 1]
+                .iter()
+                .filter(|w| !w.starts_with("--"))
+                .copied()
+                .collect();
+            for source in &sources {
+                let path = if dest.ends_with('/') || sources.len() > 1 {
+                    let name = source.rsplit('/').next().unwrap_or(source);
+                    format!("{}/{name}", dest.trim_end_matches('/'))
+                } else {
+                    (*dest).to_owned()
+                };
+                files.insert(path, root().join(source));
+            }
             continue;
         };
-        let dest = words.last().expect("COPY has a destination");
+        if from == "console" {
+            console_dir = Some(dest.trim_end_matches('/').to_owned());
+        }
         if dest.trim_end_matches('/') != "/usr/local/bin" {
             continue;
         }
@@ -138,11 +251,24 @@ pub fn runtime() -> Image {
         .flat_map(|rest| rest.split_whitespace().filter(|w| !w.starts_with('-')))
         .map(str::to_owned)
         .collect();
+    let exposed = runtime
+        .all("EXPOSE")
+        .flat_map(str::split_whitespace)
+        .map(|p| {
+            p.split('/')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("EXPOSE {p}: not a port"))
+        })
+        .collect();
     Image {
         binaries,
         uid,
         env,
         packages,
+        files,
+        exposed,
+        console_dir,
     }
 }
 
@@ -270,4 +396,81 @@ fn the_dockerfile_builds_every_service_binary_of_the_workspace() {
     for path in ["target", "console/node_modules", ".certs"] {
         assert!(ignored.contains(path), ".dockerignore lacks {path}");
     }
+}
+
+#[test]
+fn the_image_carries_the_saga_definitions_and_exposes_the_default_ports() {
+    let image = runtime();
+    // Every file it copies from the build context is there, and not left
+    // out of the context.
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    for (path, source) in &image.files {
+        assert!(
+            source.is_file(),
+            "COPY {} {path}: no such file",
+            source.display()
+        );
+        let relative = source.strip_prefix(root()).expect("inside the repository");
+        for ignored in ignore.lines().map(str::trim) {
+            assert!(
+                ignored.is_empty() || ignored.starts_with('#') || !relative.starts_with(ignored),
+                "COPY {}: .dockerignore leaves it out ({ignored})",
+                relative.display()
+            );
+        }
+    }
+
+    // Every saga definition the code ships, together in one directory, for
+    // SAGAFLOW_DEFINITIONS_DIR: a directory holds all the types its
+    // orchestrator runs.
+    let shipped = code::shipped_definitions();
+    let mut dirs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (path, source) in &image.files {
+        let text = std::fs::read_to_string(source).unwrap_or_default();
+        if let Some(d) = shipped.iter().find(|d| d.text == text) {
+            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+            dirs.entry(dir.to_owned())
+                .or_default()
+                .insert(d.saga_type.clone());
+        }
+    }
+    // Each participant they name is one the image's `sagaflow-participant`
+    // runs, so a deployment of the image can serve every step.
+    for d in &shipped {
+        for p in &d.participants {
+            assert!(
+                p.parse::<sagaflow_participants::Kind>().is_ok(),
+                "the {} saga calls {p}, which `sagaflow-participant` does not run",
+                d.saga_type
+            );
+        }
+    }
+    let every: BTreeSet<String> = shipped.iter().map(|d| d.saga_type.clone()).collect();
+    assert!(
+        dirs.values().any(|types| *types == every),
+        "the image has no directory holding every shipped saga definition ({every:?}): {dirs:?}"
+    );
+    // Not set in the image: a directory replaces the built-in order saga and
+    // needs every participant it names to have a URL, which only a
+    // deployment that runs them can give.
+    assert!(
+        !image.env.contains_key("SAGAFLOW_DEFINITIONS_DIR"),
+        "the image sets SAGAFLOW_DEFINITIONS_DIR: an orchestrator run without the trip \
+         participants' URLs would not start"
+    );
+
+    // EXPOSE documents where the binaries listen by default: every default
+    // port of the code, and no other.
+    let defaults: BTreeSet<u16> = sagaflow_common::config::COMMON_VARS
+        .iter()
+        .chain(sagaflow_orchestrator::config::VARS)
+        .chain(sagaflow_participants::config::VARS)
+        .chain(outbox_relay::config::VARS)
+        .filter(|v| v.name.ends_with("_LISTEN"))
+        .filter_map(|v| code::host_port(v.default).map(|(_, port)| port))
+        .collect();
+    assert_eq!(
+        image.exposed, defaults,
+        "EXPOSE is not the binaries' default ports"
+    );
 }
