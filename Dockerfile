@@ -55,8 +55,8 @@ ENV SAGAFLOW_CONSOLE_DIR=/usr/share/sagaflow/console
 # the trip saga, which exists only as a file, and the order saga, which the
 # directory must hold too (when set, it replaces the built-in order saga).
 # The variable is left unset here: an orchestrator pointed at this
-# directory refuses to start until every participant the files name has a
-# URL, so the deployments that run the trip participants set it.
+# directory refuses to start until the trip participants have URLs, so the
+# deployments that run them set it.
 COPY orchestrator/definitions/order.v1.yaml participants/src/trip/trip.v1.yaml \
      /usr/share/sagaflow/definitions/
 # Numeric, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.

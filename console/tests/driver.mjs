@@ -107,8 +107,8 @@ function observerScript() {
         attr(el, "data-saga-id"),
         attr(el, "data-state"),
         attr(el, "data-saga-type"),
-        el.cells[2]?.textContent?.trim() ?? "",
-        el.cells[3]?.textContent?.trim() ?? "",
+        el.querySelector('[data-testid="saga-customer"]')?.textContent?.trim() ?? "",
+        el.querySelector('[data-testid="saga-amount"]')?.textContent?.trim() ?? "",
       ]),
       counts: Object.fromEntries(
         all('[data-testid^="count-"]').map((el) => [attr(el, "data-testid").slice(6), el.textContent.trim()]),

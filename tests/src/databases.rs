@@ -26,6 +26,8 @@ pub struct Databases {
     pub payment: String,
     pub inventory: String,
     names: Vec<String>,
+    /// The databases [`Databases::add`] made: (service, url).
+    added: Vec<(String, String)>,
     /// `sf_<prefix>_<uuid>`: what [`Databases::add`] names a database by.
     stem: String,
     keep: bool,
@@ -51,6 +53,7 @@ impl Databases {
             payment: url(2),
             inventory: url(3),
             names,
+            added: Vec::new(),
             stem: format!("sf_{prefix}_{}", &id[..12]),
             keep: std::env::var_os("SAGAFLOW_KEEP_DATABASES").is_some(),
         })
@@ -71,6 +74,7 @@ impl Databases {
             payment: url(2),
             inventory: url(3),
             names,
+            added: Vec::new(),
             stem: "sagaflow".to_owned(),
             keep: true,
         })
@@ -84,7 +88,13 @@ impl Databases {
         let url = format!("{}/{name}", testkit::server_url());
         db::ensure_database(&url).await?;
         self.names.push(name);
+        self.added.push((svc.to_owned(), url.clone()));
         Ok(url)
+    }
+
+    /// The databases [`add`](Self::add) made, as (service, url).
+    pub fn added(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.added.iter().map(|(s, u)| (s.as_str(), u.as_str()))
     }
 
     /// Keep the databases after the run (the demo does, for inspection).

@@ -31,7 +31,7 @@ impl From<StartSagaRequest> for Start {
     }
 }
 
-/// One accepted order.
+/// One accepted saga (an order or another type).
 #[derive(Debug, Clone)]
 pub struct Placed {
     /// Its position in the batch.
@@ -45,13 +45,13 @@ pub struct Placed {
 /// How to place a batch.
 #[derive(Debug, Clone)]
 pub struct Pace {
-    /// Orders started per second (0: all at once).
+    /// Sagas started per second (0: all at once).
     pub per_second: f64,
     /// Calls in flight at most.
     pub concurrency: usize,
     /// Longest time one order may keep being retried.
     pub give_up_after: Duration,
-    /// Timeout of one PlaceOrder call.
+    /// Timeout of one PlaceOrder or StartSaga call.
     pub call_timeout: Duration,
 }
 
@@ -150,13 +150,13 @@ async fn place_one(
                         | tonic::Code::PermissionDenied
                 ) =>
             {
-                anyhow::bail!("order {index} refused: {s}")
+                anyhow::bail!("saga {index} refused: {s}")
             }
             Ok(Err(s)) => format!("{}: {}", s.code(), s.message()),
             Err(_) => format!("no answer within {:?}", pace.call_timeout),
         };
         if start.elapsed() > pace.give_up_after {
-            anyhow::bail!("order {index} not accepted after {calls} calls: {last}");
+            anyhow::bail!("saga {index} not accepted after {calls} calls: {last}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

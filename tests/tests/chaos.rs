@@ -259,9 +259,11 @@ async fn sagas_survive_a_seeded_fault_schedule() -> anyhow::Result<()> {
     let mut plan = Plan::new(seed, targets, Timing::default());
     // Overlays spread over the placements: an action's budget is 6 s.
     let window = duration.unwrap_or(Duration::from_secs_f64(sagas as f64 / rate));
+    // The order saga's participants, and flight: a trip group member.
+    let outages: Vec<&str> = PARTICIPANTS.into_iter().chain(["flight"]).collect();
     let overlays = faults::overlays(
         seed,
-        &["order", "payment", "inventory", "flight"],
+        &outages,
         "cust-alice",
         OverlayTiming {
             window,

@@ -258,6 +258,19 @@ fn step_is(saga: &Saga, name: &str, status: &str) -> bool {
         .any(|s| s.name == name && s.status == status)
 }
 
+/// The steps a saga page showed turning SUCCEEDED after it opened.
+fn turned_green(events: &[Value]) -> Vec<&str> {
+    let opened = events
+        .iter()
+        .position(|e| e["event"] == "saga-open")
+        .unwrap_or(0);
+    events[opened..]
+        .iter()
+        .filter(|e| e["event"] == "step" && e["status"] == "SUCCEEDED")
+        .filter_map(|e| e["name"].as_str())
+        .collect()
+}
+
 /// The seqs a saga page showed at the end, as numbers.
 fn shown_seqs(final_event: &Value) -> Vec<u64> {
     final_event["history"]
@@ -386,15 +399,7 @@ async fn the_console_shows_sagas_live_in_a_browser() -> anyhow::Result<()> {
     d.until("saga-open").await?;
     sys.restart("payment").await?;
     let got = d.finish().await?;
-    let opened = got
-        .iter()
-        .position(|e| e["event"] == "saga-open")
-        .unwrap_or(0);
-    let turned: Vec<&str> = got[opened..]
-        .iter()
-        .filter(|e| e["event"] == "step" && e["status"] == "SUCCEEDED")
-        .filter_map(|e| e["name"].as_str())
-        .collect();
+    let turned = turned_green(&got);
     assert!(
         turned.contains(&"process_payment") && turned.len() >= 3,
         "steps should turn green while the page is open: {turned:?}"
@@ -437,15 +442,7 @@ async fn the_console_shows_sagas_live_in_a_browser() -> anyhow::Result<()> {
     assert_eq!(stages(&opened), trip_stages, "the trip's stages: {opened}");
     sys.restart("hotel").await?;
     let got = d.finish().await?;
-    let opened_at = got
-        .iter()
-        .position(|e| e["event"] == "saga-open")
-        .unwrap_or(0);
-    let turned: Vec<&str> = got[opened_at..]
-        .iter()
-        .filter(|e| e["event"] == "step" && e["status"] == "SUCCEEDED")
-        .filter_map(|e| e["name"].as_str())
-        .collect();
+    let turned = turned_green(&got);
     for step in ["reserve_hotel", "charge", "confirm_trip", "notify"] {
         assert!(
             turned.contains(&step),

@@ -122,35 +122,40 @@ export function SagaList(props: {
             </tr>
           </thead>
           <tbody>
-            {view.rows.map((s) => (
-              <tr
-                key={s.sagaId}
-                class={knownIds.current && !knownIds.current.has(s.sagaId) ? "fresh" : ""}
-                data-testid="saga-row"
-                data-saga-id={s.sagaId}
-                data-saga-type={s.sagaType}
-                data-state={stateName(s.state)}
-                onClick={(e) => {
-                  if (!(e.target instanceof HTMLAnchorElement)) location.hash = sagaHref(s.sagaId);
-                }}
-              >
-                <td>
-                  <a href={sagaHref(s.sagaId)} title={s.sagaId}>
-                    <code>{shortId(s.sagaId)}</code>
-                  </a>
-                </td>
-                <td>{s.sagaType}</td>
-                <td>{listedInput(s).customerId ?? ""}</td>
-                <td class="num">{formatMoney(listedInput(s))}</td>
-                <td>
-                  <StateBadge state={s.state} />
-                </td>
-                <td>
-                  <time>{formatTime(s.createdAt)}</time>
-                </td>
-                <td class="reason">{s.reason}</td>
-              </tr>
-            ))}
+            {view.rows.map((s) => {
+              const listed = listedInput(s);
+              return (
+                <tr
+                  key={s.sagaId}
+                  class={knownIds.current && !knownIds.current.has(s.sagaId) ? "fresh" : ""}
+                  data-testid="saga-row"
+                  data-saga-id={s.sagaId}
+                  data-saga-type={s.sagaType}
+                  data-state={stateName(s.state)}
+                  onClick={(e) => {
+                    if (!(e.target instanceof HTMLAnchorElement)) location.hash = sagaHref(s.sagaId);
+                  }}
+                >
+                  <td>
+                    <a href={sagaHref(s.sagaId)} title={s.sagaId}>
+                      <code>{shortId(s.sagaId)}</code>
+                    </a>
+                  </td>
+                  <td>{s.sagaType}</td>
+                  <td data-testid="saga-customer">{listed.customerId ?? ""}</td>
+                  <td class="num" data-testid="saga-amount">
+                    {formatMoney(listed)}
+                  </td>
+                  <td>
+                    <StateBadge state={s.state} />
+                  </td>
+                  <td>
+                    <time>{formatTime(s.createdAt)}</time>
+                  </td>
+                  <td class="reason">{s.reason}</td>
+                </tr>
+              );
+            })}
           </tbody>
         </table>
       )}
