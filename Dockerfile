@@ -64,7 +64,8 @@ USER 10001:10001
 # The binaries' default ports. gRPC: orchestrator 50051, participants
 # 50061-50067 (order, payment, inventory, flight, hotel, car, trip). HTTP
 # (health, metrics; the orchestrator's also serves the console): 8080, the
-# participants 8081-8087, the relay 8084 (flight's too: each container runs
-# one binary).
-EXPOSE 50051 50061 50062 50063 50064 50065 50066 50067 8080 8081 8082 8083 8084 8085 8086 8087
+# order saga's participants 8081-8083, the relay 8084, the trip saga's
+# participants 8091-8094 (clear of the relay and of the Pub/Sub emulator's
+# usual 8085, so every binary can run on one host with its defaults).
+EXPOSE 50051 50061 50062 50063 50064 50065 50066 50067 8080 8081 8082 8083 8084 8091 8092 8093 8094
 CMD ["sagaflow-orchestrator"]

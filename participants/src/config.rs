@@ -12,6 +12,12 @@
 //! | `SAGAFLOW_PAYMENT_HTTP_LISTEN`     | `127.0.0.1:8082`                                          |
 //! | `SAGAFLOW_INVENTORY_HTTP_LISTEN`   | `127.0.0.1:8083`                                          |
 //!
+//! The trip saga's four (`flight`, `hotel`, `car`, `trip`) read the same
+//! three variables under their own names: `SAGAFLOW_FLIGHT_DATABASE_URL`
+//! (default database `sagaflow_flight`), `SAGAFLOW_FLIGHT_LISTEN`
+//! (`127.0.0.1:50064`; hotel 50065, car 50066, trip 50067) and
+//! `SAGAFLOW_FLIGHT_HTTP_LISTEN` (`127.0.0.1:8091`; 8092, 8093, 8094);
+//! [`VARS`] lists them all,
 //! and the settings every participant shares
 //! ([`sagaflow_participant_kit::config`]).
 //!
@@ -85,7 +91,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "SAGAFLOW_FLIGHT_HTTP_LISTEN",
-        default: "127.0.0.1:8084",
+        default: "127.0.0.1:8091",
         meaning: "the flight participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
     },
     Var {
@@ -100,7 +106,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "SAGAFLOW_HOTEL_HTTP_LISTEN",
-        default: "127.0.0.1:8085",
+        default: "127.0.0.1:8092",
         meaning: "the hotel participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
     },
     Var {
@@ -115,7 +121,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "SAGAFLOW_CAR_HTTP_LISTEN",
-        default: "127.0.0.1:8086",
+        default: "127.0.0.1:8093",
         meaning: "the car participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
     },
     Var {
@@ -130,7 +136,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "SAGAFLOW_TRIP_HTTP_LISTEN",
-        default: "127.0.0.1:8087",
+        default: "127.0.0.1:8094",
         meaning: "the trip participant's HTTP address: /healthz, /readyz, /metrics (off: no HTTP server)",
     },
 ];
@@ -207,10 +213,10 @@ impl Kind {
             Kind::Order => "127.0.0.1:8081",
             Kind::Payment => "127.0.0.1:8082",
             Kind::Inventory => "127.0.0.1:8083",
-            Kind::Flight => "127.0.0.1:8084",
-            Kind::Hotel => "127.0.0.1:8085",
-            Kind::Car => "127.0.0.1:8086",
-            Kind::Trip => "127.0.0.1:8087",
+            Kind::Flight => "127.0.0.1:8091",
+            Kind::Hotel => "127.0.0.1:8092",
+            Kind::Car => "127.0.0.1:8093",
+            Kind::Trip => "127.0.0.1:8094",
         }
     }
 }

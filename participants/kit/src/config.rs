@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_name() {
-        let d = Defaults::local("flight", 50064, 8084);
+        let d = Defaults::local("flight", 50064, 8091);
         assert_eq!(d.database, "sagaflow_flight");
         assert_eq!(d.listen.to_string(), "127.0.0.1:50064");
         assert_eq!(env_prefix("car-rental"), "SAGAFLOW_CAR_RENTAL");

@@ -461,14 +461,23 @@ fn the_image_carries_the_saga_definitions_and_exposes_the_default_ports() {
 
     // EXPOSE documents where the binaries listen by default: every default
     // port of the code, and no other.
-    let defaults: BTreeSet<u16> = sagaflow_common::config::COMMON_VARS
+    let listens: Vec<(&str, u16)> = sagaflow_common::config::COMMON_VARS
         .iter()
         .chain(sagaflow_orchestrator::config::VARS)
         .chain(sagaflow_participants::config::VARS)
         .chain(outbox_relay::config::VARS)
         .filter(|v| v.name.ends_with("_LISTEN"))
-        .filter_map(|v| code::host_port(v.default).map(|(_, port)| port))
+        .filter_map(|v| code::host_port(v.default).map(|(_, port)| (v.name, port)))
         .collect();
+    let defaults: BTreeSet<u16> = listens.iter().map(|(_, port)| *port).collect();
+    // Every binary can run on one host with its defaults: no two default
+    // addresses share a port.
+    let mut taken: BTreeMap<u16, &str> = BTreeMap::new();
+    for (name, port) in &listens {
+        if let Some(other) = taken.insert(*port, name) {
+            panic!("{other} and {name} both default to port {port}");
+        }
+    }
     assert_eq!(
         image.exposed, defaults,
         "EXPOSE is not the binaries' default ports"
