@@ -411,11 +411,14 @@ fn the_image_carries_the_saga_definitions_and_exposes_the_default_ports() {
             source.display()
         );
         let relative = source.strip_prefix(root()).expect("inside the repository");
+        let relative = relative.to_str().expect("a UTF-8 path");
         for ignored in ignore.lines().map(str::trim) {
+            if ignored.is_empty() || ignored.starts_with('#') {
+                continue;
+            }
             assert!(
-                ignored.is_empty() || ignored.starts_with('#') || !relative.starts_with(ignored),
-                "COPY {}: .dockerignore leaves it out ({ignored})",
-                relative.display()
+                !dockerignore_excludes(ignored, relative),
+                "COPY {relative}: .dockerignore leaves it out ({ignored})"
             );
         }
     }
@@ -482,4 +485,76 @@ fn the_image_carries_the_saga_definitions_and_exposes_the_default_ports() {
         image.exposed, defaults,
         "EXPOSE is not the binaries' default ports"
     );
+}
+
+/// Whether the `.dockerignore` line `pattern` leaves `path` (relative to
+/// the build context, `/`-separated) out of the context, as Docker reads
+/// it: `*` and `?` within a path segment, `**` for any number of segments,
+/// and a pattern that names a directory leaves out everything under it.
+/// An exception line (`!…`) is not understood: it fails the check rather
+/// than being read wrong.
+fn dockerignore_excludes(pattern: &str, path: &str) -> bool {
+    assert!(
+        !pattern.starts_with('!'),
+        ".dockerignore exception {pattern:?}: not understood by this check"
+    );
+    let split = |p: &str| -> Vec<String> {
+        p.trim_start_matches("./")
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    segments_match(&split(pattern), &split(path))
+}
+
+fn segments_match(pattern: &[String], path: &[String]) -> bool {
+    match pattern.split_first() {
+        // The pattern matched a directory the path is in (or the path).
+        None => true,
+        Some((first, rest)) if first == "**" => {
+            (0..=path.len()).any(|skip| segments_match(rest, &path[skip..]))
+        }
+        Some((first, rest)) => match path.split_first() {
+            Some((seg, path_rest)) => glob(first, seg) && segments_match(rest, path_rest),
+            None => false,
+        },
+    }
+}
+
+/// `*` (any run of characters) and `?` (one character) within one segment.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    fn from(p: &[char], t: &[char]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some(('*', rest)) => (0..=t.len()).any(|i| from(rest, &t[i..])),
+            Some(('?', rest)) => !t.is_empty() && from(rest, &t[1..]),
+            Some((c, rest)) => t.first() == Some(c) && from(rest, &t[1..]),
+        }
+    }
+    from(&p, &t)
+}
+
+#[test]
+fn dockerignore_patterns_are_read_as_docker_reads_them() {
+    assert!(dockerignore_excludes("target", "target/release/x"));
+    assert!(dockerignore_excludes("**/*.key", "certs/order.key"));
+    assert!(dockerignore_excludes("**/*.key", "x.key"));
+    assert!(dockerignore_excludes(
+        "console/dist",
+        "console/dist/index.html"
+    ));
+    assert!(dockerignore_excludes("*.md", "README.md"));
+    assert!(!dockerignore_excludes("*.md", "docs/api.md"));
+    assert!(!dockerignore_excludes(
+        "console/dist",
+        "console/src/main.tsx"
+    ));
+    assert!(!dockerignore_excludes(
+        "**/*.key",
+        "participants/src/trip/trip.v1.yaml"
+    ));
+    assert!(!dockerignore_excludes("target", "targets/x"));
 }
