@@ -977,6 +977,12 @@ async fn start_saga_checks_json_input_and_shares_place_orders_keys() -> anyhow::
             tonic::Code::InvalidArgument,
             "input: ",
         ),
+        // A NUL in any type's input, whatever its schema allows.
+        (
+            start("loyalty", r#"{"customer_id": "c\u0000", "points": 1}"#, "k"),
+            tonic::Code::InvalidArgument,
+            "input/customer_id: contains a NUL",
+        ),
         (
             start("loyalty", r#"{"customer_id": "c", "points": 1}"#, "k\0"),
             tonic::Code::InvalidArgument,

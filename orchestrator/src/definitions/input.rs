@@ -4,7 +4,8 @@
 //! - [`check_schema`]: at start, a definition's schema must be a valid
 //!   draft 2020-12 schema that compiles (no remote references: nothing is
 //!   fetched).
-//! - [`parse`]: the JSON text a client sends, bounded in size.
+//! - [`parse`]: the JSON text a client sends, bounded in size, with no NUL
+//!   character in any string or key.
 //! - [`validate`]: the input against the schema; the error names the JSON
 //!   pointer into the input and the rule (the schema keyword) it breaks.
 //! - [`canonical`]: the bytes stored (keys sorted, no spaces), so the same
@@ -98,7 +99,46 @@ pub fn parse(text: &str) -> Result<Value, Refusal> {
     if text.trim().is_empty() {
         return Err(refuse("json", "is required (a JSON document)".to_owned()));
     }
-    serde_json::from_str(text).map_err(|e| refuse("json", bounded(format!("is not JSON: {e}"))))
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| refuse("json", bounded(format!("is not JSON: {e}"))))?;
+    match nul_at(&value, &mut String::new()) {
+        Some(pointer) => Err(Refusal {
+            pointer,
+            rule: "nul".to_owned(),
+            message: "contains a NUL character (\\u0000)".to_owned(),
+        }),
+        None => Ok(value),
+    }
+}
+
+/// The JSON pointer of the first string (a key or a value) in `value`
+/// holding a NUL, whatever its type's schema says: PostgreSQL text cannot
+/// hold one, so a participant could only refuse it later, after the saga
+/// began. `at` is the pointer of `value` itself.
+fn nul_at(value: &Value, at: &mut String) -> Option<String> {
+    let escaped = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    match value {
+        Value::String(s) if s.contains('\0') => Some(at.clone()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let len = at.len();
+            at.push_str(&format!("/{i}"));
+            let found = nul_at(item, at);
+            at.truncate(len);
+            found
+        }),
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            let len = at.len();
+            at.push('/');
+            at.push_str(&escaped(key));
+            let found = match key.contains('\0') {
+                true => Some(at.clone()),
+                false => nul_at(item, at),
+            };
+            at.truncate(len);
+            found
+        }),
+        _ => None,
+    }
 }
 
 /// The compiled schema of `def`, built once per type and version (a
@@ -253,6 +293,27 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_anywhere_is_refused_naming_where() {
+        let at = |text: &str| {
+            let r = parse(text).unwrap_err();
+            assert_eq!(r.rule, "nul", "{r}");
+            r.pointer
+        };
+        assert_eq!(at(r#""a\u0000""#), "");
+        assert_eq!(at(r#"{"traveller": "a\u0000b"}"#), "/traveller");
+        assert_eq!(
+            at(r#"{"items": [{"sku": "x"}, {"sku": "\u0000"}]}"#),
+            "/items/1/sku"
+        );
+        assert_eq!(at(r#"{"a/b": {"c~d": ["\u0000"]}}"#), "/a~1b/c~0d/0");
+        assert_eq!(at(r#"{"k\u0000": 1}"#), "/k\u{0}");
+        assert!(
+            parse(r#"{"ok": "tab\tand line\n", "n": 0}"#).is_ok(),
+            "other control characters are the schema's business"
+        );
+    }
+
+    #[test]
     fn text_is_parsed_within_bounds() {
         assert_eq!(parse("").unwrap_err().rule, "json");
         assert_eq!(parse("{").unwrap_err().rule, "json");
@@ -261,7 +322,8 @@ mod tests {
         assert_eq!(parse(&big).unwrap_err().rule, "size");
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(parse(&deep).unwrap_err().rule, "json");
-        assert_eq!(parse("{\"a\":\"\\u0000\"}").unwrap(), json!({"a": "\u{0}"}));
+        assert_eq!(parse("{\"a\":\"\\u0001\"}").unwrap(), json!({"a": "\u{1}"}));
+        assert_eq!(parse("{\"a\":\"\\u0000\"}").unwrap_err().rule, "nul");
     }
 
     #[test]
