@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use sagaflow_protos::orchestrator::v1::{GetSagaRequest, Saga, SagaState};
+use sagaflow_protos::orchestrator::v1::{GetSagaRequest, Saga, SagaState, StartSagaRequest};
 use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::orders::{mixed, order};
 use sagaflow_tests::system::{Client, Options, System};
@@ -334,7 +334,30 @@ async fn the_console_shows_sagas_live_in_a_browser() -> anyhow::Result<()> {
         let (req, _) = trips::mixed("console", i);
         trip_ids.push(client.clone().start_saga(req).await?.into_inner().saga_id);
     }
+    // And one with a hostile input the schema allows: markup for a
+    // customer (shown as text, never run) and the largest amount (shown
+    // to the cent); payment knows no such customer, so it is undone.
+    const MARKUP: &str = r#"<img src=x onerror="document.title='pwned'">"#;
+    let hostile = client
+        .clone()
+        .start_saga(StartSagaRequest {
+            saga_type: "trip".into(),
+            input: serde_json::json!({
+                "traveller": "mallory",
+                "customer_id": MARKUP,
+                "flight": "SF-100",
+                "hotel": "H-PARK",
+                "car_location": "AIRPORT",
+                "amount_cents": 281_474_976_710_655_i64,
+            })
+            .to_string(),
+            idempotency_key: "console-hostile".into(),
+        })
+        .await?
+        .into_inner()
+        .saga_id;
     ids.extend(trip_ids.iter().cloned());
+    ids.push(hostile.clone());
     d.say(&ids.join(",")).await?;
     let got = d.finish().await?;
     let said = events(&got, "ids");
@@ -358,7 +381,11 @@ async fn the_console_shows_sagas_live_in_a_browser() -> anyhow::Result<()> {
             saga.saga_id
         );
         assert_eq!(row["type"], saga.saga_type.as_str(), "{row}");
-        if trip_ids.contains(&saga.saga_id) {
+        if saga.saga_id == hostile {
+            assert_eq!(row["customer"], MARKUP, "markup shown as text: {row}");
+            assert_eq!(row["amount"], "EUR 2814749767106.55", "{row}");
+            assert_eq!(row["state"], "COMPENSATED", "{row}");
+        } else if trip_ids.contains(&saga.saga_id) {
             // Read from the trip's input: the first three of
             // trips::mixed charge cust-alice the trip price.
             assert_eq!(row["customer"], "cust-alice", "a trip's customer: {row}");
@@ -376,7 +403,7 @@ async fn the_console_shows_sagas_live_in_a_browser() -> anyhow::Result<()> {
         .iter()
         .filter(|e| e["type"] == "trip")
         .count();
-    assert_eq!(trips_shown, trip_ids.len());
+    assert_eq!(trips_shown, trip_ids.len() + 1);
     assert_eq!(events(&got, "no-reload")[0]["documents"], 1);
     let counts = &events(&got, "counts")[0]["counts"];
     let stored = sys.count_by_state().await?;
