@@ -290,20 +290,10 @@ impl Drop for Desk {
 
 /// Field `name` of a command's JSON input; `required` makes its absence
 /// an invalid command.
-fn field(cmd: &Command, name: &str, required: bool) -> Result<Option<String>, Error> {
-    match required {
-        true => cmd.required_text(name).map(Some),
-        false => cmd.text(name),
-    }
-}
-
-fn traveller(cmd: &Command) -> Result<String, Error> {
-    cmd.required_text("traveller")
-}
-
-/// A short code from the saga id.
+/// A code for the saga: the whole id (a v7 id's first digits are its
+/// time, which sagas started together share).
 fn code(prefix: &str, saga_id: Uuid) -> String {
-    format!("{prefix}-{}", &saga_id.simple().to_string()[..8])
+    format!("{prefix}-{}", saga_id.simple())
 }
 
 async fn listed(tx: &Tx<'_>, table: &str, traveller: &str) -> Result<bool, Error> {
@@ -317,7 +307,7 @@ async fn listed(tx: &Tx<'_>, table: &str, traveller: &str) -> Result<bool, Error
 }
 
 async fn hold_seat(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
-    let who = traveller(cmd)?;
+    let who = cmd.required_text("traveller")?;
     if listed(tx, "no_seats", &who).await? {
         return Ok(Decision::refused("no_seats", json!({})));
     }
@@ -351,7 +341,7 @@ async fn hold_seat(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
 async fn release_seat(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
     // A tombstone when the release comes first; else release the hold.
     // The seat comes from the hold's output, when it was known.
-    let seat = field(cmd, "seat", false)?;
+    let seat = cmd.text("seat")?;
     tx.execute(
         "INSERT INTO holds (saga_id, status, released_seat) VALUES ($1, 'RELEASED', $2)
          ON CONFLICT (saga_id) DO UPDATE SET status = 'RELEASED', released_seat = $2",
@@ -362,7 +352,7 @@ async fn release_seat(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
 }
 
 async fn reserve_car(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
-    let who = traveller(cmd)?;
+    let who = cmd.required_text("traveller")?;
     let slow: Option<i32> = tx
         .query_opt("SELECT ms FROM slow_cars WHERE traveller = $1", &[&who])
         .await?
@@ -403,13 +393,11 @@ async fn return_car(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
         &[&cmd.saga_id],
     )
     .await?;
-    Ok(Decision::succeeded(
-        json!({ "car": field(cmd, "car", false)? }),
-    ))
+    Ok(Decision::succeeded(json!({ "car": cmd.text("car")? })))
 }
 
 async fn confirm(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
-    let who = traveller(cmd)?;
+    let who = cmd.required_text("traveller")?;
     let held = tx
         .query_opt(
             "SELECT 1 FROM holds WHERE saga_id = $1 AND status = 'HELD' FOR UPDATE",
@@ -423,7 +411,7 @@ async fn confirm(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
     if listed(tx, "banned", &who).await? {
         return Ok(Decision::refused(format!("banned: {who}"), json!({})));
     }
-    let seat = field(cmd, "seat", false)?;
+    let seat = cmd.text("seat")?;
     let booking_ref = code("BK", cmd.saga_id);
     tx.execute(
         "INSERT INTO bookings (saga_id, traveller, seat, booking_ref) VALUES ($1, $2, $3, $4)
@@ -436,8 +424,8 @@ async fn confirm(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
 }
 
 async fn notify(tx: &Tx<'_>, cmd: &Command) -> Result<Decision, Error> {
-    let who = field(cmd, "to", true)?.unwrap_or_default();
-    let booking_ref = field(cmd, "booking_ref", false)?;
+    let who = cmd.required_text("to")?;
+    let booking_ref = cmd.text("booking_ref")?;
     let closed = tx
         .query_opt(
             "SELECT 1 FROM mailboxes WHERE traveller = $1 AND NOT open",
