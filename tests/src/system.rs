@@ -116,6 +116,24 @@ pub struct Options {
     /// database, published by the relays) and its shipped definition file
     /// next to the order saga's.
     pub trip: bool,
+    /// Participants the test runs itself, each with the saga definition it
+    /// serves and a relay of its own.
+    pub outside: Vec<Outside>,
+}
+
+/// A participant the system does not start (the test serves it, or runs it
+/// as a process of its own): the orchestrators reach it at `url`
+/// (`SAGAFLOW_PARTICIPANT_<NAME>_URL`), its definition file goes into the
+/// definitions directory next to the order saga's, and a relay of its own,
+/// `relay-<name>`, publishes its database's outbox to the system's topic.
+#[derive(Debug, Clone)]
+pub struct Outside {
+    /// The participant's name, as the definition's steps name it.
+    pub name: String,
+    pub url: String,
+    pub database_url: String,
+    /// The definition file's name (`ride.v1.yaml`) and text.
+    pub definition: (String, String),
 }
 
 /// The name of relay number `n`: `relay`, then `relay-1`, `relay-2`, ...
@@ -260,9 +278,21 @@ impl System {
         if options.insecure {
             env.push(("SAGAFLOW_INSECURE".to_owned(), "true".to_owned()));
         }
-        if !options.policies.is_empty() || options.trip {
+        for o in &options.outside {
+            env.push((
+                format!(
+                    "SAGAFLOW_PARTICIPANT_{}_URL",
+                    o.name.to_uppercase().replace('-', "_")
+                ),
+                o.url.clone(),
+            ));
+        }
+        if !options.policies.is_empty() || options.trip || !options.outside.is_empty() {
             let dir = log_dir.join("definitions");
             options.policies.write(&dir)?;
+            for o in &options.outside {
+                std::fs::write(dir.join(&o.definition.0), &o.definition.1)?;
+            }
             if options.trip {
                 let trip = sagaflow_participants::trip::DEFINITION;
                 let trip = match options.policies.is_empty() {
@@ -300,6 +330,14 @@ impl System {
         }
         for n in 0..options.relays.max(1) {
             system.spawn(&relay_name(n))?;
+        }
+        for o in &options.outside {
+            let relay = format!("relay-{}", o.name);
+            system.set_process_env(
+                &relay,
+                &[("SAGAFLOW_RELAY_DATABASE_URLS", o.database_url.as_str())],
+            );
+            system.spawn(&relay)?;
         }
         for n in 0..options.orchestrators.max(1) {
             system.spawn_orchestrator(n)?;

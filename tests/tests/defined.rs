@@ -25,9 +25,8 @@ use sagaflow_protos::orchestrator::v1::{
     StartSagaRequest,
 };
 use sagaflow_protos::participant::v1::{CommandAck, StepCommand};
-use sagaflow_tests::definitions::Policies;
 use sagaflow_tests::desk::{Desk, Rows};
-use sagaflow_tests::system::{Options, System};
+use sagaflow_tests::system::{Options, Outside, System};
 use sagaflow_tests::wait_for;
 
 const BOOKING: &str = r#"
@@ -111,32 +110,22 @@ async fn wait_until(
 async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() -> anyhow::Result<()>
 {
     let desk = Desk::start("defined").await?;
-    let dir = std::env::temp_dir().join(format!("sf-defined-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("order.v1.yaml"), Policies::default().order_file()?)?;
-    std::fs::write(dir.join("booking.v1.yaml"), BOOKING)?;
-    let mut system = System::start(
+    // The desk's own relay publishes its outbox to the system's topic.
+    let system = System::start(
         "defined",
         Options {
             insecure: true,
-            env: vec![
-                (
-                    "SAGAFLOW_DEFINITIONS_DIR".to_owned(),
-                    dir.display().to_string(),
-                ),
-                ("SAGAFLOW_PARTICIPANT_DESK_URL".to_owned(), desk.url.clone()),
-                ("SAGAFLOW_FAST_PATH".to_owned(), "false".to_owned()),
-            ],
+            env: vec![("SAGAFLOW_FAST_PATH".to_owned(), "false".to_owned())],
+            outside: vec![Outside {
+                name: "desk".into(),
+                url: desk.url.clone(),
+                database_url: desk.database_url.clone(),
+                definition: ("booking.v1.yaml".into(), BOOKING.into()),
+            }],
             ..Options::default()
         },
     )
     .await?;
-    // The desk's own relay: its outbox, published to the system's topic.
-    system.set_process_env(
-        "relay-desk",
-        &[("SAGAFLOW_RELAY_DATABASE_URLS", desk.database_url.as_str())],
-    );
-    system.spawn("relay-desk")?;
     let mut client = system.client().await?;
 
     // The definition as the API shows it.
@@ -480,6 +469,5 @@ async fn a_saga_type_from_a_file_runs_against_a_participant_the_test_serves() ->
     assert_eq!(still.state, SagaState::Running as i32);
     assert_eq!(still.steps[3].status, "PENDING");
 
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -12,8 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use sagaflow_protos::orchestrator::v1::{Saga, SagaState, StartSagaRequest};
-use sagaflow_tests::definitions::Policies;
-use sagaflow_tests::system::{Options, System, bin_dir};
+use sagaflow_tests::system::{Options, Outside, System, bin_dir};
 use sagaflow_tests::{free_port, reconcile, wait_for};
 
 const RIDE: &str = r#"
@@ -62,30 +61,20 @@ async fn the_library_example_runs_in_a_saga_defined_by_a_file() -> anyhow::Resul
     let bikes_db =
         sagaflow_common::testkit::create(&format!("sf_library_{}_bikes", &id[..12])).await?;
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("sf-library-{}", &id[..12]));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("order.v1.yaml"), Policies::default().order_file()?)?;
-    std::fs::write(dir.join("ride.v1.yaml"), RIDE)?;
-    let mut system = System::start(
+    let system = System::start(
         "library",
         Options {
             insecure: true,
-            env: vec![
-                ("SAGAFLOW_DEFINITIONS_DIR".into(), dir.display().to_string()),
-                (
-                    "SAGAFLOW_PARTICIPANT_BIKES_URL".into(),
-                    format!("http://127.0.0.1:{port}"),
-                ),
-            ],
+            outside: vec![Outside {
+                name: "bikes".into(),
+                url: format!("http://127.0.0.1:{port}"),
+                database_url: bikes_db.clone(),
+                definition: ("ride.v1.yaml".into(), RIDE.into()),
+            }],
             ..Options::default()
         },
     )
     .await?;
-    system.set_process_env(
-        "relay-bikes",
-        &[("SAGAFLOW_RELAY_DATABASE_URLS", bikes_db.as_str())],
-    );
-    system.spawn("relay-bikes")?;
 
     // The example, as its README line runs it.
     let log = std::fs::File::create(system.log_of("bikes"))?;

@@ -20,8 +20,7 @@ use std::time::Duration;
 use sagaflow_protos::orchestrator::v1::{GetSagaRequest, SagaState, StartSagaRequest};
 use sagaflow_protos::participant::v1::command_ack::Status as AckStatus;
 use sagaflow_protos::participant::v1::{CommandAck, StepCommand};
-use sagaflow_tests::definitions::Policies;
-use sagaflow_tests::system::{Options, System};
+use sagaflow_tests::system::{Options, Outside, System};
 use sagaflow_tests::{free_port, reconcile, wait_for};
 
 const INSURED: &str = r#"
@@ -100,31 +99,21 @@ async fn a_participant_written_in_python_keeps_the_contract() -> anyhow::Result<
     let db_name = format!("sf_python_{}_insurance", &id[..12]);
     let db_url = sagaflow_common::testkit::create(&db_name).await?;
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("sf-python-{}", &id[..12]));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("order.v1.yaml"), Policies::default().order_file()?)?;
-    std::fs::write(dir.join("insured.v1.yaml"), INSURED)?;
-    let mut system = System::start(
+    let system = System::start(
         "python",
         Options {
             insecure: true,
             trip: true,
-            env: vec![
-                ("SAGAFLOW_DEFINITIONS_DIR".into(), dir.display().to_string()),
-                (
-                    "SAGAFLOW_PARTICIPANT_INSURANCE_URL".into(),
-                    format!("http://127.0.0.1:{port}"),
-                ),
-            ],
+            outside: vec![Outside {
+                name: "insurance".into(),
+                url: format!("http://127.0.0.1:{port}"),
+                database_url: db_url.clone(),
+                definition: ("insured.v1.yaml".into(), INSURED.into()),
+            }],
             ..Options::default()
         },
     )
     .await?;
-    system.set_process_env(
-        "relay-insurance",
-        &[("SAGAFLOW_RELAY_DATABASE_URLS", db_url.as_str())],
-    );
-    system.spawn("relay-insurance")?;
 
     let log = std::fs::File::create(system.log_of("insurance"))?;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/insurance.py");
